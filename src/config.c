@@ -1,0 +1,1038 @@
+/*
+ * config.c: the configuration file (SPEC §2).
+ *
+ * One table, config_table[] below, lists every key once: its section,
+ * name, type, default (as it would be written in the file), bounds, whether
+ * a reload can change it, and where it lives in struct config.  Defaults,
+ * parsing, range checks, the reload diff and the documentation check in
+ * tests/unit/test_config.c are all driven by that table, so a key cannot be
+ * added in one place and forgotten in another.
+ *
+ * Loading is fail-fast and names the culprit: every error carries the file,
+ * the line and the key (or the environment variable) it came from.  Secrets
+ * are read from files (or $CREDENTIALS_DIRECTORY, or TWILIO_* variables for
+ * local runs); their values never reach a message, and they are wiped
+ * before their memory is freed.
+ */
+/* asprintf(3) and explicit_bzero(3) are GNU/BSD extensions in glibc. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <ini.h>
+
+#include "usergate.h"
+
+/* A secret longer than this is certainly not an API secret or a token. */
+#define SECRET_MAX		4096
+#define SID_HEX_DIGITS		32
+#define MESSAGE_MAX		512
+
+#define RELOAD			1	/* takes effect on SIGHUP */
+#define RESTART			0	/* needs a restart */
+
+#define KEY_STRING(sec, name, def, reload, field) \
+	{ sec, name, CONFIG_STRING, def, 0, 0, reload, \
+	    offsetof(struct config, field) }
+#define KEY_LONG(sec, name, def, min, max, reload, field) \
+	{ sec, name, CONFIG_LONG, def, min, max, reload, \
+	    offsetof(struct config, field) }
+#define KEY_MODE(sec, name, def, reload, field) \
+	{ sec, name, CONFIG_MODE, def, 0, 0777, reload, \
+	    offsetof(struct config, field) }
+#define KEY_ENUM(sec, name, def, count, reload, field) \
+	{ sec, name, CONFIG_ENUM, def, 0, (count) - 1, reload, \
+	    offsetof(struct config, field) }
+
+/*
+ * Every key of SPEC §2, in the SPEC's order, with the SPEC's defaults.
+ * Bounds are what an operator could mean; anything outside is a typo.
+ */
+static const struct config_key config_table[] = {
+	KEY_STRING("twilio", "base_url", "https://conversations.twilio.com",
+	    RELOAD, base_url),
+	KEY_STRING("twilio", "edge", "", RELOAD, edge),
+	KEY_STRING("twilio", "region", "", RELOAD, region),
+	KEY_STRING("twilio", "service_sid", "", RESTART, service_sid),
+	KEY_STRING("twilio", "api_key", "", RELOAD, api_key),
+	KEY_STRING("twilio", "api_secret_file", "", RELOAD, api_secret_file),
+	KEY_STRING("twilio", "account_sid", "", RELOAD, account_sid),
+	KEY_STRING("twilio", "auth_token_file", "", RELOAD, auth_token_file),
+	KEY_STRING("twilio", "ca_file", "", RELOAD, ca_file),
+	/* Up to 5 minutes to connect, an hour for one request. */
+	KEY_LONG("twilio", "connect_timeout_ms", "5000", 1, 300000, RELOAD,
+	    connect_timeout_ms),
+	KEY_LONG("twilio", "request_timeout_ms", "30000", 1, 3600000, RELOAD,
+	    request_timeout_ms),
+	KEY_LONG("twilio", "max_inflight", "64", 1, 10000, RELOAD,
+	    max_inflight),
+	KEY_LONG("twilio", "rate_limit", "30", 0, 100000, RELOAD, rate_limit),
+	KEY_LONG("twilio", "rate_window_s", "5", 1, 3600, RELOAD,
+	    rate_window_s),
+	KEY_ENUM("twilio", "on_exists", "fetch", 2, RELOAD, on_exists),
+
+	KEY_LONG("retry", "max_attempts", "10", 1, 100, RELOAD, max_attempts),
+	KEY_LONG("retry", "base_delay_ms", "200", 1, 3600000, RELOAD,
+	    base_delay_ms),
+	KEY_LONG("retry", "max_delay_ms", "30000", 1, 3600000, RELOAD,
+	    max_delay_ms),
+
+	KEY_STRING("redis", "host", "127.0.0.1", RESTART, redis_host),
+	KEY_LONG("redis", "port", "6379", 1, 65535, RESTART, redis_port),
+	KEY_STRING("redis", "unix_socket", "", RESTART, redis_unix_socket),
+	KEY_STRING("redis", "password_file", "", RESTART, redis_password_file),
+	/* Redis' own ceiling is the "databases" setting, 16 by default. */
+	KEY_LONG("redis", "db", "0", 0, 65535, RESTART, redis_db),
+	KEY_STRING("redis", "prefix", "usergate:", RESTART, prefix),
+	KEY_STRING("redis", "instance_id", "", RESTART, instance_id),
+
+	/* Up to a year: Redis expiries are happy with that. */
+	KEY_LONG("dedup", "ttl_s", "86400", 1, 31536000, RELOAD, dedup_ttl_s),
+
+	KEY_ENUM("results", "format", "msgpack", 2, RELOAD, format),
+	KEY_LONG("results", "results_max", "100000", 1, 100000000, RELOAD,
+	    results_max),
+	KEY_LONG("results", "reply_ttl_s", "3600", 1, 31536000, RELOAD,
+	    reply_ttl_s),
+
+	KEY_STRING("socket", "path", "/run/usergate/usergate.sock", RESTART,
+	    socket_path),
+	KEY_MODE("socket", "mode", "0660", RESTART, socket_mode),
+
+	KEY_STRING("status", "path", "/run/usergate/status.sock", RESTART,
+	    status_path),
+	KEY_MODE("status", "mode", "0660", RESTART, status_mode),
+
+	KEY_ENUM("log", "level", "info", 4, RELOAD, log_level),
+};
+#define CONFIG_NKEYS	(sizeof(config_table) / sizeof(config_table[0]))
+
+/*
+ * The names of the CONFIG_ENUM keys' values; a name's index is the enum
+ * value stored, so these lists follow the enums' order in usergate.h.
+ */
+struct config_choices {
+	size_t		 offset;
+	const char	*names[5];	/* NULL-terminated */
+};
+static const struct config_choices enum_choices[] = {
+	{ offsetof(struct config, on_exists), { "fetch", "update", NULL } },
+	{ offsetof(struct config, format), { "msgpack", "json", NULL } },
+	{ offsetof(struct config, log_level),
+	    { "error", "warning", "info", "debug", NULL } },
+};
+_Static_assert(ON_EXISTS_FETCH == 0 && ON_EXISTS_UPDATE == 1,
+    "enum_choices follows enum on_exists");
+_Static_assert(FORMAT_MSGPACK == 0 && FORMAT_JSON == 1,
+    "enum_choices follows enum results_format");
+_Static_assert(LOG_LEVEL_ERROR == 0 && LOG_LEVEL_DEBUG == 3,
+    "enum_choices follows enum log_level");
+/* Enum fields are stored through an int lvalue. */
+_Static_assert(sizeof(enum on_exists) == sizeof(int) &&
+    sizeof(enum results_format) == sizeof(int) &&
+    sizeof(enum log_level) == sizeof(int), "enums are int-sized");
+
+static int	 check_service_sid(const char *);
+static int	 check_api_key(const char *);
+static int	 check_account_sid(const char *);
+static int	 check_not_empty(const char *);
+static int	 check_socket_path(const char *);
+
+/* Checks of string values beyond their type; empty means "not set". */
+struct config_rule {
+	size_t		 offset;
+	int		(*check)(const char *);
+	const char	*expected;
+};
+static const struct config_rule string_rules[] = {
+	{ offsetof(struct config, service_sid), check_service_sid,
+	    "expected empty or IS followed by 32 hex digits" },
+	{ offsetof(struct config, api_key), check_api_key,
+	    "expected empty or SK followed by 32 hex digits" },
+	{ offsetof(struct config, account_sid), check_account_sid,
+	    "expected empty or AC followed by 32 hex digits" },
+	{ offsetof(struct config, prefix), check_not_empty,
+	    "must not be empty" },
+	{ offsetof(struct config, socket_path), check_socket_path,
+	    "expected a path of 1 to 107 bytes (the limit of a Unix socket)" },
+	{ offsetof(struct config, status_path), check_socket_path,
+	    "expected a path of 1 to 107 bytes (the limit of a Unix socket)" },
+};
+
+/* Local runs may override these [twilio] keys from the environment. */
+static const struct {
+	const char	*variable;
+	const char	*name;
+} env_overrides[] = {
+	{ "TWILIO_API_KEY", "api_key" },
+	{ "TWILIO_ACCOUNT_SID", "account_sid" },
+	{ "TWILIO_EDGE", "edge" },
+	{ "TWILIO_REGION", "region" },
+};
+
+/*
+ * State of one config_load.  lines[] and variables[] remember where each
+ * key got its value, so that a check made after the whole file was read
+ * can still name the line (or the variable) to fix.
+ */
+struct config_load {
+	struct config	*cfg;
+	const char	*path;
+	FILE		*fp;
+	int		 lineno;	/* of the line inih is working on */
+	int		 line_complete;	/* the last read ended with '\n' */
+	int		 line_indented;	/* ... and began with white space */
+	int		 read_errno;
+	int		 lines[CONFIG_NKEYS];
+	const char	*variables[CONFIG_NKEYS];
+	int		 failed;
+	int		 fail_line;	/* 0 when not tied to a line */
+	char		*err;
+	size_t		 errlen;
+};
+
+static size_t	 key_find(const char *, const char *);
+static int	 section_known(const char *);
+static void	*key_field(const struct config *, size_t);
+static const struct config_choices *key_choices(size_t);
+static void	 fail(struct config_load *, int, const char *, ...)
+		    __attribute__((format(printf, 3, 4)));
+static void	 key_fail(struct config_load *, size_t, const char *, ...)
+		    __attribute__((format(printf, 3, 4)));
+static int	 is_sid(const char *, const char *);
+static int	 parse_long(struct config_load *, size_t, const char *, long *);
+static int	 parse_mode(struct config_load *, size_t, const char *, long *);
+static int	 key_set(struct config_load *, size_t, const char *);
+static char	*read_line(char *, int, void *);
+static int	 handle_key(void *, const char *, const char *, const char *);
+static int	 parse_file(struct config_load *);
+static int	 apply_environment(struct config_load *);
+static int	 derive_instance_id(struct config_load *);
+static int	 check_combinations(struct config_load *);
+static int	 derive_api_base(struct config_load *);
+static int	 read_secret(const char *, char **, char *, size_t);
+static int	 resolve_secret(struct config_load *, const char *, size_t,
+		    const char *, char **);
+static int	 resolve_credentials(struct config_load *, int);
+static void	 secret_free(char **);
+static int	 values_differ(const struct config *, const struct config *,
+		    size_t);
+static void	 append_name(char *, size_t, size_t *, const char *,
+		    const char *);
+
+const struct config_key *
+config_keys(size_t *count)
+{
+	if (count != NULL)
+		*count = CONFIG_NKEYS;
+	return config_table;
+}
+
+static size_t
+key_find(const char *section, const char *name)
+{
+	size_t	 i;
+
+	for (i = 0; i < CONFIG_NKEYS; i++)
+		if (strcmp(config_table[i].section, section) == 0 &&
+		    strcmp(config_table[i].name, name) == 0)
+			return i;
+	return CONFIG_NKEYS;
+}
+
+static int
+section_known(const char *section)
+{
+	size_t	 i;
+
+	for (i = 0; i < CONFIG_NKEYS; i++)
+		if (strcmp(config_table[i].section, section) == 0)
+			return 1;
+	return 0;
+}
+
+static void *
+key_field(const struct config *cfg, size_t i)
+{
+	return (char *)cfg + config_table[i].offset;
+}
+
+static const struct config_choices *
+key_choices(size_t i)
+{
+	size_t	 j;
+
+	for (j = 0; j < sizeof(enum_choices) / sizeof(enum_choices[0]); j++)
+		if (enum_choices[j].offset == config_table[i].offset)
+			return &enum_choices[j];
+	return NULL;
+}
+
+/*
+ * Records the first error only: inih goes on after a failed handler, and
+ * the first problem in the file is the one to report.  line is the line the
+ * error belongs to (0: none); it lets a syntax error that inih found on an
+ * earlier line win over a later one found here.
+ */
+static void
+fail(struct config_load *ld, int line, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	if (ld->failed)
+		return;
+	ld->failed = 1;
+	ld->fail_line = line;
+	va_start(ap, fmt);
+	(void)vsnprintf(ld->err, ld->errlen, fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * An error about key i's value, prefixed with where the value came from:
+ * "FILE:LINE: key "port" in [redis]: ...", "environment variable
+ * TWILIO_EDGE (key "edge" in [twilio]): ...", or just the key for a
+ * default.
+ */
+static void
+key_fail(struct config_load *ld, size_t i, const char *fmt, ...)
+{
+	const struct config_key *k = &config_table[i];
+	char		 message[MESSAGE_MAX];
+	va_list		 ap;
+
+	va_start(ap, fmt);
+	(void)vsnprintf(message, sizeof(message), fmt, ap);
+	va_end(ap);
+
+	if (ld->variables[i] != NULL)
+		fail(ld, 0, "environment variable %s (key \"%s\" in [%s]): %s",
+		    ld->variables[i], k->name, k->section, message);
+	else if (ld->lines[i] > 0)
+		fail(ld, ld->lines[i], "%s:%d: key \"%s\" in [%s]: %s",
+		    ld->path, ld->lines[i], k->name, k->section, message);
+	else
+		fail(ld, 0, "key \"%s\" in [%s]: %s", k->name, k->section,
+		    message);
+}
+
+/* 1 when s is prefix followed by exactly 32 hex digits (a Twilio SID). */
+static int
+is_sid(const char *s, const char *prefix)
+{
+	size_t	 n = strlen(prefix), i;
+
+	if (strncmp(s, prefix, n) != 0 || strlen(s) != n + SID_HEX_DIGITS)
+		return 0;
+	for (i = n; s[i] != '\0'; i++)
+		if (!isxdigit((unsigned char)s[i]))
+			return 0;
+	return 1;
+}
+
+static int
+check_service_sid(const char *s)
+{
+	return *s == '\0' || is_sid(s, "IS");
+}
+
+static int
+check_api_key(const char *s)
+{
+	return *s == '\0' || is_sid(s, "SK");
+}
+
+static int
+check_account_sid(const char *s)
+{
+	return *s == '\0' || is_sid(s, "AC");
+}
+
+static int
+check_not_empty(const char *s)
+{
+	return *s != '\0';
+}
+
+static int
+check_socket_path(const char *s)
+{
+	return *s != '\0' &&
+	    strlen(s) < sizeof(((struct sockaddr_un *)NULL)->sun_path);
+}
+
+/* Decimal only: a leading 0 must not silently switch to octal. */
+static int
+parse_long(struct config_load *ld, size_t i, const char *value, long *out)
+{
+	const struct config_key *k = &config_table[i];
+	char	*end;
+	long	 v;
+
+	if (!isdigit((unsigned char)value[0]) &&
+	    !(value[0] == '-' && isdigit((unsigned char)value[1]))) {
+		key_fail(ld, i, "bad number \"%s\"", value);
+		return -1;
+	}
+	errno = 0;
+	v = strtol(value, &end, 10);
+	if (*end != '\0') {
+		key_fail(ld, i, "bad number \"%s\"", value);
+		return -1;
+	}
+	if (errno == ERANGE || v < k->min || v > k->max) {
+		key_fail(ld, i, "%s is out of range (%ld..%ld)", value, k->min,
+		    k->max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+/* File modes are octal, as chmod(1) writes them: 0660 or 660. */
+static int
+parse_mode(struct config_load *ld, size_t i, const char *value, long *out)
+{
+	size_t	 n = strlen(value);
+	long	 v;
+
+	if (n == 0 || n > 4 || strspn(value, "01234567") != n ||
+	    (v = strtol(value, NULL, 8)) > 0777) {
+		key_fail(ld, i, "bad mode \"%s\" (expected octal 0000..0777, "
+		    "e.g. 0660)", value);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+/*
+ * Parses value as key i's type, checks it, and stores it in the struct
+ * config.  The one path for defaults, the file and the environment.
+ */
+static int
+key_set(struct config_load *ld, size_t i, const char *value)
+{
+	const struct config_key *k = &config_table[i];
+	const struct config_choices *c;
+	void	*field = key_field(ld->cfg, i);
+	char	 expected[128];
+	char	*copy;
+	size_t	 j, n;
+	long	 v;
+
+	switch (k->type) {
+	case CONFIG_STRING:
+		for (j = 0; j < sizeof(string_rules) / sizeof(string_rules[0]);
+		    j++) {
+			/*
+			 * The value itself stays out of the message: a
+			 * secret pasted into the wrong key must not end up
+			 * in a log.
+			 */
+			if (string_rules[j].offset == k->offset &&
+			    !string_rules[j].check(value)) {
+				key_fail(ld, i, "%s", string_rules[j].expected);
+				return -1;
+			}
+		}
+		if ((copy = strdup(value)) == NULL) {
+			key_fail(ld, i, "%s", strerror(errno));
+			return -1;
+		}
+		free(*(char **)field);
+		*(char **)field = copy;
+		return 0;
+	case CONFIG_LONG:
+		if (parse_long(ld, i, value, &v) == -1)
+			return -1;
+		*(long *)field = v;
+		return 0;
+	case CONFIG_MODE:
+		if (parse_mode(ld, i, value, &v) == -1)
+			return -1;
+		*(long *)field = v;
+		return 0;
+	case CONFIG_ENUM:
+		if ((c = key_choices(i)) == NULL) {
+			key_fail(ld, i, "internal error: no values listed");
+			return -1;
+		}
+		expected[0] = '\0';
+		for (j = 0; c->names[j] != NULL; j++) {
+			if (strcmp(value, c->names[j]) == 0) {
+				*(int *)field = (int)j;
+				return 0;
+			}
+			n = strlen(expected);
+			(void)snprintf(expected + n, sizeof(expected) - n, "%s%s",
+			    j == 0 ? "" : c->names[j + 1] == NULL ? " or " : ", ",
+			    c->names[j]);
+		}
+		key_fail(ld, i, "bad value \"%s\" (expected %s)", value,
+		    expected);
+		return -1;
+	}
+	key_fail(ld, i, "internal error: unknown type");
+	return -1;
+}
+
+/*
+ * The fgets-style reader given to inih.  inih's handler is not told the
+ * line number, but inih calls it right after reading the line, so counting
+ * lines here gives the handler an exact one.  A line longer than inih's
+ * buffer would be split and its value silently cut: that is an error.
+ */
+static char *
+read_line(char *str, int num, void *stream)
+{
+	struct config_load *ld = stream;
+	size_t	 len;
+	int	 c;
+
+	if (ld->line_complete) {
+		ld->lineno++;
+		ld->line_indented = 0;
+	}
+	errno = 0;
+	if (fgets(str, num, ld->fp) == NULL) {
+		if (ferror(ld->fp))
+			ld->read_errno = errno != 0 ? errno : EIO;
+		return NULL;
+	}
+	len = strlen(str);
+	if (ld->line_complete)
+		ld->line_indented = str[0] == ' ' || str[0] == '\t';
+	ld->line_complete = len > 0 && str[len - 1] == '\n';
+	if (!ld->line_complete && len + 1 == (size_t)num) {
+		if ((c = getc(ld->fp)) == EOF) {
+			ld->line_complete = 1;	/* last line, no newline */
+		} else if (ungetc(c, ld->fp) == EOF) {
+			ld->read_errno = EIO;
+			return NULL;
+		} else
+			fail(ld, ld->lineno, "%s:%d: line too long (at most "
+			    "%d characters)", ld->path, ld->lineno, num - 2);
+	}
+	return str;
+}
+
+static int
+handle_key(void *user, const char *section, const char *name,
+    const char *value)
+{
+	struct config_load *ld = user;
+	size_t	 i;
+
+	if (ld->failed)
+		return 0;
+	if (*section == '\0') {
+		fail(ld, ld->lineno, "%s:%d: key \"%s\" outside any section",
+		    ld->path, ld->lineno, name);
+		return 0;
+	}
+	if (!section_known(section)) {
+		fail(ld, ld->lineno, "%s:%d: unknown section [%s]", ld->path,
+		    ld->lineno, section);
+		return 0;
+	}
+	if ((i = key_find(section, name)) == CONFIG_NKEYS) {
+		fail(ld, ld->lineno, "%s:%d: unknown key \"%s\" in [%s]",
+		    ld->path, ld->lineno, name, section);
+		return 0;
+	}
+	if (ld->lines[i] != 0) {
+		/*
+		 * inih reads an indented line as the continuation of the
+		 * previous value and hands it over under the previous key.
+		 */
+		if (ld->line_indented)
+			fail(ld, ld->lineno, "%s:%d: indented line continues "
+			    "the value of key \"%s\" in [%s] (line %d); values "
+			    "cannot span lines, remove the indentation",
+			    ld->path, ld->lineno, name, section, ld->lines[i]);
+		else
+			fail(ld, ld->lineno, "%s:%d: key \"%s\" in [%s] given "
+			    "twice (first on line %d)", ld->path, ld->lineno,
+			    name, section, ld->lines[i]);
+		return 0;
+	}
+	ld->lines[i] = ld->lineno;
+	return key_set(ld, i, value) == 0;
+}
+
+static int
+parse_file(struct config_load *ld)
+{
+	int	 r;
+
+	if ((ld->fp = fopen(ld->path, "re")) == NULL) {
+		fail(ld, 0, "cannot open %s: %s", ld->path, strerror(errno));
+		return -1;
+	}
+	ld->line_complete = 1;
+	r = ini_parse_stream(read_line, ld, handle_key, ld);
+	if (ld->read_errno != 0) {
+		/* A read error leaves a half-read file: nothing else counts. */
+		ld->failed = 0;
+		fail(ld, 0, "cannot read %s: %s", ld->path,
+		    strerror(ld->read_errno));
+	} else if (r > 0 && (!ld->failed || ld->fail_line > r)) {
+		/* inih found a line it could not read as anything. */
+		ld->failed = 0;
+		fail(ld, r, "%s:%d: syntax error: expected [section], "
+		    "key = value, or a comment", ld->path, r);
+	} else if (r < 0 && !ld->failed)
+		fail(ld, 0, "cannot parse %s: out of memory", ld->path);
+	if (fclose(ld->fp) == EOF && !ld->failed)
+		fail(ld, 0, "cannot read %s: %s", ld->path, strerror(errno));
+	ld->fp = NULL;
+	return ld->failed ? -1 : 0;
+}
+
+/* An empty variable counts as unset, as in the Twilio helper libraries. */
+static int
+apply_environment(struct config_load *ld)
+{
+	const char	*value;
+	size_t		 i, j;
+
+	for (j = 0; j < sizeof(env_overrides) / sizeof(env_overrides[0]); j++) {
+		value = getenv(env_overrides[j].variable);
+		if (value == NULL || *value == '\0')
+			continue;
+		i = key_find("twilio", env_overrides[j].name);
+		ld->variables[i] = env_overrides[j].variable;
+		if (key_set(ld, i, value) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+static int
+derive_instance_id(struct config_load *ld)
+{
+	char	 host[HOST_NAME_MAX + 1];
+	size_t	 i = key_find("redis", "instance_id");
+
+	if (*ld->cfg->instance_id != '\0')
+		return 0;
+	if (gethostname(host, sizeof(host)) == -1) {
+		key_fail(ld, i, "empty, and the host name is unknown: %s",
+		    strerror(errno));
+		return -1;
+	}
+	host[sizeof(host) - 1] = '\0';
+	if (host[0] == '\0') {
+		key_fail(ld, i, "empty, and the host name is empty");
+		return -1;
+	}
+	return key_set(ld, i, host);
+}
+
+/* Rules that involve more than one key. */
+static int
+check_combinations(struct config_load *ld)
+{
+	struct config	*cfg = ld->cfg;
+
+	size_t		 max = key_find("retry", "max_delay_ms");
+	size_t		 base = key_find("retry", "base_delay_ms");
+
+	/* Blame the one of the two that was written down, max first. */
+	if (cfg->max_delay_ms < cfg->base_delay_ms) {
+		if (ld->lines[max] == 0 && ld->lines[base] > 0)
+			key_fail(ld, base, "%ld is more than max_delay_ms (%ld)",
+			    cfg->base_delay_ms, cfg->max_delay_ms);
+		else
+			key_fail(ld, max, "%ld is less than base_delay_ms (%ld)",
+			    cfg->max_delay_ms, cfg->base_delay_ms);
+		return -1;
+	}
+	if (*cfg->redis_host == '\0' && *cfg->redis_unix_socket == '\0') {
+		key_fail(ld, key_find("redis", "host"),
+		    "must not be empty when unix_socket is empty");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * twilio.c owns what a Twilio URL looks like.  Its message already names
+ * base_url, edge or region; the location is that of whichever of them was
+ * set explicitly, base_url first.
+ */
+static int
+derive_api_base(struct config_load *ld)
+{
+	struct config	*cfg = ld->cfg;
+	char		 message[MESSAGE_MAX];
+	size_t		 i, j;
+	static const char *const names[] = { "base_url", "edge", "region" };
+
+	cfg->api_base = twilio_api_base(cfg->base_url, cfg->edge, cfg->region,
+	    message, sizeof(message));
+	if (cfg->api_base != NULL)
+		return 0;
+	i = key_find("twilio", names[0]);
+	for (j = 0; j < sizeof(names) / sizeof(names[0]); j++) {
+		size_t	 k = key_find("twilio", names[j]);
+
+		if (ld->lines[k] > 0 || ld->variables[k] != NULL) {
+			i = k;
+			break;
+		}
+	}
+	key_fail(ld, i, "%s", message);
+	return -1;
+}
+
+/*
+ * Reads a secret file into *out: refuses anything but a regular file that
+ * only its owner can access, strips trailing white space (editors add a
+ * newline), refuses an empty result.  Messages name the file and its mode,
+ * never a byte of its content.
+ */
+static int
+read_secret(const char *path, char **out, char *msg, size_t msglen)
+{
+	struct stat	 st;
+	char		*buf;
+	size_t		 len = 0;
+	ssize_t		 n;
+	int		 fd, saved;
+
+	*out = NULL;
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) == -1) {
+		(void)snprintf(msg, msglen, "cannot open secret file %s: %s",
+		    path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) == -1) {
+		saved = errno;
+		(void)close(fd);
+		(void)snprintf(msg, msglen, "cannot stat secret file %s: %s",
+		    path, strerror(saved));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		(void)close(fd);
+		(void)snprintf(msg, msglen, "secret file %s is not a regular "
+		    "file", path);
+		return -1;
+	}
+	if ((st.st_mode & 077) != 0) {
+		(void)close(fd);
+		(void)snprintf(msg, msglen, "secret file %s has mode %04o: "
+		    "group and others must have no access (chmod 600 it)",
+		    path, (unsigned int)(st.st_mode & 07777));
+		return -1;
+	}
+	if ((buf = malloc(SECRET_MAX + 1)) == NULL) {
+		saved = errno;
+		(void)close(fd);
+		(void)snprintf(msg, msglen, "cannot read secret file %s: %s",
+		    path, strerror(saved));
+		return -1;
+	}
+	/* One byte more than allowed tells a too large file. */
+	while (len < SECRET_MAX + 1) {
+		n = read(fd, buf + len, SECRET_MAX + 1 - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			saved = errno;
+			explicit_bzero(buf, SECRET_MAX + 1);
+			free(buf);
+			(void)close(fd);
+			(void)snprintf(msg, msglen, "cannot read secret file "
+			    "%s: %s", path, strerror(saved));
+			return -1;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	(void)close(fd);	/* read-only: nothing to lose on close */
+	if (len > SECRET_MAX) {
+		explicit_bzero(buf, SECRET_MAX + 1);
+		free(buf);
+		(void)snprintf(msg, msglen, "secret file %s is larger than %d "
+		    "bytes", path, SECRET_MAX);
+		return -1;
+	}
+	while (len > 0 && isspace((unsigned char)buf[len - 1]))
+		buf[--len] = '\0';
+	buf[len] = '\0';
+	if (len == 0 || memchr(buf, '\0', len) != NULL) {
+		explicit_bzero(buf, SECRET_MAX + 1);
+		free(buf);
+		(void)snprintf(msg, msglen, "secret file %s is %s", path,
+		    len == 0 ? "empty" : "not text (it holds a NUL byte)");
+		return -1;
+	}
+	*out = buf;
+	return 0;
+}
+
+/*
+ * A secret comes from, in this order: the environment variable (local
+ * runs), the *_file key, or $CREDENTIALS_DIRECTORY/credential when systemd
+ * put it there (LoadCredential=).  *out is NULL when none is given.
+ */
+static int
+resolve_secret(struct config_load *ld, const char *variable, size_t file_key,
+    const char *credential, char **out)
+{
+	const char	*value, *file, *dir;
+	char		 message[MESSAGE_MAX];
+	char		*path;
+	struct stat	 st;
+	int		 r;
+
+	*out = NULL;
+	if (variable != NULL && (value = getenv(variable)) != NULL &&
+	    *value != '\0') {
+		if ((*out = strdup(value)) == NULL) {
+			fail(ld, 0, "environment variable %s: %s", variable,
+			    strerror(errno));
+			return -1;
+		}
+		return 0;
+	}
+	file = *(char **)key_field(ld->cfg, file_key);
+	if (*file != '\0') {
+		if (read_secret(file, out, message, sizeof(message)) == -1) {
+			key_fail(ld, file_key, "%s", message);
+			return -1;
+		}
+		return 0;
+	}
+	if ((dir = getenv("CREDENTIALS_DIRECTORY")) == NULL || *dir == '\0')
+		return 0;
+	if (asprintf(&path, "%s/%s", dir, credential) == -1) {
+		fail(ld, 0, "credential %s: %s", credential, strerror(errno));
+		return -1;
+	}
+	/* Absent is fine: the credential may be given another way. */
+	if (stat(path, &st) == -1 && errno == ENOENT) {
+		free(path);
+		return 0;
+	}
+	r = read_secret(path, out, message, sizeof(message));
+	free(path);
+	if (r == -1) {
+		fail(ld, 0, "$CREDENTIALS_DIRECTORY: %s", message);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Picks the Twilio credential pair -- API key and secret when both are
+ * there, else account SID and auth token -- and the Redis password.  The
+ * secret of the pair not chosen is wiped at once.
+ */
+static int
+resolve_credentials(struct config_load *ld, int require)
+{
+	struct config	*cfg = ld->cfg;
+	char		*api_secret = NULL, *auth_token = NULL;
+	const char	*hint = "";
+	const char	*where = ld->path != NULL ? ld->path : "";
+
+	if (resolve_secret(ld, "TWILIO_API_SECRET",
+	    key_find("twilio", "api_secret_file"), "twilio-api-secret",
+	    &api_secret) == -1 ||
+	    resolve_secret(ld, "TWILIO_AUTH_TOKEN",
+	    key_find("twilio", "auth_token_file"), "twilio-auth-token",
+	    &auth_token) == -1 ||
+	    resolve_secret(ld, NULL, key_find("redis", "password_file"),
+	    "redis-password", &cfg->redis_password) == -1)
+		goto fail;
+
+	if (*cfg->api_key != '\0' && api_secret != NULL) {
+		cfg->auth_user = strdup(cfg->api_key);
+		cfg->auth_secret = api_secret;
+		api_secret = NULL;
+	} else if (*cfg->account_sid != '\0' && auth_token != NULL) {
+		cfg->auth_user = strdup(cfg->account_sid);
+		cfg->auth_secret = auth_token;
+		auth_token = NULL;
+	} else if (require) {
+		if (*cfg->api_key != '\0')
+			hint = "; api_key is set but no API secret was found";
+		else if (*cfg->account_sid != '\0')
+			hint = "; account_sid is set but no auth token was found";
+		else if (api_secret != NULL || auth_token != NULL)
+			hint = "; a secret was found but neither api_key nor "
+			    "account_sid is set";
+		fail(ld, 0, "%s%sno Twilio credentials: set api_key and "
+		    "api_secret_file (or account_sid and auth_token_file)%s",
+		    where, *where != '\0' ? ": " : "", hint);
+		goto fail;
+	}
+	if (cfg->auth_secret != NULL && cfg->auth_user == NULL) {
+		fail(ld, 0, "cannot keep the Twilio user: %s", strerror(errno));
+		goto fail;
+	}
+	secret_free(&api_secret);
+	secret_free(&auth_token);
+	return 0;
+fail:
+	secret_free(&api_secret);
+	secret_free(&auth_token);
+	return -1;
+}
+
+/* Wipes a secret before its memory goes back to the allocator. */
+static void
+secret_free(char **secret)
+{
+	if (*secret == NULL)
+		return;
+	explicit_bzero(*secret, strlen(*secret));
+	free(*secret);
+	*secret = NULL;
+}
+
+int
+config_load(const char *path, struct config *cfg, int require_credentials,
+    char *err, size_t errlen)
+{
+	struct config_load ld;
+	size_t	 i;
+
+	memset(cfg, 0, sizeof(*cfg));
+	memset(&ld, 0, sizeof(ld));
+	ld.cfg = cfg;
+	ld.path = path;
+	ld.err = err;
+	ld.errlen = errlen;
+	if (errlen > 0)
+		err[0] = '\0';
+
+	for (i = 0; i < CONFIG_NKEYS; i++)
+		if (key_set(&ld, i, config_table[i].default_value) == -1)
+			goto fail;
+	if (path != NULL) {
+		if ((cfg->path = strdup(path)) == NULL) {
+			fail(&ld, 0, "%s: %s", path, strerror(errno));
+			goto fail;
+		}
+		if (parse_file(&ld) == -1)
+			goto fail;
+	}
+	if (apply_environment(&ld) == -1 ||
+	    derive_instance_id(&ld) == -1 ||
+	    check_combinations(&ld) == -1 ||
+	    derive_api_base(&ld) == -1 ||
+	    resolve_credentials(&ld, require_credentials) == -1)
+		goto fail;
+	return 0;
+fail:
+	config_free(cfg);
+	return -1;
+}
+
+void
+config_free(struct config *cfg)
+{
+	size_t	 i;
+
+	for (i = 0; i < CONFIG_NKEYS; i++)
+		if (config_table[i].type == CONFIG_STRING)
+			free(*(char **)key_field(cfg, i));
+	free(cfg->path);
+	free(cfg->api_base);
+	free(cfg->auth_user);
+	secret_free(&cfg->auth_secret);
+	secret_free(&cfg->redis_password);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+static int
+values_differ(const struct config *a, const struct config *b, size_t i)
+{
+	const char	*sa, *sb;
+
+	switch (config_table[i].type) {
+	case CONFIG_STRING:
+		sa = *(char **)key_field(a, i);
+		sb = *(char **)key_field(b, i);
+		if (sa == NULL || sb == NULL)
+			return sa != sb;
+		return strcmp(sa, sb) != 0;
+	case CONFIG_LONG:
+	case CONFIG_MODE:
+		return *(long *)key_field(a, i) != *(long *)key_field(b, i);
+	case CONFIG_ENUM:
+		return *(int *)key_field(a, i) != *(int *)key_field(b, i);
+	}
+	return 1;
+}
+
+/* Appends "section.name" to out, comma-separated, truncating safely. */
+static void
+append_name(char *out, size_t outlen, size_t *len, const char *section,
+    const char *name)
+{
+	int	 n;
+
+	if (outlen == 0 || *len >= outlen - 1)
+		return;
+	n = snprintf(out + *len, outlen - *len, "%s%s.%s",
+	    *len > 0 ? "," : "", section, name);
+	if (n < 0)
+		out[*len] = '\0';
+	else if ((size_t)n >= outlen - *len)
+		*len = outlen - 1;
+	else
+		*len += (size_t)n;
+}
+
+int
+config_restart_keys(const struct config *old, const struct config *new,
+    char *out, size_t outlen)
+{
+	size_t	 i, len = 0;
+	int	 count = 0, password_file_listed = 0;
+
+	if (outlen > 0)
+		out[0] = '\0';
+	for (i = 0; i < CONFIG_NKEYS; i++) {
+		if (config_table[i].reloadable || !values_differ(old, new, i))
+			continue;
+		append_name(out, outlen, &len, config_table[i].section,
+		    config_table[i].name);
+		count++;
+		if (config_table[i].offset ==
+		    offsetof(struct config, redis_password_file))
+			password_file_listed = 1;
+	}
+	/*
+	 * The Redis password is used when connecting, so a new one in the
+	 * same file needs a restart as much as a new file does.
+	 */
+	if (!password_file_listed &&
+	    ((old->redis_password == NULL) != (new->redis_password == NULL) ||
+	    (old->redis_password != NULL &&
+	    strcmp(old->redis_password, new->redis_password) != 0))) {
+		append_name(out, outlen, &len, "redis", "password_file");
+		count++;
+	}
+	return count;
+}

@@ -1,0 +1,237 @@
+/*
+ * daemon.h: the running daemon's shared state and the prototypes of the
+ * files that do I/O.  The pure modules are in usergate.h.
+ *
+ * Everything runs on one libevent loop in one thread; nothing here is
+ * locked because nothing is shared with another thread.
+ */
+#ifndef USERGATE_DAEMON_H
+#define USERGATE_DAEMON_H
+
+#include <sys/queue.h>
+
+#include "usergate.h"
+
+struct event;
+struct job;
+struct intake_conn;
+
+/* ------------------------------------------------------------------ */
+/* stats.c: counters declared once (X-macro), rendered everywhere. */
+
+/* name, help text */
+#define STATS_COUNTERS(X)						\
+	X(received, "Requests taken from Redis or the request socket")	\
+	X(invalid, "Results with status invalid")			\
+	X(duplicate, "Results with status duplicate")			\
+	X(created, "Results with status created")			\
+	X(exists, "Results with status exists")				\
+	X(updated, "Results with status updated")			\
+	X(failed, "Results with status failed")				\
+	X(retries, "HTTP attempts beyond a request's first")		\
+	X(http_requests, "HTTP requests sent to Twilio")		\
+	X(recovered, "Requests taken back from a processing list after a crash") \
+	X(rate_limited, "429 answers from Twilio")
+
+struct stats {
+#define STATS_FIELD(name, help) unsigned long long name;
+	STATS_COUNTERS(STATS_FIELD)
+#undef STATS_FIELD
+};
+
+/* Histogram buckets (seconds) fit 1 ms .. 30 s. */
+#define STATS_BUCKETS 14
+struct histogram {
+	unsigned long long	 counts[STATS_BUCKETS + 1];	/* last: +Inf */
+	unsigned long long	 count;
+	double			 sum;
+};
+
+extern struct stats stats;
+extern struct histogram stats_twilio_seconds;
+extern struct histogram stats_result_seconds;
+
+void		 stats_observe(struct histogram *h, double seconds);
+/* Live values that are not counters, gathered by the caller. */
+struct stats_gauges {
+	const char	*health;		/* "ok" or "degraded: ..." */
+	int		 redis_connected;
+	int		 paused;
+	long		 inflight;
+	long		 max_inflight;
+	long long	 queue_depth;		/* -1 unknown */
+	long long	 processing;
+	long long	 dead;
+	double		 uptime_s;
+	const char	*instance_id;
+};
+/* JSON object of `show stats` (caller frees). */
+json_t		*stats_json(const struct stats_gauges *g);
+/* Prometheus text exposition (malloc'd). */
+char		*stats_prometheus(const struct stats_gauges *g);
+/* Names of the counters, in declaration order (for tests). */
+const char	*const *stats_counter_names(size_t *count);
+
+/* ------------------------------------------------------------------ */
+/* main.c: process-wide state. */
+
+struct daemon {
+	struct event_base	*base;
+	struct config		*cfg;
+	double			 started;	/* monotonic seconds */
+	int			 paused;	/* operator said pause */
+	int			 draining;	/* SIGTERM seen */
+	char			 auth_reason[128]; /* non-empty: Twilio refused us */
+	int			 redis_up;
+};
+extern struct daemon ug;
+
+double		 now_monotonic(void);
+double		 now_wall(void);
+/* ISO 8601 UTC with milliseconds into buf (>= 25 bytes). */
+void		 format_time(double wall, char *buf, size_t size);
+/* "ok" or "degraded: REASON" into buf. */
+const char	*daemon_health(char *buf, size_t size);
+/* Ask the event loop to stop (after a drain when graceful). */
+void		 daemon_stop(int graceful);
+void		 daemon_notify_status(void);
+/* SIGHUP and the status socket's reload: 0, or -1 with the reason. */
+int		 daemon_reload(char *err, size_t errlen);
+
+/* ------------------------------------------------------------------ */
+/* job.c: every state of a request and every transition. */
+
+enum job_source { SOURCE_REDIS, SOURCE_SOCKET };
+
+/*
+ * A request taken from Redis (already in our processing list) or read from
+ * the request socket (pushed to the processing list by intake before it is
+ * handed over here).  job.c owns the raw bytes from then on.
+ */
+void		 job_take(char *raw, size_t len, enum job_source source, long recoveries,
+		    struct intake_conn *conn, const char *request_id);
+/* A fresh unique request id (32 hex digits, malloc'd). */
+char		*job_new_request_id(void);
+/* Jobs alive in memory (the in-flight count bounded by max_inflight). */
+long		 job_count(void);
+/* Seconds since the oldest job in memory was taken (0 when none). */
+double		 job_oldest_age(void);
+/* Room for more work: max_inflight minus jobs alive. */
+long		 job_room(void);
+/* A socket client went away: its jobs finish but answer nobody. */
+void		 job_forget_conn(struct intake_conn *conn);
+/* Called by queue.c when the Redis link comes up or goes down. */
+void		 job_redis_changed(int up);
+/* Twilio refused our credentials/TLS: state exposed for health. */
+int		 job_auth_blocked(void);
+/* Refreshes the TTL of the identity claims this instance holds. */
+void		 job_refresh_claims(void);
+/* Periodic upkeep (called every second). */
+void		 job_tick(void);
+void		 job_init(void);
+void		 job_shutdown(void);
+/* Frees every job without writing results (final exit). */
+void		 job_abandon_all(void);
+/* Config reloaded: pick up new limits. */
+void		 job_reconfigure(void);
+
+/* ------------------------------------------------------------------ */
+/* queue.c: the only hiredis user. */
+
+/* Result of one finished job, as written by queue_commit. */
+struct commit_item {
+	const char	*raw;		/* element to remove from processing */
+	size_t		 rawlen;
+	const char	*identity;	/* NULL: request had none */
+	const char	*result;	/* encoded result message */
+	size_t		 resultlen;
+	const char	*record;	/* encoded user record, or NULL */
+	size_t		 recordlen;
+	const char	*reply_to;	/* NULL: none */
+	const char	*dead;		/* encoded {request, result}, or NULL */
+	size_t		 deadlen;
+	int		 identity_done;	/* SET identity done EX ttl */
+	int		 identity_release; /* DEL identity (failed) */
+	int		 recovered;	/* HDEL recoveries raw */
+	int		 in_processing;	/* LREM from processing */
+};
+
+enum claim_outcome {
+	CLAIM_ERROR = 0,	/* Redis unavailable; try again later */
+	CLAIM_OWNED,		/* we hold the identity: call Twilio */
+	CLAIM_DONE,		/* completed before: record given */
+	CLAIM_PENDING,		/* another instance is on it */
+};
+
+typedef void	 queue_claim_cb(enum claim_outcome outcome, const char *record,
+		    size_t recordlen, void *arg);
+typedef void	 queue_done_cb(int ok, void *arg);
+typedef void	 queue_rate_cb(long granted, long wait_ms, void *arg);
+typedef void	 queue_count_cb(long long value, void *arg);
+typedef void	 queue_lengths_cb(int ok, long long requests, long long processing,
+		    long long dead, double oldest_age_s, void *arg);
+typedef void	 queue_lines_cb(int ok, char **lines, size_t n, void *arg);
+
+int		 queue_init(void);
+int		 queue_connected(void);
+/* Takes up to n requests into our processing list, handing each to
+ * job_take.  Returns 0 when a take was started. */
+void		 queue_pump(void);
+int		 queue_claim(const char *identity, queue_claim_cb *cb, void *arg);
+int		 queue_rate_acquire(long want, queue_rate_cb *cb, void *arg);
+int		 queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb,
+		    void *arg);
+/* LPUSH a socket request to our processing list before acknowledging it. */
+int		 queue_push_processing(const char *raw, size_t len, queue_done_cb *cb, void *arg);
+void		 queue_refresh_claims(const char *const *identities, size_t n);
+int		 queue_lengths(queue_lengths_cb *cb, void *arg);
+int		 queue_dead_list(long n, queue_lines_cb *cb, void *arg);
+int		 queue_dead_retry(long n, queue_count_cb *cb, void *arg);
+void		 queue_stop_intake(void);
+void		 queue_unblock(void);
+void		 queue_shutdown(void);
+/* Last known lengths, refreshed each second, for STATUS= and stats. */
+void		 queue_last_lengths(long long *requests, long long *processing, long long *dead);
+
+/* ------------------------------------------------------------------ */
+/* http.c: the only libcurl user. */
+
+struct http_result {
+	long		 status;	/* HTTP status, 0 on transport failure */
+	long		 retry_after_ms; /* -1 when absent */
+	const char	*body;
+	size_t		 len;
+	int		 tls_failure;	/* peer could not be verified */
+	const char	*error;		/* transport error text, or NULL */
+	double		 seconds;	/* time taken */
+};
+typedef void	 http_done_cb(const struct http_result *res, void *arg);
+
+int		 http_init(void);
+/* Applies timeouts, credentials and CA from ug.cfg (at start and reload). */
+void		 http_configure(void);
+/* method "GET" or "POST"; body NULL for GET; webhook -1/0/1. */
+int		 http_send(const char *method, const char *url, const char *body, int webhook,
+		    http_done_cb *cb, void *arg);
+long		 http_inflight(void);
+void		 http_shutdown(void);
+
+/* ------------------------------------------------------------------ */
+/* intake.c: the request socket. */
+
+int		 intake_init(void);
+void		 intake_answer(struct intake_conn *conn, const json_t *result);
+/* Stop or resume reading sockets (backpressure). */
+void		 intake_throttle(int stop);
+void		 intake_shutdown(void);
+/* Binds a Unix stream socket with mode, replacing a stale one and refusing
+ * one a live daemon owns: the listening fd, or -1 (logged). */
+int		 unix_listen(const char *path, long mode, const char *what);
+
+/* ------------------------------------------------------------------ */
+/* status.c: the status socket. */
+
+int		 status_init(void);
+void		 status_shutdown(void);
+
+#endif /* USERGATE_DAEMON_H */

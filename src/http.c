@@ -1,0 +1,417 @@
+/*
+ * http.c: the only libcurl user.  One multi handle driven by the event loop
+ * through curl's multi_socket interface (a socket callback that maintains
+ * one libevent event per socket, and one timer), after curl's hiperfifo
+ * example but without its shortcuts: no exit() on errors and no timeout
+ * rounded to whole seconds.
+ *
+ * Easy handles are pooled and reused: a reused handle keeps its options and
+ * curl keeps the connections in the multi handle's cache, so requests to
+ * Twilio go over kept-alive connections (multiplexed over HTTP/2 when the
+ * server offers it).
+ */
+#include "config.h"
+
+#include <sys/utsname.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include "daemon.h"
+
+#define BODY_MAX	(1024 * 1024)	/* a Twilio answer is a few KiB */
+
+struct http_call {
+	CURL			*easy;
+	struct curl_slist	*headers;
+	char			*body;		/* answer */
+	size_t			 len, cap;
+	long			 retry_after_ms;
+	char			 error[CURL_ERROR_SIZE];
+	double			 started;
+	http_done_cb		*cb;
+	void			*arg;
+	char			*post;		/* request body, owned */
+	struct http_call	*next_free;
+};
+
+struct sock_ctx {
+	struct event	*ev;
+	curl_socket_t	 fd;
+};
+
+static CURLM *multi;
+static struct event *timer_ev;
+static struct http_call *free_calls;
+static long inflight;
+static char user_agent[160];
+static int still_running;
+
+static void	 check_done(void);
+
+static size_t
+on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	struct http_call *c = userdata;
+	size_t n = size * nmemb;
+	char *p;
+
+	if (c->len + n > BODY_MAX)
+		return 0;	/* curl fails the transfer: CURLE_WRITE_ERROR */
+	if (c->len + n + 1 > c->cap) {
+		size_t cap = c->cap ? c->cap : 2048;
+
+		while (cap < c->len + n + 1)
+			cap *= 2;
+		if ((p = realloc(c->body, cap)) == NULL)
+			return 0;
+		c->body = p;
+		c->cap = cap;
+	}
+	memcpy(c->body + c->len, ptr, n);
+	c->len += n;
+	c->body[c->len] = '\0';
+	return n;
+}
+
+static size_t
+on_header(char *buf, size_t size, size_t nitems, void *userdata)
+{
+	struct http_call *c = userdata;
+	size_t n = size * nitems;
+	static const char name[] = "retry-after:";
+	char value[128];
+	size_t vlen;
+
+	if (n > sizeof(name) - 1 && strncasecmp(buf, name, sizeof(name) - 1) == 0) {
+		vlen = n - (sizeof(name) - 1);
+		if (vlen >= sizeof(value))
+			vlen = sizeof(value) - 1;
+		memcpy(value, buf + sizeof(name) - 1, vlen);
+		value[vlen] = '\0';
+		value[strcspn(value, "\r\n")] = '\0';
+		c->retry_after_ms = pace_retry_after_ms(value, time(NULL));
+	}
+	/* A new response (after a 100 Continue or a redirect) starts over. */
+	if (n >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
+		c->retry_after_ms = -1;
+		c->len = 0;
+	}
+	return n;
+}
+
+static void
+apply_options(struct http_call *c)
+{
+	struct config *cfg = ug.cfg;
+	CURL *e = c->easy;
+
+	curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
+	curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+	curl_easy_setopt(e, CURLOPT_USERNAME, cfg->auth_user ? cfg->auth_user : "");
+	curl_easy_setopt(e, CURLOPT_PASSWORD, cfg->auth_secret ? cfg->auth_secret : "");
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, cfg->request_timeout_ms);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (cfg->ca_file && cfg->ca_file[0]) {
+		/* An extra CA: the private one in CAINFO, the system's
+		 * certificates still through CAPATH. */
+		curl_easy_setopt(e, CURLOPT_CAINFO, cfg->ca_file);
+		curl_easy_setopt(e, CURLOPT_CAPATH, "/etc/ssl/certs");
+	} else {
+		curl_easy_setopt(e, CURLOPT_CAINFO, NULL);
+	}
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+	curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+}
+
+static struct http_call *
+call_get(void)
+{
+	struct http_call *c = free_calls;
+
+	if (c != NULL) {
+		free_calls = c->next_free;
+		c->next_free = NULL;
+		return c;
+	}
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		return NULL;
+	if ((c->easy = curl_easy_init()) == NULL) {
+		free(c);
+		return NULL;
+	}
+	apply_options(c);
+	return c;
+}
+
+static void
+call_put(struct http_call *c)
+{
+	curl_slist_free_all(c->headers);
+	c->headers = NULL;
+	free(c->post);
+	c->post = NULL;
+	c->len = 0;
+	c->cb = NULL;
+	c->arg = NULL;
+	/* Keep the answer buffer: the next answer is about the same size. */
+	if (c->cap > 64 * 1024) {
+		free(c->body);
+		c->body = NULL;
+		c->cap = 0;
+	}
+	c->next_free = free_calls;
+	free_calls = c;
+}
+
+int
+http_send(const char *method, const char *url, const char *body, int webhook,
+    http_done_cb *cb, void *arg)
+{
+	struct http_call *c;
+	struct curl_slist *h;
+	CURLMcode mc;
+
+	if ((c = call_get()) == NULL)
+		return -1;
+	c->cb = cb;
+	c->arg = arg;
+	c->len = 0;
+	c->retry_after_ms = -1;
+	c->error[0] = '\0';
+	h = curl_slist_append(NULL, "Accept: application/json");
+	if (h != NULL && body != NULL)
+		h = curl_slist_append(h,
+		    "Content-Type: application/x-www-form-urlencoded; charset=utf-8");
+	if (h != NULL && body != NULL)
+		h = curl_slist_append(h, "Expect:");	/* no 100-continue round trip */
+	if (h != NULL && webhook >= 0)
+		h = curl_slist_append(h, webhook ? "X-Twilio-Webhook-Enabled: true" :
+		    "X-Twilio-Webhook-Enabled: false");
+	if (h == NULL)
+		goto fail;
+	c->headers = h;
+	curl_easy_setopt(c->easy, CURLOPT_URL, url);
+	curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, c->headers);
+	if (body != NULL) {
+		if ((c->post = strdup(body)) == NULL)
+			goto fail;
+		curl_easy_setopt(c->easy, CURLOPT_POST, 1L);
+		curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, c->post);
+		curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(c->post));
+	} else {
+		curl_easy_setopt(c->easy, CURLOPT_HTTPGET, 1L);
+	}
+	(void)method;
+	c->started = now_monotonic();
+	if ((mc = curl_multi_add_handle(multi, c->easy)) != CURLM_OK) {
+		log_error("http: cannot start a request", "error", curl_multi_strerror(mc));
+		goto fail;
+	}
+	inflight++;
+	stats.http_requests++;
+	return 0;
+fail:
+	call_put(c);
+	return -1;
+}
+
+long
+http_inflight(void)
+{
+	return inflight;
+}
+
+/* Curl says which events it wants on a socket. */
+static void	 on_socket_event(evutil_socket_t, short, void *);
+
+static int
+sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
+{
+	struct sock_ctx *sc = sockp;
+	short kind;
+
+	if (what == CURL_POLL_REMOVE) {
+		if (sc != NULL) {
+			event_free(sc->ev);
+			free(sc);
+			curl_multi_assign(multi, s, NULL);
+		}
+		return 0;
+	}
+	kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
+	    ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+	if (sc == NULL) {
+		if ((sc = calloc(1, sizeof(*sc))) == NULL)
+			return -1;
+		sc->fd = s;
+		curl_multi_assign(multi, s, sc);
+	} else {
+		event_free(sc->ev);
+	}
+	sc->ev = event_new(ug.base, s, kind, on_socket_event, sc);
+	if (sc->ev == NULL || event_add(sc->ev, NULL) != 0)
+		return -1;
+	return 0;
+}
+
+static void
+on_socket_event(evutil_socket_t fd, short kind, void *arg)
+{
+	int action = ((kind & EV_READ) ? CURL_CSELECT_IN : 0) |
+	    ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+
+	curl_multi_socket_action(multi, fd, action, &still_running);
+	check_done();
+}
+
+static void
+on_timer(evutil_socket_t fd, short kind, void *arg)
+{
+	curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &still_running);
+	check_done();
+}
+
+static int
+timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+	struct timeval tv;
+
+	if (timeout_ms < 0) {
+		evtimer_del(timer_ev);
+		return 0;
+	}
+	tv.tv_sec = timeout_ms / 1000;
+	tv.tv_usec = (timeout_ms % 1000) * 1000;
+	evtimer_add(timer_ev, &tv);
+	return 0;
+}
+
+static int
+is_tls_failure(CURLcode rc)
+{
+	return rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE ||
+	    rc == CURLE_SSL_ISSUER_ERROR || rc == CURLE_SSL_PINNEDPUBKEYNOTMATCH ||
+	    rc == CURLE_SSL_CRL_BADFILE;
+}
+
+/*
+ * Finished transfers: the handle is removed from the multi handle before
+ * its owner hears of it, so the owner may start a new request at once.
+ */
+static void
+check_done(void)
+{
+	CURLMsg *msg;
+	int left;
+
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL) {
+		struct http_call *c = NULL;
+		struct http_result res;
+		CURLcode rc;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		rc = msg->data.result;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+		curl_multi_remove_handle(multi, msg->easy_handle);
+		inflight--;
+		memset(&res, 0, sizeof(res));
+		res.retry_after_ms = c->retry_after_ms;
+		res.seconds = now_monotonic() - c->started;
+		if (rc == CURLE_OK) {
+			curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &res.status);
+			res.body = c->body ? c->body : "";
+			res.len = c->len;
+		} else {
+			res.status = 0;
+			res.body = "";
+			res.tls_failure = is_tls_failure(rc);
+			res.error = c->error[0] ? c->error : curl_easy_strerror(rc);
+		}
+		stats_observe(&stats_twilio_seconds, res.seconds);
+		{
+			http_done_cb *cb = c->cb;
+			void *arg = c->arg;
+
+			cb(&res, arg);
+		}
+		call_put(c);
+	}
+}
+
+void
+http_configure(void)
+{
+	struct http_call *c;
+
+	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, ug.cfg->max_inflight);
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, ug.cfg->max_inflight);
+	/* Handles in flight keep their old options until they come back;
+	 * pooled ones take the new ones now. */
+	for (c = free_calls; c != NULL; c = c->next_free)
+		apply_options(c);
+}
+
+int
+http_init(void)
+{
+	struct utsname u;
+	curl_version_info_data *v;
+
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		return -1;
+	v = curl_version_info(CURLVERSION_NOW);
+	if (uname(&u) != 0)
+		strcpy(u.machine, "unknown");
+	snprintf(user_agent, sizeof(user_agent), "usergate/%s (Linux %s) libcurl/%s",
+	    PACKAGE_VERSION, u.machine, v->version);
+	if ((multi = curl_multi_init()) == NULL)
+		return -1;
+	timer_ev = evtimer_new(ug.base, on_timer, NULL);
+	if (timer_ev == NULL)
+		return -1;
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+	curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+	http_configure();
+	return 0;
+}
+
+void
+http_shutdown(void)
+{
+	struct http_call *c;
+
+	while ((c = free_calls) != NULL) {
+		free_calls = c->next_free;
+		curl_easy_cleanup(c->easy);
+		free(c->body);
+		free(c);
+	}
+	if (multi != NULL)
+		curl_multi_cleanup(multi);
+	multi = NULL;
+	if (timer_ev != NULL)
+		event_free(timer_ev);
+	timer_ev = NULL;
+	curl_global_cleanup();
+}

@@ -1,0 +1,512 @@
+/*
+ * intake.c: the request socket (SPEC §6.1).
+ *
+ * A connection's framing is fixed by its first byte: '{' means one JSON
+ * object per line, answered by JSON lines; anything else is read as a
+ * stream of msgpack values, answered by msgpack maps.  Each request is
+ * pushed to our processing list before anything is acknowledged, then
+ * handed to job.c like a request taken from Redis; its result comes back
+ * here through intake_answer, in completion order.
+ *
+ * A connection is freed only when it is closed AND no request of it waits
+ * on Redis (refs); jobs forget a closed connection (job_forget_conn), so a
+ * client that goes away loses nothing: its results still go to Redis.
+ */
+#include "config.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <msgpack.h>
+
+#include "daemon.h"
+
+enum framing { FRAMING_UNKNOWN, FRAMING_JSON, FRAMING_MSGPACK };
+
+struct intake_conn {
+	TAILQ_ENTRY(intake_conn) link;
+	struct bufferevent	*bev;
+	enum framing		 framing;
+	int			 refs;		/* pushes waiting on Redis */
+	int			 outstanding;	/* requests not yet answered */
+	int			 closed;	/* socket gone or closing */
+	int			 eof;		/* client finished writing */
+	int			 discarding;	/* skipping an oversized JSON line */
+	int			 throttled;
+};
+
+TAILQ_HEAD(conn_list, intake_conn);
+static struct conn_list conns = TAILQ_HEAD_INITIALIZER(conns);
+static struct evconnlistener *listener;
+static long pending_pushes;
+static int throttled;
+
+struct push {
+	struct intake_conn	*conn;
+	char			*raw;
+	size_t			 len;
+	char			*request_id;
+	int			 wait;
+};
+
+static void	 conn_read(struct bufferevent *, void *);
+static void	 conn_close(struct intake_conn *);
+
+static void
+conn_unref(struct intake_conn *c)
+{
+	if (--c->refs > 0 || !c->closed)
+		return;
+	free(c);
+}
+
+static void
+send_value(struct intake_conn *c, const json_t *v)
+{
+	char *out = NULL;
+	size_t len = 0;
+
+	if (c->closed || c->bev == NULL)
+		return;
+	if (codec_encode(v, c->framing == FRAMING_MSGPACK ? FORMAT_MSGPACK : FORMAT_JSON,
+	    &out, &len) != 0)
+		return;
+	bufferevent_write(c->bev, out, len);
+	if (c->framing != FRAMING_MSGPACK)
+		bufferevent_write(c->bev, "\n", 1);
+	free(out);
+}
+
+/* Close once the client said EOF and everything it asked is answered
+ * and written out. */
+static void
+maybe_finish(struct intake_conn *c)
+{
+	if (c->closed || !c->eof || c->outstanding > 0)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_close(c);
+}
+
+static void
+send_status(struct intake_conn *c, const char *status, const char *request_id)
+{
+	json_t *v = json_pack("{s:s}", "status", status);
+
+	if (v == NULL)
+		return;
+	if (request_id != NULL)
+		json_object_set_new(v, "request_id", json_string(request_id));
+	send_value(c, v);
+	json_decref(v);
+}
+
+void
+intake_answer(struct intake_conn *c, const json_t *result)
+{
+	send_value(c, result);
+	c->outstanding--;
+	maybe_finish(c);
+}
+
+static void
+on_pushed(int ok, void *arg)
+{
+	struct push *p = arg;
+	struct intake_conn *c = p->conn;
+
+	pending_pushes--;
+	if (!ok) {
+		/* Nothing half-done: the request is not in Redis, the client
+		 * hears so and may send it again. */
+		if (!c->closed) {
+			send_status(c, "unavailable", p->request_id);
+			c->outstanding--;
+		}
+		free(p->raw);
+	} else if (c->closed) {
+		job_take(p->raw, p->len, SOURCE_SOCKET, 0, NULL, p->request_id);
+	} else if (!p->wait) {
+		send_status(c, "queued", p->request_id);
+		c->outstanding--;
+		job_take(p->raw, p->len, SOURCE_SOCKET, 0, NULL, p->request_id);
+	} else {
+		job_take(p->raw, p->len, SOURCE_SOCKET, 0, c, p->request_id);
+	}
+	if (!c->closed)
+		maybe_finish(c);
+	free(p->request_id);
+	free(p);
+	conn_unref(c);
+	intake_throttle(0);
+}
+
+/*
+ * One frame from a client.  The request id is settled here so that a
+ * "queued" acknowledgement and the later result carry the same one.
+ */
+static void
+submit(struct intake_conn *c, const char *data, size_t len)
+{
+	struct request req;
+	struct push *p;
+	char err[256];
+
+	memset(&req, 0, sizeof(req));
+	(void)request_parse(data, len, &req, err, sizeof(err));
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		goto oom;
+	p->conn = c;
+	p->wait = req.wait;
+	p->len = len;
+	p->request_id = req.request_id ? strdup(req.request_id) : job_new_request_id();
+	if ((p->raw = malloc(len + 1)) == NULL || p->request_id == NULL)
+		goto oom;
+	memcpy(p->raw, data, len);
+	p->raw[len] = '\0';
+	request_free(&req);
+	c->outstanding++;
+	if (!queue_connected() || queue_push_processing(p->raw, len, on_pushed, p) != 0) {
+		send_status(c, "unavailable", p->request_id);
+		c->outstanding--;
+		free(p->raw);
+		free(p->request_id);
+		free(p);
+		return;
+	}
+	c->refs++;
+	pending_pushes++;
+	return;
+oom:
+	request_free(&req);
+	if (p != NULL) {
+		free(p->raw);
+		free(p->request_id);
+		free(p);
+	}
+	send_status(c, "unavailable", NULL);
+}
+
+static int
+room(void)
+{
+	return job_room() - pending_pushes > 0;
+}
+
+/* Reads JSON lines.  A line over the frame limit is kept only up to the
+ * limit (so the result can say too_large) and the rest skipped. */
+static void
+read_json(struct intake_conn *c, struct evbuffer *in)
+{
+	struct evbuffer_ptr eol;
+	char *line;
+	size_t len;
+
+	while (!c->closed && room()) {
+		eol = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
+		if (eol.pos < 0) {
+			size_t have = evbuffer_get_length(in);
+
+			if (have > UG_FRAME_MAX && !c->discarding) {
+				char *head = malloc(UG_FRAME_MAX + 1);
+
+				if (head != NULL) {
+					evbuffer_remove(in, head, UG_FRAME_MAX + 1);
+					submit(c, head, UG_FRAME_MAX + 1);
+					free(head);
+				}
+				c->discarding = 1;
+			}
+			if (c->discarding)
+				evbuffer_drain(in, evbuffer_get_length(in));
+			return;
+		}
+		line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF);
+		if (line == NULL)
+			return;
+		if (c->discarding) {
+			c->discarding = 0;	/* the tail of the long line */
+			free(line);
+			continue;
+		}
+		if (len > 0 && line[len - 1] == '\r')
+			line[--len] = '\0';
+		if (len > 0)
+			submit(c, line, len);
+		free(line);
+	}
+}
+
+/*
+ * Reads a msgpack stream.  msgpack has no resynchronisation point, so a
+ * value that cannot be parsed, or that grows past the frame limit, ends the
+ * connection after an answer saying why.
+ */
+static void
+read_msgpack(struct intake_conn *c, struct evbuffer *in)
+{
+	msgpack_unpacked u;
+
+	msgpack_unpacked_init(&u);
+	while (!c->closed && room()) {
+		size_t have = evbuffer_get_length(in), look, off = 0;
+		const char *data;
+		msgpack_unpack_return rc;
+
+		if (have == 0)
+			break;
+		look = have > UG_FRAME_MAX + 1 ? UG_FRAME_MAX + 1 : have;
+		data = (const char *)evbuffer_pullup(in, (ev_ssize_t)look);
+		rc = msgpack_unpack_next(&u, data, look, &off);
+		if (rc == MSGPACK_UNPACK_SUCCESS || rc == MSGPACK_UNPACK_EXTRA_BYTES) {
+			submit(c, data, off);
+			evbuffer_drain(in, off);
+			continue;
+		}
+		if (rc == MSGPACK_UNPACK_CONTINUE && look <= UG_FRAME_MAX)
+			break;		/* wait for the rest */
+		/* Too large or undecodable: answer, then hang up. */
+		{
+			json_t *v = json_pack("{s:s, s:{s:s, s:s}}", "status", "invalid",
+			    "error", "code", rc == MSGPACK_UNPACK_CONTINUE ? "too_large" :
+			    "malformed", "message", rc == MSGPACK_UNPACK_CONTINUE ?
+			    "msgpack frame larger than 65536 bytes; closing the connection" :
+			    "undecodable msgpack stream; closing the connection");
+
+			if (v != NULL) {
+				send_value(c, v);
+				json_decref(v);
+			}
+			evbuffer_drain(in, evbuffer_get_length(in));
+			c->eof = 1;
+			bufferevent_disable(c->bev, EV_READ);
+			break;
+		}
+	}
+	msgpack_unpacked_destroy(&u);
+}
+
+static void
+conn_read(struct bufferevent *bev, void *arg)
+{
+	struct intake_conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+
+	if (c->framing == FRAMING_UNKNOWN) {
+		unsigned char first;
+
+		if (evbuffer_copyout(in, &first, 1) != 1)
+			return;
+		c->framing = first == '{' ? FRAMING_JSON : FRAMING_MSGPACK;
+	}
+	if (c->framing == FRAMING_JSON)
+		read_json(c, in);
+	else
+		read_msgpack(c, in);
+	if (!c->closed && !room() && evbuffer_get_length(in) > 0) {
+		/* Backpressure: stop reading until there is room. */
+		bufferevent_disable(bev, EV_READ);
+		c->throttled = 1;
+		throttled = 1;
+	}
+	if (!c->closed)
+		maybe_finish(c);
+}
+
+static void
+conn_write(struct bufferevent *bev, void *arg)
+{
+	maybe_finish(arg);
+}
+
+static void
+conn_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct intake_conn *c = arg;
+
+	if (what & BEV_EVENT_EOF) {
+		/* The client may have only shut its writing side and still
+		 * wait for answers: finish what is buffered first. */
+		c->eof = 1;
+		conn_read(bev, c);
+		if (!c->closed)
+			maybe_finish(c);
+		return;
+	}
+	if (what & BEV_EVENT_ERROR)
+		conn_close(c);
+}
+
+static void
+conn_close(struct intake_conn *c)
+{
+	if (c->closed)
+		return;
+	c->closed = 1;
+	job_forget_conn(c);
+	TAILQ_REMOVE(&conns, c, link);
+	bufferevent_free(c->bev);
+	c->bev = NULL;
+	c->refs++;
+	conn_unref(c);
+}
+
+void
+intake_throttle(int stop)
+{
+	struct intake_conn *c, *next;
+
+	if (stop || !throttled || !room())
+		return;
+	throttled = 0;
+	for (c = TAILQ_FIRST(&conns); c != NULL; c = next) {
+		next = TAILQ_NEXT(c, link);
+		if (!c->throttled || c->closed)
+			continue;
+		c->throttled = 0;
+		if (!c->eof)
+			bufferevent_enable(c->bev, EV_READ);
+		conn_read(c->bev, c);	/* what is already buffered */
+	}
+}
+
+static void
+on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen,
+    void *arg)
+{
+	struct intake_conn *c;
+
+	if (ug.draining) {
+		close(fd);
+		return;
+	}
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		close(fd);
+		return;
+	}
+	c->bev = bufferevent_socket_new(ug.base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (c->bev == NULL) {
+		close(fd);
+		free(c);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&conns, c, link);
+	bufferevent_setcb(c->bev, conn_read, conn_write, conn_event, c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/*
+ * Binds a Unix stream socket at path with mode.  A stale socket file (no
+ * one accepts on it) is replaced; a live one means another daemon owns
+ * it, and we refuse to start rather than steal its clients.
+ */
+int
+unix_listen(const char *path, long mode, const char *what)
+{
+	struct sockaddr_un sun;
+	struct stat st;
+	mode_t old;
+	int fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		log_error("socket path too long", "socket", what, "path", path);
+		return -1;
+	}
+	strcpy(sun.sun_path, path);
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			log_error("socket path exists and is not a socket", "socket", what,
+			    "path", path);
+			return -1;
+		}
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
+			close(fd);
+			log_error("another daemon is listening on this socket; refusing to "
+			    "start", "socket", what, "path", path);
+			return -1;
+		}
+		if (fd >= 0)
+			close(fd);
+		if (unlink(path) != 0 && errno != ENOENT) {
+			log_error("cannot remove stale socket", "socket", what, "path", path,
+			    "error", strerror(errno));
+			return -1;
+		}
+	}
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
+		log_error("cannot create socket", "socket", what, "error", strerror(errno));
+		return -1;
+	}
+	/* Never world-writable, not even for an instant: the umask covers
+	 * the window between bind and chmod. */
+	old = umask(0177);
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		umask(old);
+		log_error("cannot bind socket", "socket", what, "path", path,
+		    "error", strerror(errno));
+		close(fd);
+		return -1;
+	}
+	umask(old);
+	if (chmod(path, (mode_t)mode & 0777 & ~(mode_t)0002) != 0 || listen(fd, 128) != 0) {
+		log_error("cannot set up socket", "socket", what, "path", path,
+		    "error", strerror(errno));
+		close(fd);
+		unlink(path);
+		return -1;
+	}
+	return fd;
+}
+
+int
+intake_init(void)
+{
+	int fd = unix_listen(ug.cfg->socket_path, ug.cfg->socket_mode, "request");
+
+	if (fd < 0)
+		return -1;
+	listener = evconnlistener_new(ug.base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+	if (listener == NULL) {
+		close(fd);
+		log_error("cannot listen on the request socket");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Stops accepting (drain or exit).  Open connections stay until their
+ * answers are written or the process ends.
+ */
+void
+intake_shutdown(void)
+{
+	struct intake_conn *c;
+
+	if (listener != NULL) {
+		evconnlistener_free(listener);
+		listener = NULL;
+		unlink(ug.cfg->socket_path);
+	}
+	if (!ug.draining || event_base_got_exit(ug.base)) {
+		while ((c = TAILQ_FIRST(&conns)) != NULL)
+			conn_close(c);
+	} else {
+		TAILQ_FOREACH(c, &conns, link)
+			bufferevent_disable(c->bev, EV_READ);
+	}
+}

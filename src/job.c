@@ -1,0 +1,1120 @@
+/*
+ * job.c: a request's whole life, in one file.
+ *
+ *   take ─► parse ─► (invalid) ──────────────────────────────┐
+ *             │                                              │
+ *             ▼                                              ▼
+ *       local dedup ─► (same Identity in flight here: wait) ─► commit ─► done
+ *             │                                              ▲
+ *             ▼                                              │
+ *       Redis claim ─► (done before: duplicate) ─────────────┤
+ *             │        (another instance on it: poll)        │
+ *             ▼                                              │
+ *       rate window ─► concurrency window ─► HTTP ─► classify┤
+ *             ▲                                  │           │
+ *             └──────── backoff (retryable) ◄────┘           │
+ *                       auth wait (401/403/TLS) ◄────────────┘
+ *
+ * Each job is in exactly one state, and in at most one of the queues below
+ * (rate, send, auth, commit) or one owner's waiter list.  The job is freed
+ * only after its result transaction succeeded (or at final exit, when its
+ * request stays in the processing list for the next start).
+ */
+#include "config.h"
+
+#include <search.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "daemon.h"
+
+#define COMMIT_BATCH_MAX	256
+#define CLAIM_POLL_MIN_MS	50
+#define CLAIM_POLL_MAX_MS	1000
+#define REDIS_RETRY_MS		500
+#define AUTH_PROBE_MIN_MS	1000
+#define AUTH_PROBE_MAX_MS	60000
+
+enum job_state {
+	JOB_PARSED,
+	JOB_LOCAL_WAIT,		/* behind a local job with the same Identity */
+	JOB_CLAIMING,		/* claim script outstanding */
+	JOB_CLAIM_RETRY,	/* timer: another instance has it, or no Redis */
+	JOB_RATE_WAIT,		/* in rate_q */
+	JOB_SEND_WAIT,		/* in send_q */
+	JOB_HTTP,		/* request on the wire */
+	JOB_BACKOFF,		/* timer: retry schedule */
+	JOB_AUTH_WAIT,		/* in auth_q until Twilio accepts us again */
+	JOB_COMMIT_WAIT,	/* in commit_q */
+	JOB_COMMITTING,		/* in a result transaction */
+};
+
+enum job_phase { PHASE_CREATE, PHASE_FETCH, PHASE_UPDATE };
+
+struct job {
+	TAILQ_ENTRY(job)	 link;	/* the one queue or waiter list it is in */
+	TAILQ_ENTRY(job)	 all;
+	enum job_state		 state;
+	enum job_phase		 phase;
+
+	char			*raw;	/* the bytes in our processing list */
+	size_t			 rawlen;
+	enum job_source		 source;
+	long			 recoveries;
+	struct intake_conn	*conn;	/* socket client waiting, or NULL */
+
+	struct request		 req;
+	enum request_error	 err;
+	char			 errmsg[256];
+	char			*request_id;	/* req's or generated; owned */
+	double			 received_wall;
+	double			 received_mono;
+
+	int			 attempts;	/* HTTP requests made */
+	int			 tries;		/* counted against max_attempts */
+	int			 retrying;	/* next HTTP request is a retry */
+	long			 claim_poll_ms;
+	int			 owns_claim;	/* our claim is in Redis */
+	int			 is_owner;	/* in the local identity table */
+	TAILQ_HEAD(, job)	 waiters;	/* same Identity, behind us */
+	struct job		*owner;
+
+	long			 last_status;
+	long			 last_code;
+	long			 last_retry_after_ms;
+	char			*last_message;
+	char			*sid;		/* for the update */
+
+	const char		*status;	/* result, once known */
+	json_t			*user;
+	json_t			*error;
+	json_t			*result;	/* the result map, once finished */
+
+	char			*enc_result, *enc_record, *enc_dead;
+	size_t			 enc_result_len, enc_record_len, enc_dead_len;
+
+	struct event		*timer;
+};
+
+TAILQ_HEAD(job_list, job);
+
+static struct job_list all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
+static struct job_list rate_q = TAILQ_HEAD_INITIALIZER(rate_q);
+static struct job_list send_q = TAILQ_HEAD_INITIALIZER(send_q);
+static struct job_list auth_q = TAILQ_HEAD_INITIALIZER(auth_q);
+static struct job_list commit_q = TAILQ_HEAD_INITIALIZER(commit_q);
+static long njobs;
+
+static void *identities;		/* tsearch tree of owner jobs */
+static struct pace_window window;
+
+static int rate_outstanding;
+static struct event *rate_ev;
+static struct event *flush_ev;
+static struct event *commit_retry_ev;
+static int commit_outstanding;
+
+static int auth_blocked;
+static long auth_probe_ms = AUTH_PROBE_MIN_MS;
+static struct event *auth_ev;
+static int auth_probe_outstanding;
+
+static char *users_url;			/* api_base + /v1/Users (service) */
+
+static void	 identity_enter(struct job *);
+static void	 claim(struct job *);
+static void	 start_attempt(struct job *);
+static void	 send_enter(struct job *);
+static void	 send_pump(void);
+static void	 rate_pump(void);
+static void	 finish(struct job *, const char *status);
+static void	 fail(struct job *, const char *code, const char *message);
+static void	 schedule_flush(void);
+
+/* ------------------------------------------------------------------ */
+/* helpers */
+
+static void
+free_nothing(void *node)
+{
+	(void)node;	/* the tree holds pointers to jobs it does not own */
+}
+
+static int
+identity_cmp(const void *a, const void *b)
+{
+	const struct job *x = a, *y = b;
+
+	return strcmp(x->req.identity, y->req.identity);
+}
+
+static double
+random_unit(void)
+{
+	return (double)arc4random() / 4294967296.0;
+}
+
+char *
+job_new_request_id(void)
+{
+	unsigned char b[16];
+	char *s = malloc(33);
+	int i;
+
+	if (s == NULL)
+		return NULL;
+	arc4random_buf(b, sizeof(b));
+	for (i = 0; i < 16; i++)
+		snprintf(s + 2 * i, 3, "%02x", b[i]);
+	return s;
+}
+
+static void
+set_timer(struct job *j, long ms, event_callback_fn cb)
+{
+	struct timeval tv;
+
+	if (j->timer == NULL)
+		j->timer = evtimer_new(ug.base, cb, j);
+	else
+		event_assign(j->timer, ug.base, -1, 0, cb, j);
+	if (j->timer == NULL) {
+		/* Without a timer we cannot wait; try at once instead. */
+		cb(-1, 0, j);
+		return;
+	}
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
+	evtimer_add(j->timer, &tv);
+}
+
+static void
+job_free(struct job *j)
+{
+	TAILQ_REMOVE(&all_jobs, j, all);
+	njobs--;
+	if (j->timer)
+		event_free(j->timer);
+	request_free(&j->req);
+	free(j->raw);
+	free(j->request_id);
+	free(j->last_message);
+	free(j->sid);
+	free(j->enc_result);
+	free(j->enc_record);
+	free(j->enc_dead);
+	json_decref(j->user);
+	json_decref(j->error);
+	json_decref(j->result);
+	free(j);
+}
+
+long
+job_count(void)
+{
+	return njobs;
+}
+
+double
+job_oldest_age(void)
+{
+	struct job *j = TAILQ_FIRST(&all_jobs);
+
+	return j ? now_monotonic() - j->received_mono : 0;
+}
+
+long
+job_room(void)
+{
+	long room = ug.cfg->max_inflight - njobs;
+
+	return room > 0 ? room : 0;
+}
+
+int
+job_auth_blocked(void)
+{
+	return auth_blocked;
+}
+
+/* ------------------------------------------------------------------ */
+/* intake */
+
+void
+job_take(char *raw, size_t len, enum job_source source, long recoveries,
+    struct intake_conn *conn, const char *request_id)
+{
+	struct job *j;
+
+	stats.received++;
+	if ((j = calloc(1, sizeof(*j))) == NULL) {
+		/* The request stays in the processing list: the next start
+		 * handles it.  Nothing is lost, nothing is answered twice. */
+		log_error("out of memory for a request; it stays in the processing list");
+		free(raw);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&all_jobs, j, all);
+	njobs++;
+	TAILQ_INIT(&j->waiters);
+	j->raw = raw;
+	j->rawlen = len;
+	j->source = source;
+	j->recoveries = recoveries;
+	j->conn = conn;
+	j->received_wall = now_wall();
+	j->received_mono = now_monotonic();
+	j->state = JOB_PARSED;
+
+	j->err = request_parse(raw, len, &j->req, j->errmsg, sizeof(j->errmsg));
+	if (j->req.request_id != NULL)
+		j->request_id = strdup(j->req.request_id);
+	else if (request_id != NULL)
+		j->request_id = strdup(request_id);
+	else
+		j->request_id = job_new_request_id();
+	if (j->request_id == NULL) {
+		fail(j, "retries_exhausted", "out of memory");
+		return;
+	}
+	if (j->err != REQ_OK) {
+		j->error = json_pack("{s:s, s:s}", "code", request_error_code(j->err),
+		    "message", j->errmsg);
+		finish(j, "invalid");
+		return;
+	}
+	if (recoveries >= UG_POISON_RECOVERIES) {
+		char msg[160];
+
+		snprintf(msg, sizeof(msg), "request was in flight during %ld crashes or "
+		    "takeovers; treated as poison and not retried", recoveries);
+		fail(j, "retries_exhausted", msg);
+		return;
+	}
+	identity_enter(j);
+}
+
+/* ------------------------------------------------------------------ */
+/* dedup: local table, then the Redis claim */
+
+/*
+ * A job whose Identity is already owned by a job of ours waits behind it;
+ * otherwise it becomes the owner and claims the Identity in Redis.
+ */
+static void
+identity_enter(struct job *j)
+{
+	struct job **found;
+
+	found = tsearch(j, &identities, identity_cmp);
+	if (found == NULL) {
+		fail(j, "retries_exhausted", "out of memory");
+		return;
+	}
+	if (*found != j) {
+		j->state = JOB_LOCAL_WAIT;
+		j->owner = *found;
+		TAILQ_INSERT_TAIL(&(*found)->waiters, j, link);
+		return;
+	}
+	j->is_owner = 1;
+	claim(j);
+}
+
+static void
+identity_leave(struct job *j)
+{
+	if (j->is_owner) {
+		tdelete(j, &identities, identity_cmp);
+		j->is_owner = 0;
+	}
+}
+
+static void
+claim_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	claim(arg);
+}
+
+static void
+on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
+{
+	struct job *j = arg;
+	json_t *user = NULL;
+	char err[128];
+
+	switch (o) {
+	case CLAIM_OWNED:
+		j->owns_claim = 1;
+		j->phase = PHASE_CREATE;
+		start_attempt(j);
+		return;
+	case CLAIM_DONE:
+		if (codec_decode_any(rec, reclen, &user, err, sizeof(err)) == CODEC_OK &&
+		    json_is_object(user)) {
+			j->user = user;
+			finish(j, "duplicate");
+			return;
+		}
+		json_decref(user);
+		/* An unreadable stored record: let Twilio decide. */
+		log_warn("stored user record unreadable; asking Twilio",
+		    "request_id", j->request_id);
+		j->owns_claim = 1;
+		j->phase = PHASE_CREATE;
+		start_attempt(j);
+		return;
+	case CLAIM_PENDING:
+		/* Another instance is creating it: poll with backoff until
+		 * it is done (duplicate) or released (we create). */
+		j->claim_poll_ms = j->claim_poll_ms ? j->claim_poll_ms * 2 : CLAIM_POLL_MIN_MS;
+		if (j->claim_poll_ms > CLAIM_POLL_MAX_MS)
+			j->claim_poll_ms = CLAIM_POLL_MAX_MS;
+		j->state = JOB_CLAIM_RETRY;
+		set_timer(j, j->claim_poll_ms, claim_timer_cb);
+		return;
+	case CLAIM_ERROR:
+	default:
+		j->state = JOB_CLAIM_RETRY;
+		set_timer(j, REDIS_RETRY_MS, claim_timer_cb);
+		return;
+	}
+}
+
+static void
+claim(struct job *j)
+{
+	j->state = JOB_CLAIMING;
+	if (queue_claim(j->req.identity, on_claim, j) != 0) {
+		j->state = JOB_CLAIM_RETRY;
+		set_timer(j, REDIS_RETRY_MS, claim_timer_cb);
+	}
+}
+
+void
+job_refresh_claims(void)
+{
+	const char **ids;
+	struct job *j;
+	size_t n = 0;
+
+	if ((ids = calloc((size_t)njobs + 1, sizeof(*ids))) == NULL)
+		return;
+	TAILQ_FOREACH(j, &all_jobs, all)
+		if (j->owns_claim && j->state < JOB_COMMIT_WAIT)
+			ids[n++] = j->req.identity;
+	queue_refresh_claims(ids, n);
+	free(ids);
+}
+
+/* ------------------------------------------------------------------ */
+/* pacing: the shared rate window, then the concurrency window */
+
+static int
+needs_rate_slot(const struct job *j)
+{
+	return ug.cfg->rate_limit > 0 && j->phase != PHASE_FETCH;
+}
+
+static void
+start_attempt(struct job *j)
+{
+	if (needs_rate_slot(j)) {
+		j->state = JOB_RATE_WAIT;
+		TAILQ_INSERT_TAIL(&rate_q, j, link);
+		rate_pump();
+		return;
+	}
+	send_enter(j);
+}
+
+static void
+rate_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	rate_pump();
+}
+
+static void
+on_rate(long granted, long wait_ms, void *arg)
+{
+	struct job *j;
+	struct timeval tv;
+
+	rate_outstanding = 0;
+	if (granted < 0)
+		wait_ms = REDIS_RETRY_MS;
+	while (granted-- > 0 && (j = TAILQ_FIRST(&rate_q)) != NULL) {
+		TAILQ_REMOVE(&rate_q, j, link);
+		send_enter(j);
+	}
+	if (TAILQ_EMPTY(&rate_q))
+		return;
+	if (wait_ms < 1)
+		wait_ms = 1;
+	tv.tv_sec = wait_ms / 1000;
+	tv.tv_usec = (wait_ms % 1000) * 1000;
+	evtimer_add(rate_ev, &tv);
+}
+
+/*
+ * One script call asks for as many slots as jobs are waiting: under a
+ * backlog that is one Redis round trip per window, not one per request.
+ */
+static void
+rate_pump(void)
+{
+	long want = 0;
+	struct job *j;
+
+	if (rate_outstanding || evtimer_pending(rate_ev, NULL) || TAILQ_EMPTY(&rate_q))
+		return;
+	TAILQ_FOREACH(j, &rate_q, link)
+		want++;
+	if (queue_rate_acquire(want, on_rate, NULL) == 0) {
+		rate_outstanding = 1;
+	} else {
+		struct timeval tv = { 0, REDIS_RETRY_MS * 1000 };
+
+		evtimer_add(rate_ev, &tv);
+	}
+}
+
+static void	 http_start(struct job *);
+
+static void
+send_enter(struct job *j)
+{
+	if (TAILQ_EMPTY(&send_q) && http_inflight() < pace_window_limit(&window)) {
+		http_start(j);
+		return;
+	}
+	j->state = JOB_SEND_WAIT;
+	TAILQ_INSERT_TAIL(&send_q, j, link);
+}
+
+static void
+send_pump(void)
+{
+	struct job *j;
+
+	while ((j = TAILQ_FIRST(&send_q)) != NULL &&
+	    http_inflight() < pace_window_limit(&window)) {
+		TAILQ_REMOVE(&send_q, j, link);
+		http_start(j);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Twilio */
+
+static void	 on_http(const struct http_result *, void *);
+static void	 retry_or_fail(struct job *);
+
+static void
+http_start(struct job *j)
+{
+	char *url = NULL, *body = NULL;
+	const char *method = "POST";
+	int rv;
+
+	j->state = JOB_HTTP;
+	switch (j->phase) {
+	case PHASE_CREATE:
+		url = strdup(users_url);
+		body = twilio_form(&j->req, 1);
+		break;
+	case PHASE_FETCH:
+		method = "GET";
+		url = twilio_user_url(ug.cfg->api_base, ug.cfg->service_sid, j->req.identity);
+		break;
+	case PHASE_UPDATE:
+		url = twilio_user_url(ug.cfg->api_base, ug.cfg->service_sid, j->sid);
+		body = twilio_form(&j->req, 0);
+		break;
+	}
+	j->attempts++;
+	j->tries++;
+	if (j->retrying)
+		stats.retries++;
+	j->retrying = 0;
+	if (url == NULL || (j->phase != PHASE_FETCH && body == NULL))
+		rv = -1;
+	else
+		rv = http_send(method, url, body, j->phase == PHASE_FETCH ? -1 :
+		    j->req.webhook_enabled, on_http, j);
+	free(url);
+	free(body);
+	if (rv != 0) {
+		free(j->last_message);
+		j->last_message = strdup("could not start an HTTP request");
+		j->last_status = 0;
+		j->last_code = 0;
+		retry_or_fail(j);
+	}
+}
+
+static void
+backoff_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct job *j = arg;
+
+	j->retrying = 1;
+	start_attempt(j);
+}
+
+static void
+retry_or_fail(struct job *j)
+{
+	char msg[512];
+	long ms;
+
+	if (j->tries >= ug.cfg->max_attempts) {
+		if (j->last_status)
+			snprintf(msg, sizeof(msg), "gave up after %d attempts; last answer: "
+			    "HTTP %ld%s%s", j->attempts, j->last_status,
+			    j->last_message ? ": " : "", j->last_message ? j->last_message : "");
+		else
+			snprintf(msg, sizeof(msg), "gave up after %d attempts; last error: %s",
+			    j->attempts, j->last_message ? j->last_message : "unknown");
+		fail(j, "retries_exhausted", msg);
+		return;
+	}
+	ms = pace_backoff_ms(j->tries, ug.cfg->base_delay_ms, ug.cfg->max_delay_ms,
+	    j->last_retry_after_ms, random_unit());
+	j->state = JOB_BACKOFF;
+	set_timer(j, ms, backoff_cb);
+}
+
+/* -- Twilio refuses us (401/403, untrusted certificate) ------------- */
+
+static void	 auth_probe_cb(evutil_socket_t, short, void *);
+
+static void
+auth_arm_probe(void)
+{
+	struct timeval tv;
+
+	tv.tv_sec = auth_probe_ms / 1000;
+	tv.tv_usec = (auth_probe_ms % 1000) * 1000;
+	evtimer_add(auth_ev, &tv);
+	auth_probe_ms = auth_probe_ms * 2 > AUTH_PROBE_MAX_MS ? AUTH_PROBE_MAX_MS :
+	    auth_probe_ms * 2;
+}
+
+/*
+ * The fault is ours, not the request's: nothing is failed or dead-lettered.
+ * Intake stops, the job waits, and one job at a time probes Twilio with
+ * backoff until it answers something else.
+ */
+static void
+auth_wait(struct job *j, const char *reason)
+{
+	j->tries--;		/* not the request's fault: not counted */
+	j->state = JOB_AUTH_WAIT;
+	TAILQ_INSERT_HEAD(&auth_q, j, link);
+	auth_probe_outstanding = 0;
+	if (!auth_blocked) {
+		auth_blocked = 1;
+		snprintf(ug.auth_reason, sizeof(ug.auth_reason), "%s", reason);
+		log_error("twilio refuses this daemon; intake paused, probing with backoff",
+		    "reason", reason);
+		daemon_notify_status();
+	}
+	if (!evtimer_pending(auth_ev, NULL))
+		auth_arm_probe();
+}
+
+static void
+auth_probe_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct job *j = TAILQ_FIRST(&auth_q);
+
+	if (j == NULL)
+		return;
+	TAILQ_REMOVE(&auth_q, j, link);
+	auth_probe_outstanding = 1;
+	send_enter(j);
+}
+
+static void
+auth_clear(void)
+{
+	struct job *j;
+
+	if (!auth_blocked)
+		return;
+	auth_blocked = 0;
+	auth_probe_ms = AUTH_PROBE_MIN_MS;
+	auth_probe_outstanding = 0;
+	ug.auth_reason[0] = '\0';
+	evtimer_del(auth_ev);
+	log_info("twilio accepts this daemon again; intake resumed");
+	while ((j = TAILQ_FIRST(&auth_q)) != NULL) {
+		TAILQ_REMOVE(&auth_q, j, link);
+		start_attempt(j);
+	}
+	daemon_notify_status();
+	queue_pump();
+}
+
+/* ------------------------------------------------------------------ */
+/* answers */
+
+static void
+remember_answer(struct job *j, const struct http_result *res, long code, char *message)
+{
+	j->last_status = res->status;
+	j->last_code = code;
+	j->last_retry_after_ms = res->retry_after_ms;
+	free(j->last_message);
+	if (res->status == 0)
+		j->last_message = strdup(res->error ? res->error : "transport error");
+	else
+		j->last_message = message ? strdup(message) : NULL;
+}
+
+static void
+on_http(const struct http_result *res, void *arg)
+{
+	struct job *j = arg;
+	enum twilio_outcome o;
+	long code = 0;
+	char *message = NULL;
+	json_t *rec;
+
+	if (res->status >= 400)
+		record_twilio_error(res->body, res->len, &code, &message);
+	remember_answer(j, res, code, message);
+	o = twilio_classify(res->status, code);
+	if (res->tls_failure)
+		o = TWILIO_AUTH;
+
+	if (res->status == 429) {
+		stats.rate_limited++;
+		pace_window_throttled(&window);
+	} else if (o == TWILIO_CREATED || o == TWILIO_OK || o == TWILIO_EXISTS) {
+		pace_window_success(&window);
+	}
+	if (o != TWILIO_AUTH && auth_blocked)
+		auth_clear();
+
+	switch (o) {
+	case TWILIO_CREATED:
+	case TWILIO_OK:
+		rec = record_from_twilio(res->body, res->len);
+		if (rec == NULL) {
+			/* Twilio answered but the body is not a user: the
+			 * user may exist now, so look it up by Identity. */
+			log_warn("unexpected twilio answer body; fetching the user",
+			    "request_id", j->request_id);
+			j->phase = PHASE_FETCH;
+			retry_or_fail(j);
+			break;
+		}
+		if (j->phase == PHASE_FETCH && ug.cfg->on_exists == ON_EXISTS_UPDATE &&
+		    record_differs(rec, &j->req)) {
+			json_t *sid = json_object_get(rec, "sid");
+
+			free(j->sid);
+			j->sid = strdup(json_string_value(sid));
+			json_decref(rec);
+			if (j->sid == NULL) {
+				fail(j, "retries_exhausted", "out of memory");
+				break;
+			}
+			j->phase = PHASE_UPDATE;
+			start_attempt(j);
+			break;
+		}
+		json_decref(j->user);
+		j->user = rec;
+		finish(j, j->phase == PHASE_CREATE ? "created" :
+		    j->phase == PHASE_FETCH ? "exists" : "updated");
+		break;
+	case TWILIO_EXISTS:
+		if (j->phase != PHASE_CREATE) {
+			fail(j, "twilio_rejected", message ? message : "conflict");
+			break;
+		}
+		j->phase = PHASE_FETCH;
+		start_attempt(j);
+		break;
+	case TWILIO_RETRY:
+		retry_or_fail(j);
+		break;
+	case TWILIO_AUTH:
+		auth_wait(j, res->tls_failure ? "twilio TLS verification failed" :
+		    res->status == 403 ? "twilio credentials refused (HTTP 403)" :
+		    "twilio credentials refused (HTTP 401)");
+		break;
+	case TWILIO_REJECTED:
+	default:
+		fail(j, "twilio_rejected", message ? message : "rejected by Twilio");
+		break;
+	}
+	free(message);
+	send_pump();
+}
+
+/* ------------------------------------------------------------------ */
+/* results */
+
+static void
+fail(struct job *j, const char *code, const char *message)
+{
+	json_decref(j->error);
+	j->error = json_pack("{s:s, s:s}", "code", code, "message", message);
+	if (j->error != NULL && j->last_code)
+		json_object_set_new(j->error, "twilio_code", json_integer(j->last_code));
+	if (j->error != NULL && j->last_status)
+		json_object_set_new(j->error, "http_status", json_integer(j->last_status));
+	finish(j, "failed");
+}
+
+static void
+count_result(const char *status)
+{
+	if (strcmp(status, "created") == 0)
+		stats.created++;
+	else if (strcmp(status, "exists") == 0)
+		stats.exists++;
+	else if (strcmp(status, "updated") == 0)
+		stats.updated++;
+	else if (strcmp(status, "duplicate") == 0)
+		stats.duplicate++;
+	else if (strcmp(status, "invalid") == 0)
+		stats.invalid++;
+	else
+		stats.failed++;
+}
+
+static int
+is_success(const char *status)
+{
+	return strcmp(status, "invalid") != 0 && strcmp(status, "failed") != 0;
+}
+
+/* The dead-list copy of the request: decoded when it decodes, so an
+ * operator can read and replay it; otherwise the raw bytes as a string. */
+static json_t *
+dead_request(const struct job *j)
+{
+	json_t *v = NULL;
+	char err[64];
+
+	if (j->rawlen <= UG_FRAME_MAX &&
+	    codec_decode(j->raw, j->rawlen, &v, err, sizeof(err)) == CODEC_OK)
+		return v;
+	if (codec_utf8_valid(j->raw, j->rawlen))
+		return json_stringn(j->raw, j->rawlen);
+	if (ug.cfg->format == FORMAT_MSGPACK)
+		return json_stringn_nocheck(j->raw, j->rawlen);
+	return json_sprintf("<%zu bytes, not UTF-8>", j->rawlen);
+}
+
+/*
+ * The result map of SPEC §4.2, encoded once for every place it goes; the
+ * job then waits for the next result transaction.
+ */
+static void
+finish(struct job *j, const char *status)
+{
+	char received[32], completed[32];
+	json_t *r;
+
+	if (j->timer)
+		evtimer_del(j->timer);
+	j->status = status;
+	format_time(j->received_wall, received, sizeof(received));
+	format_time(now_wall(), completed, sizeof(completed));
+	r = json_object();
+	if (r == NULL)
+		goto oom;
+	json_object_set_new(r, "request_id", json_string(j->request_id));
+	if (j->req.identity != NULL && codec_utf8_valid(j->req.identity, strlen(j->req.identity)))
+		json_object_set_new(r, "identity", json_string(j->req.identity));
+	json_object_set_new(r, "status", json_string(status));
+	if (j->user != NULL && is_success(status))
+		json_object_set(r, "user", j->user);
+	if (j->error != NULL && !is_success(status))
+		json_object_set(r, "error", j->error);
+	json_object_set_new(r, "attempts", json_integer(j->attempts));
+	json_object_set_new(r, "source", json_string(j->source == SOURCE_REDIS ? "redis" :
+	    "socket"));
+	json_object_set_new(r, "received_at", json_string(received));
+	json_object_set_new(r, "completed_at", json_string(completed));
+	j->result = r;
+
+	if (codec_encode(r, ug.cfg->format, &j->enc_result, &j->enc_result_len) != 0)
+		goto oom;
+	if (j->user != NULL && strcmp(status, "duplicate") != 0 && is_success(status) &&
+	    codec_encode(j->user, ug.cfg->format, &j->enc_record, &j->enc_record_len) != 0)
+		goto oom;
+	if (!is_success(status)) {
+		json_t *d = json_object();
+
+		if (d == NULL)
+			goto oom;
+		json_object_set_new(d, "request", dead_request(j));
+		json_object_set(d, "result", r);
+		if (codec_encode(d, ug.cfg->format, &j->enc_dead, &j->enc_dead_len) != 0) {
+			json_decref(d);
+			goto oom;
+		}
+		json_decref(d);
+	}
+	count_result(status);
+	stats_observe(&stats_result_seconds, now_monotonic() - j->received_mono);
+	if (!is_success(status))
+		log_warn("request not done", "request_id", j->request_id, "status", status,
+		    "code", json_string_value(json_object_get(j->error, "code")),
+		    "message", json_string_value(json_object_get(j->error, "message")));
+	else if (log_get_level() >= LOG_LEVEL_DEBUG)
+		log_debug("request done", "request_id", j->request_id, "status", status,
+		    "identity", j->req.identity);
+	j->state = JOB_COMMIT_WAIT;
+	TAILQ_INSERT_TAIL(&commit_q, j, link);
+	schedule_flush();
+	return;
+oom:
+	/* Without a result we cannot finish; the request stays in the
+	 * processing list and the next start handles it again. */
+	log_error("out of memory encoding a result", "request_id", j->request_id);
+	j->state = JOB_COMMIT_WAIT;
+	TAILQ_INSERT_TAIL(&commit_q, j, link);
+	schedule_flush();
+}
+
+static void	 completed(struct job *);
+
+struct commit_batch {
+	size_t		 n;
+	struct job	*jobs[COMMIT_BATCH_MAX];
+};
+
+static void
+on_committed(int ok, void *arg)
+{
+	struct commit_batch *b = arg;
+	size_t i;
+
+	commit_outstanding = 0;
+	if (!ok) {
+		/* Back to the front, in order; written again when Redis is
+		 * back.  Results are at-least-once: a lost EXEC reply may mean
+		 * this batch is written twice, never that it is lost. */
+		for (i = b->n; i-- > 0;) {
+			b->jobs[i]->state = JOB_COMMIT_WAIT;
+			TAILQ_INSERT_HEAD(&commit_q, b->jobs[i], link);
+		}
+		free(b);
+		if (!evtimer_pending(commit_retry_ev, NULL)) {
+			struct timeval tv = { 0, REDIS_RETRY_MS * 1000 };
+
+			evtimer_add(commit_retry_ev, &tv);
+		}
+		return;
+	}
+	for (i = 0; i < b->n; i++)
+		completed(b->jobs[i]);
+	free(b);
+	if (!TAILQ_EMPTY(&commit_q))
+		schedule_flush();
+	queue_pump();
+	intake_throttle(0);
+	if (ug.draining && njobs == 0)
+		daemon_stop(1);
+}
+
+/*
+ * Everything finished since the last flush goes out in one transaction:
+ * at high rates that is one round trip for hundreds of results.
+ */
+static void
+flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct commit_item items[COMMIT_BATCH_MAX];
+	struct commit_batch *b;
+	struct job *j;
+	size_t n = 0;
+
+	if (commit_outstanding || TAILQ_EMPTY(&commit_q) || !queue_connected())
+		return;
+	if ((b = malloc(sizeof(*b))) == NULL)
+		return;
+	while (n < COMMIT_BATCH_MAX && (j = TAILQ_FIRST(&commit_q)) != NULL) {
+		struct commit_item *it = &items[n];
+
+		if (j->enc_result == NULL)
+			break;		/* out of memory earlier: leave it */
+		TAILQ_REMOVE(&commit_q, j, link);
+		j->state = JOB_COMMITTING;
+		memset(it, 0, sizeof(*it));
+		it->raw = j->raw;
+		it->rawlen = j->rawlen;
+		it->identity = j->req.identity;
+		it->result = j->enc_result;
+		it->resultlen = j->enc_result_len;
+		it->record = j->enc_record;
+		it->recordlen = j->enc_record_len;
+		it->reply_to = j->req.reply_to;
+		it->dead = j->enc_dead;
+		it->deadlen = j->enc_dead_len;
+		it->identity_done = j->owns_claim && is_success(j->status);
+		it->identity_release = j->owns_claim && !is_success(j->status);
+		it->recovered = j->recoveries > 0;
+		it->in_processing = 1;
+		b->jobs[n++] = j;
+	}
+	b->n = n;
+	if (n == 0) {
+		free(b);
+		return;
+	}
+	if (queue_commit(items, n, on_committed, b) != 0) {
+		on_committed(0, b);
+		return;
+	}
+	commit_outstanding = 1;
+}
+
+static void
+schedule_flush(void)
+{
+	if (!commit_outstanding)
+		event_active(flush_ev, EV_TIMEOUT, 0);
+}
+
+/*
+ * The result is in Redis.  Answer the socket client, hand the outcome to
+ * the jobs waiting on the same Identity, and free the job.
+ */
+static void
+completed(struct job *j)
+{
+	struct job *w;
+
+	if (j->conn != NULL)
+		intake_answer(j->conn, j->result);
+	identity_leave(j);
+	while ((w = TAILQ_FIRST(&j->waiters)) != NULL) {
+		TAILQ_REMOVE(&j->waiters, w, link);
+		w->owner = NULL;
+		if (is_success(j->status) && j->user != NULL) {
+			w->user = json_incref(j->user);
+			finish(w, "duplicate");
+		} else {
+			/* The Identity is free again: the first waiter claims
+			 * it, the others line up behind it. */
+			identity_enter(w);
+		}
+	}
+	job_free(j);
+}
+
+/* ------------------------------------------------------------------ */
+/* life cycle */
+
+static void
+commit_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	schedule_flush();
+	if (!TAILQ_EMPTY(&commit_q) && !queue_connected()) {
+		struct timeval tv = { 0, REDIS_RETRY_MS * 1000 };
+
+		evtimer_add(commit_retry_ev, &tv);
+	}
+}
+
+void
+job_redis_changed(int up)
+{
+	if (up) {
+		schedule_flush();
+		rate_pump();
+	}
+}
+
+void
+job_forget_conn(struct intake_conn *conn)
+{
+	struct job *j;
+
+	TAILQ_FOREACH(j, &all_jobs, all)
+		if (j->conn == conn)
+			j->conn = NULL;
+}
+
+void
+job_tick(void)
+{
+	if (ug.draining && njobs == 0)
+		daemon_stop(1);
+}
+
+void
+job_reconfigure(void)
+{
+	char *url = twilio_users_url(ug.cfg->api_base, ug.cfg->service_sid);
+
+	if (url != NULL) {
+		free(users_url);
+		users_url = url;
+	}
+	pace_window_set_max(&window, ug.cfg->max_inflight);
+	send_pump();
+	queue_pump();
+}
+
+void
+job_init(void)
+{
+	pace_window_init(&window, ug.cfg->max_inflight);
+	users_url = twilio_users_url(ug.cfg->api_base, ug.cfg->service_sid);
+	rate_ev = evtimer_new(ug.base, rate_timer_cb, NULL);
+	flush_ev = event_new(ug.base, -1, 0, flush_cb, NULL);
+	commit_retry_ev = evtimer_new(ug.base, commit_retry_cb, NULL);
+	auth_ev = evtimer_new(ug.base, auth_probe_cb, NULL);
+	if (users_url == NULL || rate_ev == NULL || flush_ev == NULL ||
+	    commit_retry_ev == NULL || auth_ev == NULL) {
+		log_error("out of memory at start");
+		exit(1);
+	}
+}
+
+/*
+ * Final exit: what is still in memory is not answered here; its request
+ * stays in our processing list and the next start finishes it.
+ */
+void
+job_abandon_all(void)
+{
+	struct job *j;
+
+	while ((j = TAILQ_FIRST(&all_jobs)) != NULL) {
+		identity_leave(j);
+		job_free(j);
+	}
+	tdestroy(identities, free_nothing);
+	identities = NULL;
+}
+
+void
+job_shutdown(void)
+{
+	job_abandon_all();
+	if (rate_ev)
+		event_free(rate_ev);
+	if (flush_ev)
+		event_free(flush_ev);
+	if (commit_retry_ev)
+		event_free(commit_retry_ev);
+	if (auth_ev)
+		event_free(auth_ev);
+	rate_ev = flush_ev = commit_retry_ev = auth_ev = NULL;
+	free(users_url);
+	users_url = NULL;
+}

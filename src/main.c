@@ -1,0 +1,368 @@
+/*
+ * main.c: options, configuration, the ordered setup and teardown of every
+ * part, signals (through the event loop only), reload and sd_notify.
+ *
+ * Errors before the loop are fatal with exit status 2 (usage, config) or 1
+ * (runtime: a socket in use, no memory); inside the loop nothing is fatal
+ * except a second live daemon with our instance_id.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <systemd/sd-daemon.h>
+
+#include "daemon.h"
+
+#define DEFAULT_CONFIG	SYSCONFDIR "/usergate/usergate.conf"
+
+struct daemon ug;
+
+static const char *config_path = DEFAULT_CONFIG;
+static int verbose;
+static int exit_status;
+static struct event *tick_ev, *watchdog_ev, *drain_ev;
+static struct event *sig_term, *sig_int, *sig_hup;
+static char last_status_line[256];
+
+double
+now_monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double
+now_wall(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void
+format_time(double wall, char *buf, size_t size)
+{
+	time_t secs = (time_t)wall;
+	int ms = (int)((wall - (double)secs) * 1000.0);
+	struct tm tm;
+
+	if (ms > 999)
+		ms = 999;
+	gmtime_r(&secs, &tm);
+	snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+	    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+}
+
+const char *
+daemon_health(char *buf, size_t size)
+{
+	if (!ug.redis_up)
+		snprintf(buf, size, "degraded: redis unreachable");
+	else if (ug.auth_reason[0])
+		snprintf(buf, size, "degraded: %s", ug.auth_reason);
+	else
+		snprintf(buf, size, "ok");
+	return buf;
+}
+
+void
+daemon_stop(int graceful)
+{
+	if (graceful < 0)
+		exit_status = 1;
+	event_base_loopexit(ug.base, NULL);
+}
+
+void
+daemon_notify_status(void)
+{
+	char line[256], health[160];
+	long long requests, processing, dead;
+
+	queue_last_lengths(&requests, &processing, &dead);
+	snprintf(line, sizeof(line), "STATUS=%s; queue %lld, in flight %ld/%ld%s%s",
+	    daemon_health(health, sizeof(health)), requests, job_count(),
+	    ug.cfg->max_inflight, ug.paused ? ", paused" : "",
+	    ug.draining ? ", stopping" : "");
+	if (strcmp(line, last_status_line) == 0)
+		return;
+	snprintf(last_status_line, sizeof(last_status_line), "%s", line);
+	sd_notify(0, line);
+}
+
+static void
+usage(FILE *f)
+{
+	fprintf(f, "usage: usergated [-c FILE] [-n] [-v]... [-V] [-h]\n"
+	    "  -c FILE  configuration file (default %s)\n"
+	    "  -n       check the configuration and credentials, then exit\n"
+	    "  -v       more verbose logging (repeatable)\n"
+	    "  -V       print the version and exit\n"
+	    "  -h       this help\n", DEFAULT_CONFIG);
+}
+
+/*
+ * Reload: a new config replaces the old except for keys that need a
+ * restart, which keep their old values (and are named in the log).  A bad
+ * file changes nothing.  Returns 0, or -1 with the reason in err.
+ */
+static int
+reload(char *err, size_t errlen)
+{
+	struct config *fresh;
+	const struct config_key *keys;
+	size_t nkeys, i;
+	char restart[512];
+	uint64_t usec;
+	char msg[64];
+
+	usec = (uint64_t)(now_monotonic() * 1e6);
+	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)usec);
+	sd_notify(0, msg);
+	if ((fresh = calloc(1, sizeof(*fresh))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		sd_notify(0, "READY=1");
+		return -1;
+	}
+	if (config_load(ug.cfg->path, fresh, 1, err, errlen) != 0) {
+		free(fresh);
+		log_error("reload refused; the running configuration stays", "error", err);
+		sd_notify(0, "READY=1");
+		return -1;
+	}
+	if (config_restart_keys(ug.cfg, fresh, restart, sizeof(restart)) > 0)
+		log_warn("reload: these keys need a restart and keep their old values",
+		    "keys", restart);
+	/* Keep the old values of the keys that need a restart by swapping
+	 * them into the new struct (the old one is then freed with the new
+	 * values).  The Redis password belongs to [redis] too. */
+	keys = config_keys(&nkeys);
+	for (i = 0; i < nkeys; i++) {
+		char *a = (char *)ug.cfg + keys[i].offset, *b = (char *)fresh + keys[i].offset;
+		char tmp[sizeof(long) > sizeof(char *) ? sizeof(long) : sizeof(char *)];
+		size_t size = keys[i].type == CONFIG_STRING ? sizeof(char *) :
+		    keys[i].type == CONFIG_ENUM ? sizeof(int) : sizeof(long);
+
+		if (keys[i].reloadable)
+			continue;
+		memcpy(tmp, a, size);
+		memcpy(a, b, size);
+		memcpy(b, tmp, size);
+	}
+	{
+		char *p = ug.cfg->redis_password;
+
+		ug.cfg->redis_password = fresh->redis_password;
+		fresh->redis_password = p;
+	}
+	{
+		struct config *old = ug.cfg;
+
+		ug.cfg = fresh;
+		config_free(old);
+		free(old);
+	}
+	if (verbose == 0)
+		log_set_level(ug.cfg->log_level);
+	http_configure();
+	job_reconfigure();
+	log_info("configuration reloaded", "file", ug.cfg->path);
+	sd_notify(0, "READY=1");
+	daemon_notify_status();
+	return 0;
+}
+
+int
+daemon_reload(char *err, size_t errlen)
+{
+	return reload(err, errlen);
+}
+
+static void
+drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	char n[32];
+
+	snprintf(n, sizeof(n), "%ld", job_count());
+	log_warn("drain time is up; unfinished requests stay in the processing list "
+	    "for the next start", "unfinished", n);
+	daemon_stop(0);
+}
+
+static void
+on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	char err[512];
+	struct timeval tv = { UG_DRAIN_SECONDS, 0 };
+
+	if (sig == SIGHUP) {
+		reload(err, sizeof(err));
+		return;
+	}
+	if (ug.draining) {
+		log_warn("second signal: exiting now; unfinished requests stay in the "
+		    "processing list");
+		daemon_stop(0);
+		return;
+	}
+	ug.draining = 1;
+	sd_notify(0, "STOPPING=1");
+	log_info("stopping: no new requests, finishing those in flight",
+	    "signal", sig == SIGTERM ? "TERM" : "INT");
+	queue_stop_intake();
+	intake_shutdown();
+	if (job_count() == 0) {
+		daemon_stop(1);
+		return;
+	}
+	evtimer_add(drain_ev, &tv);
+}
+
+static void
+tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	queue_lengths(NULL, NULL);
+	job_tick();
+	daemon_notify_status();
+}
+
+static void
+watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+	sd_notify(0, "WATCHDOG=1");
+}
+
+static struct event *
+persist_timer(event_callback_fn cb, long usec)
+{
+	struct timeval tv = { usec / 1000000, usec % 1000000 };
+	struct event *ev = event_new(ug.base, -1, EV_PERSIST, cb, NULL);
+
+	if (ev == NULL || event_add(ev, &tv) != 0) {
+		fprintf(stderr, "usergated: cannot create a timer\n");
+		exit(1);
+	}
+	return ev;
+}
+
+int
+main(int argc, char **argv)
+{
+	char err[1024];
+	uint64_t wd_usec = 0;
+	int ch, check_only = 0;
+
+	while ((ch = getopt(argc, argv, "c:nvVh")) != -1) {
+		switch (ch) {
+		case 'c':
+			config_path = optarg;
+			break;
+		case 'n':
+			check_only = 1;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		case 'V':
+			printf("usergated %s\n", PACKAGE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "usergated: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+
+	if ((ug.cfg = calloc(1, sizeof(*ug.cfg))) == NULL)
+		return 1;
+	if (config_load(config_path, ug.cfg, 1, err, sizeof(err)) != 0) {
+		fprintf(stderr, "usergated: %s\n", err);
+		return 2;
+	}
+	if (check_only) {
+		printf("usergated: configuration OK (%s)\n", config_path);
+		config_free(ug.cfg);
+		free(ug.cfg);
+		return 0;
+	}
+	log_init(ug.cfg->log_level);
+	if (verbose)
+		log_set_level(ug.cfg->log_level + verbose > LOG_LEVEL_DEBUG ? LOG_LEVEL_DEBUG :
+		    (enum log_level)(ug.cfg->log_level + verbose));
+	signal(SIGPIPE, SIG_IGN);
+
+	if ((ug.base = event_base_new()) == NULL) {
+		log_error("cannot create the event loop");
+		return 1;
+	}
+	ug.started = now_monotonic();
+	sig_term = evsignal_new(ug.base, SIGTERM, on_signal, NULL);
+	sig_int = evsignal_new(ug.base, SIGINT, on_signal, NULL);
+	sig_hup = evsignal_new(ug.base, SIGHUP, on_signal, NULL);
+	drain_ev = evtimer_new(ug.base, drain_timeout_cb, NULL);
+	if (sig_term == NULL || sig_int == NULL || sig_hup == NULL || drain_ev == NULL ||
+	    event_add(sig_term, NULL) || event_add(sig_int, NULL) || event_add(sig_hup, NULL)) {
+		log_error("cannot set up signal handling");
+		return 1;
+	}
+	if (http_init() != 0) {
+		log_error("cannot initialise libcurl");
+		return 1;
+	}
+	job_init();
+	if (intake_init() != 0 || status_init() != 0)
+		return 1;	/* they said why */
+	if (queue_init() != 0) {
+		log_error("cannot set up the redis client");
+		return 1;
+	}
+	tick_ev = persist_timer(tick_cb, 1000000);
+	if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0)
+		watchdog_ev = persist_timer(watchdog_cb, (long)(wd_usec / 2));
+
+	log_info("usergated started", "version", PACKAGE_VERSION,
+	    "instance_id", ug.cfg->instance_id, "twilio", ug.cfg->api_base);
+	sd_notify(0, "READY=1");
+	daemon_notify_status();
+
+	event_base_dispatch(ug.base);
+
+	/* Teardown, in the reverse order of setup.  Redis first: its pending
+	 * callbacks run (with no reply) while the jobs they point at still
+	 * exist. */
+	status_shutdown();
+	intake_shutdown();
+	queue_shutdown();
+	http_shutdown();
+	job_shutdown();
+	event_free(tick_ev);
+	if (watchdog_ev)
+		event_free(watchdog_ev);
+	event_free(drain_ev);
+	event_free(sig_term);
+	event_free(sig_int);
+	event_free(sig_hup);
+	event_base_free(ug.base);
+	log_info("usergated stopped");
+	config_free(ug.cfg);
+	free(ug.cfg);
+	return exit_status;
+}

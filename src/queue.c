@@ -1,0 +1,1347 @@
+/*
+ * queue.c: everything usergated says to Redis.  The only file that includes
+ * hiredis.
+ *
+ * Two connections: `cmd` carries every ordinary command and script, in order,
+ * so a claim, a commit and a refresh issued in that order are executed in
+ * that order; `blk` carries only the blocking BLMOVE used when the request
+ * list is empty, so a long block never delays a result.
+ *
+ * hiredis' contract: every command callback is called exactly once, with a
+ * NULL reply when the connection is lost; the context is freed by hiredis
+ * after the disconnect callback, so we forget our pointer there.
+ */
+#include "config.h"
+
+#include <sys/types.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "daemon.h"
+
+#define CLAIM_TTL_S		60	/* an in-flight claim outlives a dead owner this long */
+#define HEARTBEAT_TTL_S		15
+#define HEARTBEAT_EVERY_S	5
+#define TAKE_BATCH_MAX		512
+#define BLOCK_TIMEOUT		"1"	/* seconds a BLMOVE waits before we look again */
+#define RECONNECT_MIN_MS	100
+#define RECONNECT_MAX_MS	5000
+
+/*
+ * Moves up to ARGV[1] requests from the right of the request list (FIFO) to
+ * the left of our processing list, atomically, and says for each how often
+ * it was already recovered after a crash.  Checking the recoveries hash only
+ * when it exists keeps the common case to one LMOVE per request.
+ */
+static const char take_lua[] =
+	"local out = {}\n"
+	"local rec = redis.call('EXISTS', KEYS[3]) == 1\n"
+	"for i = 1, tonumber(ARGV[1]) do\n"
+	"  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')\n"
+	"  if not v then break end\n"
+	"  out[#out + 1] = v\n"
+	"  local n = 0\n"
+	"  if rec then n = tonumber(redis.call('HGET', KEYS[3], v) or '0') end\n"
+	"  out[#out + 1] = n\n"
+	"end\n"
+	"return out\n";
+
+/*
+ * Claims an Identity for this instance: {1} when we own it (new claim, or
+ * ours from before a restart), {2, record} when it completed within the
+ * dedup TTL, {3, owner} when another instance has it in flight.  A "done"
+ * state without a stored record is claimed anew (Twilio stays the final
+ * authority through 409/50201).
+ */
+static const char claim_lua[] =
+	"local v = redis.call('GET', KEYS[1])\n"
+	"if v == ARGV[1] then\n"
+	"  redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
+	"  return {1}\n"
+	"end\n"
+	"if v == 'done' then\n"
+	"  local r = redis.call('GET', KEYS[2])\n"
+	"  if r then return {2, r} end\n"
+	"  v = false\n"
+	"end\n"
+	"if not v then\n"
+	"  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
+	"  return {1}\n"
+	"end\n"
+	"return {3, v}\n";
+
+/*
+ * The shared sliding window of SPEC §5.3: a sorted set of grant times (ms,
+ * Redis' own clock so instances agree).  Grants up to ARGV[3] slots while
+ * fewer than ARGV[1] were granted in the last ARGV[2] ms; returns {granted,
+ * ms until the next slot frees}.
+ */
+static const char rate_lua[] =
+	"local t = redis.call('TIME')\n"
+	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+	"local limit, window, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+	"redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)\n"
+	"local used = redis.call('ZCARD', KEYS[1])\n"
+	"local grant = math.max(0, math.min(limit - used, want))\n"
+	"for i = 1, grant do\n"
+	"  redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. i)\n"
+	"end\n"
+	"if grant > 0 then redis.call('PEXPIRE', KEYS[1], window * 2) end\n"
+	"local wait = 0\n"
+	"if grant < want then\n"
+	"  local o = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
+	"  if o[2] then wait = tonumber(o[2]) + window - now + 1 else wait = 1 end\n"
+	"  if wait < 1 then wait = 1 end\n"
+	"end\n"
+	"return {grant, wait}\n";
+
+/*
+ * Hands processing lists back to the request list so that their oldest
+ * element is taken first, counting one recovery for each element.  With
+ * ARGV[3] == "self" it recovers our own list (at start); otherwise every
+ * registered instance whose heartbeat expired.  One script, so two live
+ * instances can never both take the same list.  (The processing and
+ * heartbeat keys are derived from the prefix: standalone Redis only.)
+ */
+static const char takeover_lua[] =
+	"local moved = 0\n"
+	"local function recover(id)\n"
+	"  local l = ARGV[1] .. 'processing:' .. id\n"
+	"  while true do\n"
+	"    local v = redis.call('LMOVE', l, KEYS[2], 'LEFT', 'RIGHT')\n"
+	"    if not v then break end\n"
+	"    redis.call('HINCRBY', KEYS[3], v, 1)\n"
+	"    moved = moved + 1\n"
+	"  end\n"
+	"end\n"
+	"if ARGV[3] == 'self' then\n"
+	"  recover(ARGV[2])\n"
+	"  return moved\n"
+	"end\n"
+	"for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+	"  if id ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'instance:' .. id) == 0 then\n"
+	"    recover(id)\n"
+	"    redis.call('SREM', KEYS[1], id)\n"
+	"  end\n"
+	"end\n"
+	"return moved\n";
+
+enum script { SCRIPT_TAKE, SCRIPT_CLAIM, SCRIPT_RATE, SCRIPT_TAKEOVER, SCRIPT_COUNT };
+static const char *const script_source[SCRIPT_COUNT] = {
+	take_lua, claim_lua, rate_lua, takeover_lua,
+};
+static char script_sha[SCRIPT_COUNT][41];
+
+static redisAsyncContext *cmd;		/* NULL while disconnected */
+static redisAsyncContext *blk;
+static int cmd_ready;			/* scripts loaded, instance registered */
+static int registered_once;		/* own processing list recovered */
+static int take_outstanding;
+static int block_outstanding;
+static int intake_stopped;
+static int shutting_down;
+static long long blk_client_id = -1;		/* queue_shutdown: no reconnects */
+static long reconnect_ms = RECONNECT_MIN_MS;
+static int outage_logged;
+static struct event *reconnect_ev;
+static struct event *heartbeat_ev;
+static unsigned long long rate_seq;
+static char hostname[256];
+
+static long long last_requests = -1, last_processing = -1, last_dead = -1;
+
+/* Key names, built once from the prefix. */
+static char *k_requests, *k_processing, *k_recoveries, *k_instances, *k_rate;
+static char *k_results, *k_events, *k_dead, *k_instance;
+
+static void	 connect_all(void);
+static void	 on_client_id(redisAsyncContext *, void *, void *);
+static void	 schedule_reconnect(void);
+
+static char *
+key(const char *suffix, const char *arg)
+{
+	char *s;
+
+	if (asprintf(&s, "%s%s%s", ug.cfg->prefix, suffix, arg ? arg : "") == -1)
+		return NULL;
+	return s;
+}
+
+static char *
+identity_key(const char *kind, const char *identity)
+{
+	return key(kind, identity);
+}
+
+/* Sends one command as argv; returns -1 when the link is down. */
+static int
+send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
+    const char **argv, const size_t *lens)
+{
+	if (ac == NULL)
+		return -1;
+	if (redisAsyncCommandArgv(ac, fn, priv, argc, argv, lens) != REDIS_OK)
+		return -1;
+	return 0;
+}
+
+/* Convenience for commands made only of C strings. */
+static int
+send_strings(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc, ...)
+{
+	const char *argv[16];
+	size_t lens[16];
+	va_list ap;
+	int i;
+
+	if (argc > 16)
+		return -1;
+	va_start(ap, argc);
+	for (i = 0; i < argc; i++) {
+		argv[i] = va_arg(ap, const char *);
+		lens[i] = strlen(argv[i]);
+	}
+	va_end(ap);
+	return send_argv(ac, fn, priv, argc, argv, lens);
+}
+
+
+/* ------------------------------------------------------------------ */
+/* connection management */
+
+static void
+link_lost(void)
+{
+	int was = ug.redis_up;
+
+	cmd_ready = 0;
+	ug.redis_up = 0;
+	take_outstanding = 0;
+	if (was) {
+		log_warn("redis connection lost; requests stay queued, reconnecting");
+		job_redis_changed(0);
+		daemon_notify_status();
+	}
+}
+
+static void
+on_disconnect(const redisAsyncContext *ac, int status)
+{
+	if (ac == cmd) {
+		cmd = NULL;
+		link_lost();
+		/* Drop the blocking link too: it is re-made with cmd. */
+		if (blk != NULL)
+			redisAsyncDisconnect(blk);
+	} else if (ac == blk) {
+		blk = NULL;
+		block_outstanding = 0;
+		if (cmd != NULL && !ug.draining)
+			redisAsyncDisconnect(cmd);
+	}
+	if (!shutting_down)
+		schedule_reconnect();
+}
+
+static void
+on_connect(const redisAsyncContext *ac, int status)
+{
+	if (status == REDIS_OK)
+		return;
+	/* hiredis frees the context after this callback. */
+	if (!outage_logged) {
+		log_warn("cannot connect to redis, retrying with backoff", "error", ac->errstr);
+		outage_logged = 1;
+	}
+	if (ac == cmd) {
+		cmd = NULL;
+		link_lost();
+		if (blk != NULL)
+			redisAsyncDisconnect(blk);
+	} else if (ac == blk) {
+		blk = NULL;
+		if (cmd != NULL)
+			redisAsyncDisconnect(cmd);
+	}
+	if (!shutting_down)
+		schedule_reconnect();
+}
+
+static void
+reconnect_cb(evutil_socket_t fd, short what, void *arg)
+{
+	if (cmd == NULL && blk == NULL && !shutting_down)
+		connect_all();
+}
+
+static void
+schedule_reconnect(void)
+{
+	struct timeval tv;
+
+	if (cmd != NULL || blk != NULL || shutting_down)
+		return;		/* the other link's disconnect will call us */
+	tv.tv_sec = reconnect_ms / 1000;
+	tv.tv_usec = (reconnect_ms % 1000) * 1000;
+	evtimer_add(reconnect_ev, &tv);
+	reconnect_ms = reconnect_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : reconnect_ms * 2;
+}
+
+static void
+hello_failed(redisAsyncContext *ac, const char *what, const redisReply *r)
+{
+	/* A refused AUTH or SELECT is a configuration problem; say so once
+	 * per outage and keep retrying, the operator may be fixing Redis. */
+	if (r != NULL && !outage_logged) {
+		log_error("redis refused setup command", "command", what,
+		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		outage_logged = 1;
+	}
+	if (ac != NULL && ac == cmd)
+		redisAsyncDisconnect(cmd);
+}
+
+static void
+on_setup_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	if (r == NULL)
+		return;		/* link lost; the disconnect path retries */
+	if (r->type == REDIS_REPLY_ERROR)
+		hello_failed(ac, priv, r);
+}
+
+static void
+on_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	enum script s = (enum script)(intptr_t)priv;
+
+	if (r == NULL)
+		return;
+	if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+		hello_failed(ac, "SCRIPT LOAD", r);
+		return;
+	}
+	memcpy(script_sha[s], r->str, 40);
+	script_sha[s][40] = '\0';
+}
+
+static void	 on_registered(redisAsyncContext *, void *, void *);
+
+/* A zombie (exited, not yet reaped) counts as gone. */
+static int
+process_alive(int pid)
+{
+	char path[64], buf[256], *p;
+	FILE *f;
+
+	if (kill(pid, 0) != 0 && errno != EPERM)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return 1;
+	p = fgets(buf, sizeof(buf), f);
+	fclose(f);
+	if (p != NULL && (p = strrchr(buf, ')')) != NULL && p[1] == ' ' && p[2] == 'Z')
+		return 0;
+	return 1;
+}
+
+/*
+ * The first GET of our heartbeat key tells whether another live daemon uses
+ * our instance_id.  A key left by a previous run of ours on this host whose
+ * process is gone (killed, crashed) is ours to take over.
+ */
+static void
+on_instance_check(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	char self[300];
+	int pid;
+	char host[256];
+
+	if (r == NULL)
+		return;
+	if (r->type == REDIS_REPLY_STRING && !registered_once) {
+		snprintf(self, sizeof(self), "pid=%d host=%s", (int)getpid(), hostname);
+		if (sscanf(r->str, "pid=%d host=%255s", &pid, host) == 2 &&
+		    strcmp(r->str, self) != 0) {
+			int alive = strcmp(host, hostname) != 0 || process_alive(pid);
+			if (alive) {
+				log_error("another live daemon uses this instance_id; "
+				    "give each daemon a unique [redis] instance_id",
+				    "instance_id", ug.cfg->instance_id, "holder", r->str);
+				daemon_stop(-1);
+				return;
+			}
+		}
+	}
+	on_registered(ac, reply, priv);
+}
+
+static void
+heartbeat_write(void)
+{
+	char value[300], ttl[16];
+
+	snprintf(value, sizeof(value), "pid=%d host=%s", (int)getpid(), hostname);
+	snprintf(ttl, sizeof(ttl), "%d", HEARTBEAT_TTL_S);
+	send_strings(cmd, NULL, NULL, 5, "SET", k_instance, value, "EX", ttl);
+	send_strings(cmd, NULL, NULL, 3, "SADD", k_instances, ug.cfg->instance_id);
+}
+
+static void
+on_recovered(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	if (r == NULL)
+		return;
+	if (r->type != REDIS_REPLY_INTEGER) {
+		log_error("redis: recovering processing lists failed",
+		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		return;
+	}
+	if (r->integer > 0) {
+		char n[32];
+
+		snprintf(n, sizeof(n), "%lld", r->integer);
+		stats.recovered += (unsigned long long)r->integer;
+		log_warn("requests recovered from a processing list", "count", n,
+		    "from", priv ? "own list (previous run)" : "dead instance");
+		queue_pump();
+	}
+}
+
+static void
+takeover(int self)
+{
+	if (cmd == NULL || script_sha[SCRIPT_TAKEOVER][0] == '\0')
+		return;
+	send_strings(cmd, on_recovered, self ? (void *)1 : NULL, 9, "EVALSHA",
+	    script_sha[SCRIPT_TAKEOVER], "3", k_instances, k_requests, k_recoveries,
+	    ug.cfg->prefix, ug.cfg->instance_id, self ? "self" : "others");
+}
+
+static void
+on_registered(redisAsyncContext *ac, void *reply, void *priv)
+{
+	int first = !registered_once;
+
+	if (reply == NULL || ac != cmd)
+		return;
+	heartbeat_write();
+	if (first) {
+		/* Whatever a previous run left in our processing list goes back
+		 * to the head of the request list before we take anything. */
+		takeover(1);
+		registered_once = 1;
+	}
+	cmd_ready = 1;
+	ug.redis_up = 1;
+	reconnect_ms = RECONNECT_MIN_MS;
+	if (outage_logged || !first)
+		log_info("redis connection restored");
+	outage_logged = 0;
+	job_redis_changed(1);
+	daemon_notify_status();
+	queue_pump();
+}
+
+static redisAsyncContext *
+connect_one(void)
+{
+	struct config *c = ug.cfg;
+	redisAsyncContext *ac;
+	char db[16];
+
+	if (c->redis_unix_socket && c->redis_unix_socket[0])
+		ac = redisAsyncConnectUnix(c->redis_unix_socket);
+	else
+		ac = redisAsyncConnect(c->redis_host, (int)c->redis_port);
+	if (ac == NULL)
+		return NULL;
+	if (ac->err) {
+		if (!outage_logged) {
+			log_warn("cannot connect to redis, retrying with backoff",
+			    "error", ac->errstr);
+			outage_logged = 1;
+		}
+		redisAsyncFree(ac);
+		return NULL;
+	}
+	if (redisLibeventAttach(ac, ug.base) != REDIS_OK) {
+		redisAsyncFree(ac);
+		return NULL;
+	}
+	redisAsyncSetConnectCallback(ac, on_connect);
+	redisAsyncSetDisconnectCallback(ac, on_disconnect);
+	/* Commands queue until the connection is up. */
+	if (c->redis_password)
+		send_strings(ac, on_setup_reply, "AUTH", 2, "AUTH", c->redis_password);
+	if (c->redis_db != 0) {
+		snprintf(db, sizeof(db), "%ld", c->redis_db);
+		send_strings(ac, on_setup_reply, "SELECT", 2, "SELECT", db);
+	}
+	return ac;
+}
+
+static void
+connect_all(void)
+{
+	int i;
+
+	cmd = connect_one();
+	if (cmd == NULL) {
+		schedule_reconnect();
+		return;
+	}
+	blk = connect_one();
+	if (blk == NULL) {
+		redisAsyncDisconnect(cmd);
+		return;
+	}
+	blk_client_id = -1;
+	send_strings(blk, on_client_id, NULL, 2, "CLIENT", "ID");
+	for (i = 0; i < SCRIPT_COUNT; i++)
+		send_strings(cmd, on_script_loaded, (void *)(intptr_t)i, 3, "SCRIPT", "LOAD",
+		    script_source[i]);
+	send_strings(cmd, on_instance_check, NULL, 2, "GET", k_instance);
+}
+
+/* ------------------------------------------------------------------ */
+/* intake */
+
+static void	 on_taken(redisAsyncContext *, void *, void *);
+static void	 on_blocked(redisAsyncContext *, void *, void *);
+
+static void
+take_one_blocking(void)
+{
+	if (blk == NULL || block_outstanding)
+		return;
+	if (send_strings(blk, on_blocked, NULL, 6, "BLMOVE", k_requests, k_processing,
+	    "RIGHT", "LEFT", BLOCK_TIMEOUT) == 0)
+		block_outstanding = 1;
+}
+
+/*
+ * Takes what there is room for.  A batch script when the list may be deep;
+ * when a batch came back short the list is empty, and one BLMOVE waits for
+ * the next request so that an idle daemon answers within a millisecond
+ * without polling.
+ */
+void
+queue_pump(void)
+{
+	long room;
+	char n[16];
+
+	if (!cmd_ready || intake_stopped || ug.paused || ug.draining || job_auth_blocked())
+		return;
+	if (take_outstanding || block_outstanding)
+		return;
+	room = job_room();
+	if (room <= 0)
+		return;
+	if (room > TAKE_BATCH_MAX)
+		room = TAKE_BATCH_MAX;
+	snprintf(n, sizeof(n), "%ld", room);
+	if (send_strings(cmd, on_taken, (void *)(intptr_t)room, 7, "EVALSHA",
+	    script_sha[SCRIPT_TAKE], "3", k_requests, k_processing, k_recoveries, n) == 0)
+		take_outstanding = 1;
+}
+
+static char *
+copy_bytes(const char *s, size_t len)
+{
+	char *p = malloc(len + 1);
+
+	if (p == NULL)
+		return NULL;
+	memcpy(p, s, len);
+	p[len] = '\0';
+	return p;
+}
+
+static void
+on_taken(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	long asked = (long)(intptr_t)priv;
+	size_t i, got;
+
+	take_outstanding = 0;
+	if (r == NULL)
+		return;
+	if (r->type != REDIS_REPLY_ARRAY) {
+		log_error("redis: taking requests failed",
+		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		return;
+	}
+	got = r->elements / 2;
+	for (i = 0; i + 1 < r->elements; i += 2) {
+		const redisReply *v = r->element[i], *n = r->element[i + 1];
+		char *raw;
+
+		if (v->type != REDIS_REPLY_STRING)
+			continue;
+		raw = copy_bytes(v->str, v->len);
+		if (raw == NULL) {
+			/* It stays in our processing list; the next start
+			 * finishes it.  Nothing is lost. */
+			log_error("out of memory taking a request");
+			continue;
+		}
+		job_take(raw, v->len, SOURCE_REDIS,
+		    n->type == REDIS_REPLY_INTEGER ? (long)n->integer : 0, NULL, NULL);
+	}
+	if ((long)got >= asked)
+		queue_pump();
+	else if (job_room() > 0 && !ug.paused && !ug.draining)
+		take_one_blocking();
+}
+
+struct blocked_item {
+	char	*raw;
+	size_t	 len;
+};
+
+static void
+on_blocked_recoveries(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct blocked_item *b = priv;
+	long n = 0;
+
+	if (r != NULL && r->type == REDIS_REPLY_STRING)
+		n = strtol(r->str, NULL, 10);
+	/* Even without an answer the request is ours: it sits in our
+	 * processing list, so handle it rather than strand it there. */
+	job_take(b->raw, b->len, SOURCE_REDIS, n, NULL, NULL);
+	free(b);
+	queue_pump();
+}
+
+static void
+on_blocked(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct blocked_item *b;
+
+	block_outstanding = 0;
+	if (r == NULL)
+		return;
+	if (r->type == REDIS_REPLY_STRING) {
+		b = malloc(sizeof(*b));
+		if (b == NULL || (b->raw = copy_bytes(r->str, r->len)) == NULL) {
+			free(b);
+			log_error("out of memory taking a request");
+			return;
+		}
+		b->len = r->len;
+		{
+			const char *argv[3] = { "HGET", k_recoveries, b->raw };
+			size_t lens[3] = { 4, strlen(k_recoveries), b->len };
+
+			if (send_argv(cmd, on_blocked_recoveries, b, 3, argv, lens) == 0)
+				return;
+		}
+		{
+			job_take(b->raw, b->len, SOURCE_REDIS, 0, NULL, NULL);
+			free(b);
+		}
+		return;
+	}
+	if (r->type == REDIS_REPLY_ERROR)
+		log_error("redis: BLMOVE failed", "error", r->str);
+	queue_pump();
+}
+
+/*
+ * Ends a BLMOVE in progress at once (pause, drain).  One that already moved
+ * a request hands it to us as usual: it was taken before the pause.
+ */
+void
+queue_unblock(void)
+{
+	char id[32];
+
+	if (!block_outstanding || blk_client_id < 0 || cmd == NULL)
+		return;
+	snprintf(id, sizeof(id), "%lld", blk_client_id);
+	send_strings(cmd, NULL, NULL, 3, "CLIENT", "UNBLOCK", id);
+}
+
+void
+queue_stop_intake(void)
+{
+	intake_stopped = 1;
+	queue_unblock();
+}
+
+static void
+on_client_id(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+		blk_client_id = r->integer;
+}
+
+/* ------------------------------------------------------------------ */
+/* claims, rate, commits */
+
+struct claim_call {
+	queue_claim_cb	*cb;
+	void		*arg;
+};
+
+static void
+on_claim(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct claim_call *c = priv;
+	enum claim_outcome o = CLAIM_ERROR;
+	const char *rec = NULL;
+	size_t reclen = 0;
+
+	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+	    r->element[0]->type == REDIS_REPLY_INTEGER) {
+		switch (r->element[0]->integer) {
+		case 1:
+			o = CLAIM_OWNED;
+			break;
+		case 2:
+			if (r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING) {
+				o = CLAIM_DONE;
+				rec = r->element[1]->str;
+				reclen = r->element[1]->len;
+			}
+			break;
+		case 3:
+			o = CLAIM_PENDING;
+			break;
+		}
+	} else if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+		log_error("redis: identity claim failed", "error", r->str);
+	}
+	c->cb(o, rec, reclen, c->arg);
+	free(c);
+}
+
+int
+queue_claim(const char *identity, queue_claim_cb *cb, void *arg)
+{
+	struct claim_call *c;
+	char *kid, *kuser, owner[300], ttl[16];
+	int rv;
+
+	if (!cmd_ready)
+		return -1;
+	c = malloc(sizeof(*c));
+	kid = identity_key("identity:", identity);
+	kuser = identity_key("user:", identity);
+	if (c == NULL || kid == NULL || kuser == NULL) {
+		free(c);
+		free(kid);
+		free(kuser);
+		return -1;
+	}
+	c->cb = cb;
+	c->arg = arg;
+	snprintf(owner, sizeof(owner), "pending:%s", ug.cfg->instance_id);
+	snprintf(ttl, sizeof(ttl), "%d", CLAIM_TTL_S);
+	rv = send_strings(cmd, on_claim, c, 7, "EVALSHA", script_sha[SCRIPT_CLAIM], "2",
+	    kid, kuser, owner, ttl);
+	free(kid);
+	free(kuser);
+	if (rv != 0)
+		free(c);
+	return rv;
+}
+
+void
+queue_refresh_claims(const char *const *identities, size_t n)
+{
+	char ttl[16];
+	size_t i;
+
+	if (!cmd_ready)
+		return;
+	snprintf(ttl, sizeof(ttl), "%d", CLAIM_TTL_S);
+	for (i = 0; i < n; i++) {
+		char *kid = identity_key("identity:", identities[i]);
+
+		if (kid == NULL)
+			continue;
+		send_strings(cmd, NULL, NULL, 3, "EXPIRE", kid, ttl);
+		free(kid);
+	}
+}
+
+struct rate_call {
+	queue_rate_cb	*cb;
+	void		*arg;
+};
+
+static void
+on_rate(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct rate_call *c = priv;
+	long granted = -1, wait = 0;
+
+	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+	    r->element[0]->type == REDIS_REPLY_INTEGER &&
+	    r->element[1]->type == REDIS_REPLY_INTEGER) {
+		granted = (long)r->element[0]->integer;
+		wait = (long)r->element[1]->integer;
+	} else if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+		log_error("redis: rate window failed", "error", r->str);
+	}
+	c->cb(granted, wait, c->arg);
+	free(c);
+}
+
+int
+queue_rate_acquire(long want, queue_rate_cb *cb, void *arg)
+{
+	struct rate_call *c;
+	char limit[32], window[32], wants[32], member[300];
+	int rv;
+
+	if (!cmd_ready || (c = malloc(sizeof(*c))) == NULL)
+		return -1;
+	c->cb = cb;
+	c->arg = arg;
+	snprintf(limit, sizeof(limit), "%ld", ug.cfg->rate_limit * ug.cfg->rate_window_s);
+	snprintf(window, sizeof(window), "%ld", ug.cfg->rate_window_s * 1000);
+	snprintf(wants, sizeof(wants), "%ld", want);
+	snprintf(member, sizeof(member), "%s:%d:%llu", ug.cfg->instance_id, (int)getpid(),
+	    ++rate_seq);
+	rv = send_strings(cmd, on_rate, c, 8, "EVALSHA", script_sha[SCRIPT_RATE], "1", k_rate,
+	    limit, window, wants, member);
+	if (rv != 0)
+		free(c);
+	return rv;
+}
+
+struct done_call {
+	queue_done_cb	*cb;
+	void		*arg;
+};
+
+static void
+on_exec(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct done_call *c = priv;
+	size_t i;
+	int ok = r != NULL && r->type == REDIS_REPLY_ARRAY;
+
+	if (r != NULL && !ok)
+		log_error("redis: result transaction failed",
+		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+	if (ok) {
+		for (i = 0; i < r->elements; i++)
+			if (r->element[i]->type == REDIS_REPLY_ERROR)
+				log_warn("redis: a command of the result transaction failed",
+				    "error", r->element[i]->str);
+	}
+	c->cb(ok, c->arg);
+	free(c);
+}
+
+static int
+call_done_later(struct done_call *c, redisAsyncContext *ac, int rv)
+{
+	if (rv != 0)
+		free(c);
+	return rv;
+}
+
+/*
+ * One MULTI/EXEC for a batch of results: each result is stored, pushed,
+ * published and removed from the processing list together, so a crash
+ * leaves either the request in processing or its result in Redis, never
+ * neither.
+ */
+int
+queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void *arg)
+{
+	struct done_call *c;
+	char ttl[32], reply_ttl[32], trim[32];
+	size_t i;
+	int rv = 0;
+
+	if (!cmd_ready || (c = malloc(sizeof(*c))) == NULL)
+		return -1;
+	c->cb = cb;
+	c->arg = arg;
+	snprintf(ttl, sizeof(ttl), "%ld", ug.cfg->dedup_ttl_s);
+	snprintf(reply_ttl, sizeof(reply_ttl), "%ld", ug.cfg->reply_ttl_s);
+	snprintf(trim, sizeof(trim), "%ld", ug.cfg->results_max - 1);
+
+	rv |= send_strings(cmd, NULL, NULL, 1, "MULTI");
+	for (i = 0; i < n && rv == 0; i++) {
+		const struct commit_item *it = &items[i];
+		const char *argv[6];
+		size_t lens[6];
+		char *kid = NULL, *kuser = NULL;
+
+		if (it->identity != NULL && (it->record != NULL || it->identity_done ||
+		    it->identity_release)) {
+			kid = identity_key("identity:", it->identity);
+			kuser = identity_key("user:", it->identity);
+			if (kid == NULL || kuser == NULL) {
+				free(kid);
+				free(kuser);
+				rv = -1;
+				break;
+			}
+		}
+		if (kuser != NULL && it->record != NULL) {
+			argv[0] = "SET"; lens[0] = 3;
+			argv[1] = kuser; lens[1] = strlen(kuser);
+			argv[2] = it->record; lens[2] = it->recordlen;
+			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
+		}
+		if (kid != NULL && it->identity_done)
+			rv |= send_strings(cmd, NULL, NULL, 5, "SET", kid, "done", "EX", ttl);
+		else if (kid != NULL && it->identity_release)
+			rv |= send_strings(cmd, NULL, NULL, 2, "DEL", kid);
+		free(kid);
+		free(kuser);
+
+		argv[0] = "LPUSH"; lens[0] = 5;
+		argv[1] = k_results; lens[1] = strlen(k_results);
+		argv[2] = it->result; lens[2] = it->resultlen;
+		rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
+		argv[0] = "PUBLISH"; lens[0] = 7;
+		argv[1] = k_events; lens[1] = strlen(k_events);
+		rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
+		if (it->reply_to != NULL) {
+			argv[0] = "LPUSH"; lens[0] = 5;
+			argv[1] = it->reply_to; lens[1] = strlen(it->reply_to);
+			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
+			rv |= send_strings(cmd, NULL, NULL, 3, "EXPIRE", it->reply_to, reply_ttl);
+		}
+		if (it->dead != NULL) {
+			argv[0] = "LPUSH"; lens[0] = 5;
+			argv[1] = k_dead; lens[1] = strlen(k_dead);
+			argv[2] = it->dead; lens[2] = it->deadlen;
+			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
+		}
+		if (it->recovered) {
+			argv[0] = "HDEL"; lens[0] = 4;
+			argv[1] = k_recoveries; lens[1] = strlen(k_recoveries);
+			argv[2] = it->raw; lens[2] = it->rawlen;
+			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
+		}
+		if (it->in_processing) {
+			argv[0] = "LREM"; lens[0] = 4;
+			argv[1] = k_processing; lens[1] = strlen(k_processing);
+			argv[2] = "-1"; lens[2] = 2;
+			argv[3] = it->raw; lens[3] = it->rawlen;
+			rv |= send_argv(cmd, NULL, NULL, 4, argv, lens);
+		}
+	}
+	if (rv == 0)
+		rv |= send_strings(cmd, NULL, NULL, 4, "LTRIM", k_results, "0", trim);
+	if (rv == 0)
+		rv = send_strings(cmd, on_exec, c, 1, "EXEC");
+	else if (cmd != NULL)
+		/* A half-queued transaction must not run. */
+		send_strings(cmd, NULL, NULL, 1, "DISCARD");
+	return call_done_later(c, cmd, rv);
+}
+
+static void
+on_pushed(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct done_call *c = priv;
+
+	c->cb(r != NULL && r->type == REDIS_REPLY_INTEGER, c->arg);
+	free(c);
+}
+
+int
+queue_push_processing(const char *raw, size_t len, queue_done_cb *cb, void *arg)
+{
+	struct done_call *c;
+	const char *argv[3] = { "LPUSH", k_processing, raw };
+	size_t lens[3] = { 5, strlen(k_processing), len };
+
+	if (!cmd_ready || (c = malloc(sizeof(*c))) == NULL)
+		return -1;
+	c->cb = cb;
+	c->arg = arg;
+	return call_done_later(c, cmd, send_argv(cmd, on_pushed, c, 3, argv, lens));
+}
+
+/* ------------------------------------------------------------------ */
+/* lengths, dead list */
+
+struct lengths_call {
+	queue_lengths_cb	*cb;
+	void			*arg;
+	long long		 v[3];
+	int			 got, failed;
+};
+
+static void
+on_length(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct lengths_call *c = priv;
+
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+		c->v[c->got] = r->integer;
+	else
+		c->failed = 1;
+	if (++c->got < 3)
+		return;
+	if (!c->failed) {
+		last_requests = c->v[0];
+		last_processing = c->v[1];
+		last_dead = c->v[2];
+	}
+	if (c->cb)
+		c->cb(!c->failed, c->v[0], c->v[1], c->v[2], 0, c->arg);
+	free(c);
+}
+
+int
+queue_lengths(queue_lengths_cb *cb, void *arg)
+{
+	struct lengths_call *c;
+
+	if (!cmd_ready || (c = calloc(1, sizeof(*c))) == NULL)
+		return -1;
+	c->cb = cb;
+	c->arg = arg;
+	/* Three commands on one ordered link: the callbacks run in order
+	 * and exactly once each, so the last one frees c. */
+	if (send_strings(cmd, on_length, c, 2, "LLEN", k_requests) != 0) {
+		free(c);
+		return -1;
+	}
+	if (send_strings(cmd, on_length, c, 2, "LLEN", k_processing) != 0)
+		c->got++, c->failed = 1;
+	if (send_strings(cmd, on_length, c, 2, "LLEN", k_dead) != 0) {
+		c->failed = 1;
+		if (++c->got == 3) {
+			free(c);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+void
+queue_last_lengths(long long *requests, long long *processing, long long *dead)
+{
+	*requests = ug.redis_up ? last_requests : -1;
+	*processing = ug.redis_up ? last_processing : -1;
+	*dead = ug.redis_up ? last_dead : -1;
+}
+
+struct lines_call {
+	queue_lines_cb	*cb;
+	void		*arg;
+};
+
+static void
+on_dead_range(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct lines_call *c = priv;
+	char **lines = NULL;
+	size_t i, n = 0;
+	int ok = r != NULL && r->type == REDIS_REPLY_ARRAY;
+
+	if (ok && r->elements > 0) {
+		lines = calloc(r->elements, sizeof(*lines));
+		for (i = 0; lines != NULL && i < r->elements; i++) {
+			json_t *v = NULL;
+			char err[128];
+
+			if (r->element[i]->type != REDIS_REPLY_STRING)
+				continue;
+			if (codec_decode_any(r->element[i]->str, r->element[i]->len, &v, err,
+			    sizeof(err)) != CODEC_OK)
+				continue;
+			lines[n] = json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII);
+			json_decref(v);
+			if (lines[n] != NULL)
+				n++;
+		}
+	}
+	c->cb(ok, lines, n, c->arg);
+	for (i = 0; i < n; i++)
+		free(lines[i]);
+	free(lines);
+	free(c);
+}
+
+int
+queue_dead_list(long n, queue_lines_cb *cb, void *arg)
+{
+	struct lines_call *c;
+	char stop[32];
+
+	if (!cmd_ready || (c = malloc(sizeof(*c))) == NULL)
+		return -1;
+	c->cb = cb;
+	c->arg = arg;
+	snprintf(stop, sizeof(stop), "%ld", n - 1);
+	if (send_strings(cmd, on_dead_range, c, 4, "LRANGE", k_dead, "0", stop) != 0) {
+		free(c);
+		return -1;
+	}
+	return 0;
+}
+
+struct retry_call {
+	queue_count_cb	*cb;
+	void		*arg;
+};
+
+static void
+on_retry_exec(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct retry_call *c = priv;
+	long long moved = -1;
+	size_t i;
+
+	if (r != NULL && r->type == REDIS_REPLY_ARRAY) {
+		/* Pairs of RPUSH, LREM: count the entries really removed from
+		 * the dead list (another operator may have raced us). */
+		moved = 0;
+		for (i = 1; i < r->elements; i += 2)
+			if (r->element[i]->type == REDIS_REPLY_INTEGER &&
+			    r->element[i]->integer > 0)
+				moved++;
+	}
+	c->cb(moved, c->arg);
+	free(c);
+}
+
+/*
+ * Dead entries are {request, result}; a retry puts the request back at the
+ * head of the request list (JSON text of the decoded request) and removes
+ * exactly that dead entry, both in one transaction.  Entries whose request
+ * could not be decoded in the first place are left where they are: a retry
+ * could only fail the same way.
+ */
+static void
+on_retry_range(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct retry_call *c = priv;
+	size_t i, queued = 0;
+
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || cmd == NULL) {
+		c->cb(-1, c->arg);
+		free(c);
+		return;
+	}
+	send_strings(cmd, NULL, NULL, 1, "MULTI");
+	for (i = 0; i < r->elements; i++) {
+		const redisReply *e = r->element[i];
+		json_t *v = NULL, *req;
+		char err[128], *text = NULL;
+		const char *argv[4];
+		size_t lens[4];
+
+		if (e->type != REDIS_REPLY_STRING ||
+		    codec_decode_any(e->str, e->len, &v, err, sizeof(err)) != CODEC_OK)
+			continue;
+		req = json_object_get(v, "request");
+		if (json_is_object(req))
+			text = json_dumps(req, JSON_COMPACT);
+		json_decref(v);
+		if (text == NULL)
+			continue;
+		argv[0] = "RPUSH"; lens[0] = 5;
+		argv[1] = k_requests; lens[1] = strlen(k_requests);
+		argv[2] = text; lens[2] = strlen(text);
+		send_argv(cmd, NULL, NULL, 3, argv, lens);
+		argv[0] = "LREM"; lens[0] = 4;
+		argv[1] = k_dead; lens[1] = strlen(k_dead);
+		argv[2] = "1"; lens[2] = 1;
+		argv[3] = e->str; lens[3] = e->len;
+		send_argv(cmd, NULL, NULL, 4, argv, lens);
+		free(text);
+		queued++;
+	}
+	if (send_strings(cmd, on_retry_exec, c, 1, "EXEC") != 0) {
+		c->cb(-1, c->arg);
+		free(c);
+	}
+	(void)queued;
+	queue_pump();
+}
+
+int
+queue_dead_retry(long n, queue_count_cb *cb, void *arg)
+{
+	struct retry_call *c;
+	char stop[32];
+
+	if (!cmd_ready || (c = malloc(sizeof(*c))) == NULL)
+		return -1;
+	c->cb = cb;
+	c->arg = arg;
+	snprintf(stop, sizeof(stop), "%ld", n < 0 ? -1L : n - 1);
+	if (send_strings(cmd, on_retry_range, c, 4, "LRANGE",
+	    k_dead, "0", stop) != 0) {
+		free(c);
+		return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* heartbeat, setup, teardown */
+
+static void
+heartbeat_cb(evutil_socket_t fd, short what, void *arg)
+{
+	if (!cmd_ready)
+		return;
+	heartbeat_write();
+	job_refresh_claims();
+	takeover(0);
+}
+
+int
+queue_connected(void)
+{
+	return cmd_ready;
+}
+
+int
+queue_init(void)
+{
+	struct timeval tv = { HEARTBEAT_EVERY_S, 0 };
+
+	if (gethostname(hostname, sizeof(hostname)) != 0)
+		strcpy(hostname, "localhost");
+	hostname[sizeof(hostname) - 1] = '\0';
+	if ((k_requests = key("requests", NULL)) == NULL ||
+	    (k_processing = key("processing:", ug.cfg->instance_id)) == NULL ||
+	    (k_recoveries = key("recoveries", NULL)) == NULL ||
+	    (k_instances = key("instances", NULL)) == NULL ||
+	    (k_rate = key("rate", NULL)) == NULL ||
+	    (k_results = key("results", NULL)) == NULL ||
+	    (k_events = key("events", NULL)) == NULL ||
+	    (k_dead = key("dead", NULL)) == NULL ||
+	    (k_instance = key("instance:", ug.cfg->instance_id)) == NULL)
+		return -1;
+	reconnect_ev = evtimer_new(ug.base, reconnect_cb, NULL);
+	heartbeat_ev = event_new(ug.base, -1, EV_PERSIST, heartbeat_cb, NULL);
+	if (reconnect_ev == NULL || heartbeat_ev == NULL)
+		return -1;
+	evtimer_add(heartbeat_ev, &tv);
+	connect_all();
+	return 0;
+}
+
+/*
+ * A clean exit removes our heartbeat at once (only if it is still ours), so
+ * a restart need not wait for it to expire and a peer may take over what
+ * the drain left.  The loop is over, so a short blocking call is fine.
+ */
+static void
+heartbeat_remove(void)
+{
+	struct config *c = ug.cfg;
+	struct timeval tv = { 1, 0 };
+	redisContext *rc;
+	redisReply *r;
+	char value[300];
+
+	if (!registered_once)
+		return;
+	if (c->redis_unix_socket && c->redis_unix_socket[0])
+		rc = redisConnectUnixWithTimeout(c->redis_unix_socket, tv);
+	else
+		rc = redisConnectWithTimeout(c->redis_host, (int)c->redis_port, tv);
+	if (rc == NULL || rc->err) {
+		if (rc)
+			redisFree(rc);
+		return;
+	}
+	redisSetTimeout(rc, tv);
+	snprintf(value, sizeof(value), "pid=%d host=%s", (int)getpid(), hostname);
+	if (c->redis_password) {
+		r = redisCommand(rc, "AUTH %s", c->redis_password);
+		if (r)
+			freeReplyObject(r);
+	}
+	if (c->redis_db) {
+		r = redisCommand(rc, "SELECT %ld", c->redis_db);
+		if (r)
+			freeReplyObject(r);
+	}
+	r = redisCommand(rc, "EVAL %s 1 %s %s",
+	    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+	    "return redis.call('DEL', KEYS[1]) end return 0", k_instance, value);
+	if (r)
+		freeReplyObject(r);
+	redisFree(rc);
+}
+
+void
+queue_shutdown(void)
+{
+	shutting_down = 1;
+	if (heartbeat_ev)
+		event_free(heartbeat_ev);
+	if (reconnect_ev)
+		event_free(reconnect_ev);
+	heartbeat_ev = reconnect_ev = NULL;
+	/* Free rather than disconnect: pending callbacks run now with NULL
+	 * replies, while their owners still exist. */
+	if (blk != NULL) {
+		redisAsyncContext *b = blk;
+
+		blk = NULL;
+		redisAsyncFree(b);
+	}
+	if (cmd != NULL) {
+		redisAsyncContext *c = cmd;
+
+		cmd = NULL;
+		redisAsyncFree(c);
+	}
+	heartbeat_remove();
+	free(k_requests);
+	free(k_processing);
+	free(k_recoveries);
+	free(k_instances);
+	free(k_rate);
+	free(k_results);
+	free(k_events);
+	free(k_dead);
+	free(k_instance);
+}

@@ -1,0 +1,146 @@
+/*
+ * stats.c: the counters, declared once in daemon.h (STATS_COUNTERS) and
+ * rendered from that one declaration into `show stats` (JSON) and
+ * `show metrics` (Prometheus text exposition).
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "daemon.h"
+
+struct stats stats;
+struct histogram stats_twilio_seconds;
+struct histogram stats_result_seconds;
+
+/* Upper bounds in seconds: 1 ms .. 30 s, roughly doubling. */
+static const double bucket_le[STATS_BUCKETS] = {
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+};
+
+static const char *const counter_names[] = {
+#define STATS_NAME(name, help) #name,
+	STATS_COUNTERS(STATS_NAME)
+#undef STATS_NAME
+};
+
+const char *const *
+stats_counter_names(size_t *count)
+{
+	*count = sizeof(counter_names) / sizeof(counter_names[0]);
+	return counter_names;
+}
+
+void
+stats_observe(struct histogram *h, double seconds)
+{
+	int i;
+
+	if (seconds < 0)
+		seconds = 0;
+	for (i = 0; i < STATS_BUCKETS && seconds > bucket_le[i]; i++)
+		;
+	h->counts[i]++;
+	h->count++;
+	h->sum += seconds;
+}
+
+json_t *
+stats_json(const struct stats_gauges *g)
+{
+	json_t *o = json_object();
+
+	if (o == NULL)
+		return NULL;
+	json_object_set_new(o, "version", json_string(PACKAGE_VERSION));
+	json_object_set_new(o, "uptime_s", json_integer((json_int_t)g->uptime_s));
+	json_object_set_new(o, "instance_id", json_string(g->instance_id));
+	json_object_set_new(o, "health", json_string(g->health));
+	json_object_set_new(o, "redis_connected", json_boolean(g->redis_connected));
+	json_object_set_new(o, "paused", json_boolean(g->paused));
+	json_object_set_new(o, "inflight", json_integer(g->inflight));
+	json_object_set_new(o, "max_inflight", json_integer(g->max_inflight));
+	/* Lengths Redis could not tell us (it is down) are null, not 0. */
+	json_object_set_new(o, "queue_depth", g->queue_depth < 0 ? json_null() :
+	    json_integer(g->queue_depth));
+	json_object_set_new(o, "processing", g->processing < 0 ? json_null() :
+	    json_integer(g->processing));
+	json_object_set_new(o, "dead", g->dead < 0 ? json_null() : json_integer(g->dead));
+#define STATS_JSON(name, help) \
+	json_object_set_new(o, #name, json_integer((json_int_t)stats.name));
+	STATS_COUNTERS(STATS_JSON)
+#undef STATS_JSON
+	return o;
+}
+
+static void
+histogram_text(struct evbuffer *b, const char *name, const char *help,
+    const struct histogram *h)
+{
+	unsigned long long cum = 0;
+	int i;
+
+	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (i = 0; i < STATS_BUCKETS; i++) {
+		cum += h->counts[i];
+		evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bucket_le[i], cum);
+	}
+	cum += h->counts[STATS_BUCKETS];
+	evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, cum);
+	evbuffer_add_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, h->sum, name, h->count);
+}
+
+static void
+gauge_text(struct evbuffer *b, const char *name, const char *help, double v)
+{
+	evbuffer_add_printf(b, "# HELP usergate_%s %s\n# TYPE usergate_%s gauge\n"
+	    "usergate_%s %.17g\n", name, help, name, name, v);
+}
+
+char *
+stats_prometheus(const struct stats_gauges *g)
+{
+	struct evbuffer *b = evbuffer_new();
+	size_t len;
+	char *out;
+
+	if (b == NULL)
+		return NULL;
+#define STATS_PROM(name, help) \
+	evbuffer_add_printf(b, "# HELP usergate_" #name "_total " help "\n" \
+	    "# TYPE usergate_" #name "_total counter\nusergate_" #name "_total %llu\n", \
+	    stats.name);
+	STATS_COUNTERS(STATS_PROM)
+#undef STATS_PROM
+	gauge_text(b, "up", "1 while the daemon runs", 1);
+	gauge_text(b, "healthy", "1 when health is ok, 0 when degraded",
+	    strcmp(g->health, "ok") == 0);
+	gauge_text(b, "redis_connected", "1 while Redis is connected", g->redis_connected);
+	gauge_text(b, "paused", "1 while intake is paused by an operator", g->paused);
+	gauge_text(b, "inflight", "Requests held in memory by this instance", g->inflight);
+	gauge_text(b, "max_inflight", "Configured bound on requests in memory",
+	    g->max_inflight);
+	if (g->queue_depth >= 0)
+		gauge_text(b, "queue_depth", "Length of the request list", g->queue_depth);
+	if (g->processing >= 0)
+		gauge_text(b, "processing", "Length of this instance's processing list",
+		    g->processing);
+	if (g->dead >= 0)
+		gauge_text(b, "dead", "Length of the dead list", g->dead);
+	gauge_text(b, "uptime_seconds", "Seconds since start", g->uptime_s);
+	histogram_text(b, "usergate_twilio_request_duration_seconds",
+	    "Time of one HTTP request to Twilio", &stats_twilio_seconds);
+	histogram_text(b, "usergate_enqueue_to_result_seconds",
+	    "Time from taking a request to its result", &stats_result_seconds);
+	len = evbuffer_get_length(b);
+	if ((out = malloc(len + 1)) != NULL) {
+		evbuffer_remove(b, out, len);
+		out[len] = '\0';
+	}
+	evbuffer_free(b);
+	return out;
+}

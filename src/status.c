@@ -1,0 +1,453 @@
+/*
+ * status.c: the status socket (SPEC §6.2).  One command per line; every
+ * answer ends with an empty line, so `socat - UNIX-CONNECT:...` and scripts
+ * can tell where an answer stops.
+ *
+ * Commands that need Redis answer later; a connection reads its next line
+ * only after the current answer is written, so answers never overtake each
+ * other.  A client silent for 30 s is closed.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "daemon.h"
+
+#define STATUS_IDLE_S		30
+#define STATUS_LINE_MAX		1024
+#define DEAD_LIST_DEFAULT	10
+#define DEAD_LIST_MAX		10000
+
+struct status_conn {
+	TAILQ_ENTRY(status_conn) link;
+	struct bufferevent	*bev;
+	int			 busy;		/* an answer is being prepared */
+	int			 closed;
+	int			 refs;
+	int			 closing;	/* close once the output is written */
+	int			 eof;		/* client shut its writing side */
+};
+
+TAILQ_HEAD(status_list, status_conn);
+static struct status_list conns = TAILQ_HEAD_INITIALIZER(conns);
+static struct evconnlistener *listener;
+
+static const char help_text[] =
+	"show stats        counters and state, one JSON object\n"
+	"show metrics      Prometheus text exposition\n"
+	"show queue        queue lengths, one JSON object\n"
+	"health            ok, or degraded: REASON\n"
+	"pause             stop taking requests (in-flight ones finish)\n"
+	"resume            take requests again\n"
+	"reload            reload the configuration (as SIGHUP)\n"
+	"dead list [N]     the newest N dead entries (default 10), one JSON per line\n"
+	"dead retry [N|all] move dead requests back to the request list\n"
+	"help              this list\n";
+
+static void	 conn_close(struct status_conn *);
+static void	 conn_read(struct bufferevent *, void *);
+
+static void
+conn_unref(struct status_conn *c)
+{
+	if (--c->refs > 0 || !c->closed)
+		return;
+	free(c);
+}
+
+/* Writes text and the empty line that ends every answer. */
+static void
+answer(struct status_conn *c, const char *text)
+{
+	size_t len = strlen(text);
+
+	if (c->closed)
+		return;
+	bufferevent_write(c->bev, text, len);
+	if (len == 0 || text[len - 1] != '\n')
+		bufferevent_write(c->bev, "\n", 1);
+	bufferevent_write(c->bev, "\n", 1);
+}
+
+static void
+answer_json(struct status_conn *c, json_t *v)
+{
+	char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
+
+	answer(c, s ? s : "error: out of memory");
+	free(s);
+	json_decref(v);
+}
+
+/* After EOF: close once every line is answered and written out. */
+static void
+maybe_close(struct status_conn *c)
+{
+	if (c->closed || c->busy || !(c->eof || c->closing))
+		return;
+	c->closing = 1;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_close(c);
+}
+
+/* Called when an asynchronous answer is written: go on reading. */
+static void
+done(struct status_conn *c)
+{
+	c->busy = 0;
+	if (!c->closed) {
+		conn_read(c->bev, c);
+		maybe_close(c);
+	}
+	conn_unref(c);
+}
+
+static void
+gather(struct stats_gauges *g, char *health, size_t hsize)
+{
+	memset(g, 0, sizeof(*g));
+	g->health = daemon_health(health, hsize);
+	g->redis_connected = ug.redis_up;
+	g->paused = ug.paused;
+	g->inflight = job_count();
+	g->max_inflight = ug.cfg->max_inflight;
+	queue_last_lengths(&g->queue_depth, &g->processing, &g->dead);
+	g->uptime_s = now_monotonic() - ug.started;
+	g->instance_id = ug.cfg->instance_id;
+}
+
+/* show stats / show metrics read the lengths fresh from Redis. */
+struct stats_call {
+	struct status_conn	*c;
+	int			 metrics;
+};
+
+static void
+on_stats_lengths(int ok, long long requests, long long processing, long long dead,
+    double oldest, void *arg)
+{
+	struct stats_call *sc = arg;
+	struct stats_gauges g;
+	char health[160];
+
+	gather(&g, health, sizeof(health));
+	if (ok) {
+		g.queue_depth = requests;
+		g.processing = processing;
+		g.dead = dead;
+	}
+	if (sc->metrics) {
+		char *text = stats_prometheus(&g);
+
+		answer(sc->c, text ? text : "error: out of memory");
+		free(text);
+	} else {
+		answer_json(sc->c, stats_json(&g));
+	}
+	done(sc->c);
+	free(sc);
+}
+
+static void
+show_stats(struct status_conn *c, int metrics)
+{
+	struct stats_call *sc = calloc(1, sizeof(*sc));
+
+	if (sc == NULL) {
+		answer(c, "error: out of memory");
+		return;
+	}
+	sc->c = c;
+	sc->metrics = metrics;
+	c->busy = 1;
+	c->refs++;
+	if (queue_lengths(on_stats_lengths, sc) != 0)
+		on_stats_lengths(0, -1, -1, -1, 0, sc);	/* Redis down: say null */
+}
+
+static void
+on_queue_lengths(int ok, long long requests, long long processing, long long dead,
+    double oldest, void *arg)
+{
+	struct status_conn *c = arg;
+
+	if (!ok)
+		answer(c, "error: redis unavailable");
+	else
+		answer_json(c, json_pack("{s:I, s:I, s:I, s:f}", "depth", (json_int_t)requests,
+		    "processing", (json_int_t)processing, "dead", (json_int_t)dead,
+		    "oldest_age_s", job_oldest_age()));
+	done(c);
+}
+
+static void
+on_dead_lines(int ok, char **lines, size_t n, void *arg)
+{
+	struct status_conn *c = arg;
+	size_t i;
+
+	if (!ok) {
+		answer(c, "error: redis unavailable");
+	} else if (!c->closed) {
+		for (i = 0; i < n; i++) {
+			bufferevent_write(c->bev, lines[i], strlen(lines[i]));
+			bufferevent_write(c->bev, "\n", 1);
+		}
+		bufferevent_write(c->bev, "\n", 1);
+	}
+	done(c);
+}
+
+static void
+on_dead_retry(long long moved, void *arg)
+{
+	struct status_conn *c = arg;
+
+	if (moved < 0)
+		answer(c, "error: redis unavailable");
+	else
+		answer_json(c, json_pack("{s:I}", "moved", (json_int_t)moved));
+	done(c);
+}
+
+/* "N" within bounds, or all (-1) when allowed. */
+static int
+parse_count(const char *s, int allow_all, long dflt, long *out)
+{
+	char *end;
+	long v;
+
+	if (s == NULL || *s == '\0') {
+		*out = dflt;
+		return 0;
+	}
+	if (allow_all && strcasecmp(s, "all") == 0) {
+		*out = -1;
+		return 0;
+	}
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || *end != '\0' || v < 1 || v > DEAD_LIST_MAX)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int
+async_start(struct status_conn *c, int rv)
+{
+	if (rv != 0) {
+		answer(c, "error: redis unavailable");
+		return -1;
+	}
+	c->busy = 1;
+	c->refs++;
+	return 0;
+}
+
+/*
+ * The command table.  Words are separated by blanks; case does not
+ * matter.  Returns after answering, or after starting an answer.
+ */
+static void
+command(struct status_conn *c, char *line)
+{
+	char *w[4] = { NULL, NULL, NULL, NULL };
+	char *save = NULL, *tok, err[512];
+	int n = 0;
+	long count;
+
+	for (tok = strtok_r(line, " \t", &save); tok != NULL && n < 4;
+	    tok = strtok_r(NULL, " \t", &save))
+		w[n++] = tok;
+	if (tok != NULL)
+		n = 5;	/* too many words */
+
+	if (n == 2 && strcasecmp(w[0], "show") == 0 && strcasecmp(w[1], "stats") == 0)
+		show_stats(c, 0);
+	else if (n == 2 && strcasecmp(w[0], "show") == 0 && strcasecmp(w[1], "metrics") == 0)
+		show_stats(c, 1);
+	else if (n == 2 && strcasecmp(w[0], "show") == 0 && strcasecmp(w[1], "queue") == 0) {
+		async_start(c, queue_lengths(on_queue_lengths, c));
+	} else if (n == 1 && strcasecmp(w[0], "health") == 0) {
+		char h[160];
+
+		answer(c, daemon_health(h, sizeof(h)));
+	} else if (n == 1 && strcasecmp(w[0], "pause") == 0) {
+		if (!ug.paused)
+			log_info("intake paused by operator");
+		ug.paused = 1;
+		queue_unblock();
+		daemon_notify_status();
+		answer(c, "ok");
+	} else if (n == 1 && strcasecmp(w[0], "resume") == 0) {
+		if (ug.paused)
+			log_info("intake resumed by operator");
+		ug.paused = 0;
+		queue_pump();
+		daemon_notify_status();
+		answer(c, "ok");
+	} else if (n == 1 && strcasecmp(w[0], "reload") == 0) {
+		if (daemon_reload(err, sizeof(err)) == 0)
+			answer(c, "ok");
+		else {
+			char msg[600];
+
+			snprintf(msg, sizeof(msg), "error: %s", err);
+			answer(c, msg);
+		}
+	} else if (n >= 2 && n <= 3 && strcasecmp(w[0], "dead") == 0 &&
+	    strcasecmp(w[1], "list") == 0) {
+		if (parse_count(w[2], 0, DEAD_LIST_DEFAULT, &count) != 0)
+			answer(c, "error: dead list takes a count from 1 to 10000");
+		else
+			async_start(c, queue_dead_list(count, on_dead_lines, c));
+	} else if (n >= 2 && n <= 3 && strcasecmp(w[0], "dead") == 0 &&
+	    strcasecmp(w[1], "retry") == 0) {
+		if (parse_count(w[2], 1, -1, &count) != 0)
+			answer(c, "error: dead retry takes a count from 1 to 10000, or all");
+		else
+			async_start(c, queue_dead_retry(count, on_dead_retry, c));
+	} else if (n == 1 && strcasecmp(w[0], "help") == 0) {
+		answer(c, help_text);
+	} else if (n == 0) {
+		/* an empty line: nothing to answer */
+	} else {
+		answer(c, "error: unknown command, try help");
+	}
+}
+
+static int
+printable(const char *s, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (!isprint((unsigned char)s[i]) && s[i] != '\t')
+			return 0;
+	return 1;
+}
+
+static void
+conn_read(struct bufferevent *bev, void *arg)
+{
+	struct status_conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	char *line;
+	size_t len;
+
+	while (!c->closed && !c->busy && !c->closing) {
+		line = evbuffer_readln(in, &len, EVBUFFER_EOL_ANY);
+		if (line == NULL) {
+			if (evbuffer_get_length(in) > STATUS_LINE_MAX) {
+				answer(c, "error: line too long");
+				c->closing = 1;
+				bufferevent_disable(bev, EV_READ);
+			}
+			return;
+		}
+		if (len > STATUS_LINE_MAX)
+			answer(c, "error: line too long");
+		else if (!printable(line, len))
+			answer(c, "error: unknown command, try help");
+		else
+			command(c, line);
+		free(line);
+	}
+}
+
+static void
+conn_write(struct bufferevent *bev, void *arg)
+{
+	struct status_conn *c = arg;
+
+	maybe_close(c);
+}
+
+static void
+conn_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct status_conn *c = arg;
+
+	if (what & BEV_EVENT_EOF) {
+		/* A client that shut its writing side still gets its answers
+		 * (`echo health | socat - UNIX-CONNECT:...`). */
+		c->eof = 1;
+		conn_read(bev, c);
+		maybe_close(c);
+		return;
+	}
+	conn_close(c);		/* error or idle timeout */
+}
+
+static void
+conn_close(struct status_conn *c)
+{
+	if (c->closed)
+		return;
+	c->closed = 1;
+	TAILQ_REMOVE(&conns, c, link);
+	bufferevent_free(c->bev);
+	c->bev = NULL;
+	c->refs++;
+	conn_unref(c);
+}
+
+static void
+on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen,
+    void *arg)
+{
+	struct status_conn *c = calloc(1, sizeof(*c));
+	struct timeval idle = { STATUS_IDLE_S, 0 };
+
+	if (c == NULL || (c->bev = bufferevent_socket_new(ug.base, fd,
+	    BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+		free(c);
+		close(fd);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&conns, c, link);
+	bufferevent_setcb(c->bev, conn_read, conn_write, conn_event, c);
+	bufferevent_set_timeouts(c->bev, &idle, NULL);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+int
+status_init(void)
+{
+	int fd = unix_listen(ug.cfg->status_path, ug.cfg->status_mode, "status");
+
+	if (fd < 0)
+		return -1;
+	listener = evconnlistener_new(ug.base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+	if (listener == NULL) {
+		close(fd);
+		log_error("cannot listen on the status socket");
+		return -1;
+	}
+	return 0;
+}
+
+void
+status_shutdown(void)
+{
+	struct status_conn *c;
+
+	if (listener != NULL) {
+		evconnlistener_free(listener);
+		listener = NULL;
+		unlink(ug.cfg->status_path);
+	}
+	while ((c = TAILQ_FIRST(&conns)) != NULL)
+		conn_close(c);
+}

@@ -1,0 +1,298 @@
+/*
+ * usergate.h: the one project header.  Core structures, limits, and every
+ * cross-file prototype, grouped under the file that defines it.
+ *
+ * Ownership rules that hold everywhere:
+ *  - a function that returns a `char *` or `json_t *` gives the caller a
+ *    reference to free (free() / json_decref()) unless its comment says
+ *    otherwise;
+ *  - library handles are owned by one file each: libcurl by http.c, hiredis by
+ *    queue.c.  No other file includes their headers.
+ */
+#ifndef USERGATE_H
+#define USERGATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+struct event_base;
+
+/* Limits of SPEC §4.1. */
+#define UG_FRAME_MAX		(64 * 1024)	/* one request, bytes */
+#define UG_IDENTITY_MAX		256		/* characters (code points) */
+#define UG_FRIENDLY_NAME_MAX	256		/* characters (code points) */
+#define UG_ATTRIBUTES_MAX	16384		/* bytes of JSON text */
+#define UG_REQUEST_ID_MAX	128		/* bytes */
+#define UG_POISON_RECOVERIES	3		/* recovered this often: failed */
+#define UG_DRAIN_SECONDS	10		/* SIGTERM grace for in-flight work */
+
+/* ------------------------------------------------------------------ */
+/* log.c */
+
+enum log_level {
+	LOG_LEVEL_ERROR = 0,
+	LOG_LEVEL_WARNING,
+	LOG_LEVEL_INFO,
+	LOG_LEVEL_DEBUG,
+};
+
+/*
+ * One event per line on stderr: "TIMESTAMP level=info msg=\"...\" k=v ...".
+ * Under journald (JOURNAL_STREAM names our stderr) a "<N>" priority prefix
+ * replaces the timestamp.  Values are quoted when they need it and control
+ * characters are escaped, so a hostile value cannot forge a line.
+ */
+void		 log_init(enum log_level level);
+void		 log_set_level(enum log_level level);
+enum log_level	 log_get_level(void);
+int		 log_level_parse(const char *name, enum log_level *out);
+const char	*log_level_name(enum log_level level);
+/* key/value pairs of strings after msg, terminated by NULL; a NULL value is
+ * skipped.  Use the macros below. */
+void		 log_kv(enum log_level level, const char *msg, ...);
+#define log_error(msg, ...)	log_kv(LOG_LEVEL_ERROR, msg, ##__VA_ARGS__, (char *)NULL)
+#define log_warn(msg, ...)	log_kv(LOG_LEVEL_WARNING, msg, ##__VA_ARGS__, (char *)NULL)
+#define log_info(msg, ...)	log_kv(LOG_LEVEL_INFO, msg, ##__VA_ARGS__, (char *)NULL)
+#define log_debug(msg, ...)	log_kv(LOG_LEVEL_DEBUG, msg, ##__VA_ARGS__, (char *)NULL)
+/* Appends the logfmt-escaped form of value to buf (NUL-terminated, truncated
+ * to size).  Exposed for tests. */
+void		 log_escape(const char *value, char *buf, size_t size);
+
+/* ------------------------------------------------------------------ */
+/* config.c */
+
+enum results_format { FORMAT_MSGPACK = 0, FORMAT_JSON = 1 };
+enum on_exists { ON_EXISTS_FETCH = 0, ON_EXISTS_UPDATE = 1 };
+
+struct config {
+	char	*path;			/* the file it came from */
+
+	/* [twilio] */
+	char	*base_url;
+	char	*edge;
+	char	*region;
+	char	*service_sid;
+	char	*api_key;
+	char	*api_secret_file;
+	char	*account_sid;
+	char	*auth_token_file;
+	char	*ca_file;
+	long	 connect_timeout_ms;
+	long	 request_timeout_ms;
+	long	 max_inflight;
+	long	 rate_limit;
+	long	 rate_window_s;
+	enum on_exists on_exists;
+
+	/* [retry] */
+	long	 max_attempts;
+	long	 base_delay_ms;
+	long	 max_delay_ms;
+
+	/* [redis] */
+	char	*redis_host;
+	long	 redis_port;
+	char	*redis_unix_socket;
+	char	*redis_password_file;
+	long	 redis_db;
+	char	*prefix;
+	char	*instance_id;		/* filled with the host name when empty */
+
+	/* [dedup] */
+	long	 dedup_ttl_s;
+
+	/* [results] */
+	enum results_format format;
+	long	 results_max;
+	long	 reply_ttl_s;
+
+	/* [socket] */
+	char	*socket_path;
+	long	 socket_mode;
+
+	/* [status] */
+	char	*status_path;
+	long	 status_mode;
+
+	/* [log] */
+	enum log_level log_level;
+
+	/*
+	 * Derived by config_load.  The three secrets below are never logged,
+	 * never put in an answer, and are wiped before they are freed.
+	 */
+	char	*api_base;		/* scheme://host[:port] after edge/region */
+	char	*auth_user;		/* SK... or AC... */
+	char	*auth_secret;		/* API secret or auth token */
+	char	*redis_password;	/* NULL when none */
+};
+
+/* One row per key; drives parsing, defaults, bounds, reload and docs. */
+enum config_type { CONFIG_STRING, CONFIG_LONG, CONFIG_MODE, CONFIG_ENUM };
+struct config_key {
+	const char	*section;
+	const char	*name;
+	enum config_type type;
+	const char	*default_value;	/* as written in the file */
+	long		 min, max;	/* CONFIG_LONG bounds */
+	int		 reloadable;	/* takes effect on SIGHUP */
+	size_t		 offset;	/* in struct config */
+};
+const struct config_key *config_keys(size_t *count);
+
+/*
+ * Loads path (NULL: built-in defaults only), applies TWILIO_* overrides,
+ * reads the secret files (or $CREDENTIALS_DIRECTORY), derives api_base and
+ * validates everything.  On error returns -1 with a message naming file,
+ * line and key in err; cfg is then left freed.  A missing credential pair is
+ * an error only when require_credentials is set.
+ */
+int		 config_load(const char *path, struct config *cfg, int require_credentials,
+		    char *err, size_t errlen);
+void		 config_free(struct config *cfg);
+/* Writes into out the comma-separated names of keys that differ between old
+ * and new but cannot change without a restart; returns how many. */
+int		 config_restart_keys(const struct config *old, const struct config *new,
+		    char *out, size_t outlen);
+
+/* ------------------------------------------------------------------ */
+/* codec.c: msgpack / JSON <-> jansson values.  Pure. */
+
+enum codec_status {
+	CODEC_OK = 0,
+	CODEC_MALFORMED,	/* neither valid msgpack nor valid JSON */
+	CODEC_BAD_UTF8,		/* JSON text that is not UTF-8 */
+	CODEC_NOT_MAP,		/* a valid value that is not a map/object */
+};
+/*
+ * Decodes one whole value: JSON when the first byte (after no whitespace) is
+ * '{', msgpack otherwise.  Trailing bytes are malformed.  msgpack strings
+ * are kept as they are, even when not UTF-8 (json_stringn_nocheck), so the
+ * validator can name the field; bin is decoded as a string the same way.
+ * Duplicate keys are malformed.  *out is a JSON object on CODEC_OK.
+ */
+enum codec_status codec_decode(const void *buf, size_t len, json_t **out,
+		    char *err, size_t errlen);
+/* Decodes any value (not only maps), same rules; for stored records. */
+enum codec_status codec_decode_any(const void *buf, size_t len, json_t **out,
+		    char *err, size_t errlen);
+/* Encodes v as compact JSON text or msgpack; *out is malloc'd. */
+int		 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len);
+/* 1 when s[0..len) is valid UTF-8. */
+int		 codec_utf8_valid(const char *s, size_t len);
+/* Number of code points in a valid UTF-8 string. */
+size_t		 codec_utf8_length(const char *s, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* request.c: a decoded value -> struct request, with SPEC §4.1's rules. */
+
+enum request_error {
+	REQ_OK = 0,
+	REQ_MALFORMED,
+	REQ_TOO_LARGE,
+	REQ_UNKNOWN_FIELD,
+	REQ_BAD_TYPE,
+	REQ_MISSING_IDENTITY,
+	REQ_IDENTITY_TOO_LONG,
+	REQ_IDENTITY_IS_SID,
+	REQ_BAD_UTF8,
+	REQ_FRIENDLY_NAME_TOO_LONG,
+	REQ_ATTRIBUTES_NOT_JSON,
+	REQ_ATTRIBUTES_TOO_LONG,
+	REQ_BAD_ROLE_SID,
+	REQ_BAD_REQUEST_ID,
+};
+
+struct request {
+	char	*identity;
+	char	*friendly_name;		/* NULL: not given */
+	char	*attributes;		/* JSON object text; NULL: not given */
+	char	*role_sid;		/* NULL: not given */
+	int	 webhook_enabled;	/* -1 not given, 0 false, 1 true */
+	char	*request_id;		/* NULL: not given (caller generates) */
+	char	*reply_to;		/* NULL: not given */
+	int	 wait;			/* socket only: 0 when "Wait": false */
+};
+
+/* The SPEC's error.code for e ("malformed", ...). */
+const char	*request_error_code(enum request_error e);
+/*
+ * Decodes and validates one raw request.  On any error fills err with a
+ * precise message (naming the field and what was wrong) and returns the
+ * error; even then req->request_id, req->identity and req->reply_to are set
+ * when they could be read, so the result can echo them.  req must be freed
+ * with request_free in every case.
+ */
+enum request_error request_parse(const void *buf, size_t len, struct request *req,
+		    char *err, size_t errlen);
+void		 request_free(struct request *req);
+
+/* ------------------------------------------------------------------ */
+/* record.c: Twilio answers -> user records; result maps.  Pure. */
+
+/*
+ * Parses a Twilio user resource (JSON text) into a record object holding
+ * exactly the fields of SPEC §4.3 that the answer had, types kept.  NULL
+ * when the body is not a JSON object with a string "sid".
+ */
+json_t		*record_from_twilio(const char *body, size_t len);
+/* Parses a Twilio error body: code and message (either may be absent). */
+void		 record_twilio_error(const char *body, size_t len, long *code,
+		    char **message);
+/* 1 when the request asks for a FriendlyName/Attributes/RoleSid that the
+ * record does not have (for on_exists = update). */
+int		 record_differs(const json_t *record, const struct request *req);
+
+/* ------------------------------------------------------------------ */
+/* twilio.c: Twilio's URLs, forms and answers.  Pure. */
+
+/* scheme://host[:port] for base_url with edge/region applied the way the
+ * helper libraries do it; NULL with err on a bad base_url. */
+char		*twilio_api_base(const char *base_url, const char *edge, const char *region,
+		    char *err, size_t errlen);
+/* .../v1/Users or .../v1/Services/{sid}/Users */
+char		*twilio_users_url(const char *api_base, const char *service_sid);
+/* .../Users/{percent-encoded sid-or-identity} */
+char		*twilio_user_url(const char *api_base, const char *service_sid, const char *sid);
+/* application/x-www-form-urlencoded body of the given parameters only.
+ * with_identity = 0 for updates. */
+char		*twilio_form(const struct request *req, int with_identity);
+
+enum twilio_outcome {
+	TWILIO_CREATED,		/* 201 */
+	TWILIO_OK,		/* 200 (fetch, update) */
+	TWILIO_EXISTS,		/* 409 + 50201 */
+	TWILIO_RETRY,		/* 429, 409/50213, 5xx, transport errors */
+	TWILIO_AUTH,		/* 401/403, TLS verification failures */
+	TWILIO_REJECTED,	/* other 4xx */
+};
+/* Classifies an answer: status is the HTTP status (0 for a transport
+ * failure), code Twilio's error code (0 when none). */
+enum twilio_outcome twilio_classify(long status, long code);
+
+/* ------------------------------------------------------------------ */
+/* pace.c: backoff, rate window, adaptive concurrency.  Pure arithmetic. */
+
+/* Full-jitter exponential backoff for attempt n (1 = after the first
+ * failure): uniform in [0, min(max, base * 2^(n-1))], then at least
+ * retry_after_ms.  rnd is a uniform random number in [0, 1). */
+long		 pace_backoff_ms(long attempt, long base_ms, long max_ms,
+		    long retry_after_ms, double rnd);
+/* Retry-After header value (delta-seconds or HTTP-date) in ms, -1 if bad. */
+long		 pace_retry_after_ms(const char *value, time_t now);
+
+/* Additive-increase/multiplicative-decrease window on concurrent requests. */
+struct pace_window {
+	double	 window;	/* current limit, 1..max */
+	long	 max;
+};
+void		 pace_window_init(struct pace_window *w, long max);
+void		 pace_window_success(struct pace_window *w);
+void		 pace_window_throttled(struct pace_window *w);
+long		 pace_window_limit(const struct pace_window *w);
+void		 pace_window_set_max(struct pace_window *w, long max);
+
+#endif /* USERGATE_H */

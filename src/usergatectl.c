@@ -1,0 +1,392 @@
+/*
+ * usergatectl: talks to usergated's two sockets (SPEC §6.3).
+ *
+ * Status commands send one line to the status socket and print the answer
+ * up to the empty line that ends it.  `create` writes one JSON request line
+ * to the request socket and prints the result line.  Output is the daemon's
+ * own JSON where it answers JSON, so it pipes into jq.
+ *
+ * Exit status: 0 success; 1 the daemon said no (an error answer, health
+ * degraded, a create that did not succeed); 2 bad usage or no daemon to
+ * talk to.
+ */
+#include "config.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#define DEFAULT_STATUS	"/run/usergate/status.sock"
+#define DEFAULT_REQUEST	"/run/usergate/usergate.sock"
+#define STATUS_TIMEOUT_MS 10000
+#define ANSWER_MAX	(64 * 1024 * 1024)
+
+static const char *status_path = DEFAULT_STATUS;
+static const char *request_path = DEFAULT_REQUEST;
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: usergatectl [-s STATUS_SOCK] show stats|metrics|queue\n"
+	    "       usergatectl [-s STATUS_SOCK] health|pause|resume|reload|help\n"
+	    "       usergatectl [-s STATUS_SOCK] dead list [N]\n"
+	    "       usergatectl [-s STATUS_SOCK] dead retry [N|all]\n"
+	    "       usergatectl [-S REQUEST_SOCK] create IDENTITY [--friendly-name S]\n"
+	    "                   [--attributes JSON] [--role-sid RL...]\n"
+	    "                   [--webhook-enabled true|false] [--request-id ID]\n"
+	    "                   [--reply-to KEY] [--no-wait] [--timeout SECONDS]\n"
+	    "\n"
+	    "  -s PATH  status socket (default " DEFAULT_STATUS ")\n"
+	    "  -S PATH  request socket (default " DEFAULT_REQUEST ")\n"
+	    "  -h       this help\n"
+	    "\n"
+	    "exit status: 0 ok; 1 the daemon said no (error, degraded, create failed);\n"
+	    "2 bad usage or daemon not reachable\n");
+}
+
+static int
+connect_to(const char *path)
+{
+	struct sockaddr_un sun;
+	int fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		fprintf(stderr, "usergatectl: socket path too long: %s\n", path);
+		return -1;
+	}
+	strcpy(sun.sun_path, path);
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+		fprintf(stderr, "usergatectl: socket: %s\n", strerror(errno));
+		return -1;
+	}
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		fprintf(stderr, "usergatectl: cannot connect to %s: %s (is usergated "
+		    "running?)\n", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int
+write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static long
+ms_left(const struct timespec *deadline)
+{
+	struct timespec now;
+
+	if (deadline == NULL)
+		return -1;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (deadline->tv_sec - now.tv_sec) * 1000 +
+	    (deadline->tv_nsec - now.tv_nsec) / 1000000;
+}
+
+/*
+ * Reads until `end` (a terminator string) has been seen or the peer closes.
+ * Returns the text before the terminator (malloc'd), or NULL on timeout or
+ * error (said on stderr).
+ */
+static char *
+read_until(int fd, const char *end, long timeout_ms)
+{
+	struct timespec deadline, *dl = NULL;
+	size_t len = 0, cap = 4096, endlen = strlen(end);
+	char *buf = malloc(cap);
+
+	if (buf == NULL)
+		return NULL;
+	if (timeout_ms >= 0) {
+		clock_gettime(CLOCK_MONOTONIC, &deadline);
+		deadline.tv_sec += timeout_ms / 1000;
+		deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
+		if (deadline.tv_nsec >= 1000000000) {
+			deadline.tv_sec++;
+			deadline.tv_nsec -= 1000000000;
+		}
+		dl = &deadline;
+	}
+	for (;;) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		long left = ms_left(dl);
+		ssize_t n;
+		char *hit;
+
+		buf[len] = '\0';
+		if (len >= endlen && (hit = strstr(buf, end)) != NULL) {
+			*hit = '\0';
+			return buf;
+		}
+		if (dl != NULL && left <= 0) {
+			fprintf(stderr, "usergatectl: no answer from usergated in time\n");
+			break;
+		}
+		if (poll(&p, 1, dl ? (int)left : -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (!(p.revents & (POLLIN | POLLHUP | POLLERR)))
+			continue;
+		if (len + 4096 + 1 > cap) {
+			char *nb;
+
+			if (cap > ANSWER_MAX || (nb = realloc(buf, cap * 2)) == NULL)
+				break;
+			buf = nb;
+			cap *= 2;
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (len > 0) {
+				buf[len] = '\0';
+				return buf;	/* closed after a full answer */
+			}
+			fprintf(stderr, "usergatectl: usergated closed the connection\n");
+			break;
+		}
+		len += (size_t)n;
+	}
+	free(buf);
+	return NULL;
+}
+
+static int
+status_command(int argc, char **argv)
+{
+	char line[1024] = "";
+	char *answer;
+	int fd, i, rv;
+
+	for (i = 0; i < argc; i++) {
+		if (strlen(line) + strlen(argv[i]) + 2 >= sizeof(line)) {
+			fprintf(stderr, "usergatectl: command too long\n");
+			return 2;
+		}
+		if (i > 0)
+			strcat(line, " ");
+		strcat(line, argv[i]);
+	}
+	strcat(line, "\n");
+	if ((fd = connect_to(status_path)) < 0)
+		return 2;
+	if (write_all(fd, line, strlen(line)) != 0) {
+		fprintf(stderr, "usergatectl: cannot send to %s: %s\n", status_path,
+		    strerror(errno));
+		close(fd);
+		return 2;
+	}
+	answer = read_until(fd, "\n\n", STATUS_TIMEOUT_MS);
+	close(fd);
+	if (answer == NULL)
+		return 2;
+	printf("%s\n", answer);
+	if (strcmp(argv[0], "health") == 0)
+		rv = strcmp(answer, "ok") == 0 ? 0 : 1;
+	else
+		rv = strncmp(answer, "error", 5) == 0 ? 1 : 0;
+	free(answer);
+	return rv;
+}
+
+static int
+create_command(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "friendly-name", required_argument, NULL, 'f' },
+		{ "attributes", required_argument, NULL, 'a' },
+		{ "role-sid", required_argument, NULL, 'r' },
+		{ "webhook-enabled", required_argument, NULL, 'w' },
+		{ "request-id", required_argument, NULL, 'i' },
+		{ "reply-to", required_argument, NULL, 'R' },
+		{ "no-wait", no_argument, NULL, 'n' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	json_t *req, *res;
+	json_error_t jerr;
+	char *text, *answer, *end;
+	const char *status;
+	long timeout_ms = -1;
+	int ch, fd, rv, wait = 1;
+
+	if ((req = json_object()) == NULL)
+		return 2;
+	optind = 0;	/* full re-initialisation after main's getopt */
+	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'f':
+			json_object_set_new(req, "FriendlyName", json_string(optarg));
+			break;
+		case 'a':
+			json_object_set_new(req, "Attributes", json_string(optarg));
+			break;
+		case 'r':
+			json_object_set_new(req, "RoleSid", json_string(optarg));
+			break;
+		case 'w':
+			if (strcmp(optarg, "true") != 0 && strcmp(optarg, "false") != 0) {
+				fprintf(stderr, "usergatectl: --webhook-enabled takes true or "
+				    "false\n");
+				json_decref(req);
+				return 2;
+			}
+			json_object_set_new(req, "WebhookEnabled",
+			    json_boolean(strcmp(optarg, "true") == 0));
+			break;
+		case 'i':
+			json_object_set_new(req, "RequestId", json_string(optarg));
+			break;
+		case 'R':
+			json_object_set_new(req, "ReplyTo", json_string(optarg));
+			break;
+		case 'n':
+			wait = 0;
+			break;
+		case 't':
+			timeout_ms = strtol(optarg, &end, 10) * 1000;
+			if (*end != '\0' || timeout_ms <= 0) {
+				fprintf(stderr, "usergatectl: --timeout takes seconds > 0\n");
+				json_decref(req);
+				return 2;
+			}
+			break;
+		case 'h':
+			usage(stdout);
+			json_decref(req);
+			return 0;
+		default:
+			usage(stderr);
+			json_decref(req);
+			return 2;
+		}
+	}
+	if (optind + 1 != argc) {
+		fprintf(stderr, "usergatectl: create takes exactly one IDENTITY\n");
+		usage(stderr);
+		json_decref(req);
+		return 2;
+	}
+	/* json_string refuses text that is not UTF-8: say so plainly. */
+	if (json_object_set_new(req, "Identity", json_string(argv[optind])) != 0 ||
+	    json_object_size(req) == 0) {
+		fprintf(stderr, "usergatectl: arguments must be UTF-8 text\n");
+		json_decref(req);
+		return 2;
+	}
+	if (!wait)
+		json_object_set_new(req, "Wait", json_false());
+	text = json_dumps(req, JSON_COMPACT);
+	json_decref(req);
+	if (text == NULL)
+		return 2;
+	if ((fd = connect_to(request_path)) < 0) {
+		free(text);
+		return 2;
+	}
+	rv = write_all(fd, text, strlen(text)) || write_all(fd, "\n", 1);
+	free(text);
+	if (rv != 0) {
+		fprintf(stderr, "usergatectl: cannot send to %s: %s\n", request_path,
+		    strerror(errno));
+		close(fd);
+		return 2;
+	}
+	answer = read_until(fd, "\n", timeout_ms);
+	close(fd);
+	if (answer == NULL)
+		return 2;
+	res = json_loads(answer, 0, &jerr);
+	if (res == NULL) {
+		fprintf(stderr, "usergatectl: unreadable answer: %s\n", jerr.text);
+		free(answer);
+		return 2;
+	}
+	text = json_dumps(res, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	printf("%s\n", text ? text : answer);
+	free(text);
+	free(answer);
+	status = json_string_value(json_object_get(res, "status"));
+	rv = 1;
+	if (status != NULL && (strcmp(status, "created") == 0 || strcmp(status, "exists") == 0 ||
+	    strcmp(status, "updated") == 0 || strcmp(status, "duplicate") == 0 ||
+	    (!wait && strcmp(status, "queued") == 0)))
+		rv = 0;
+	json_decref(res);
+	return rv;
+}
+
+int
+main(int argc, char **argv)
+{
+	int ch;
+
+	while ((ch = getopt(argc, argv, "+s:S:hV")) != -1) {
+		switch (ch) {
+		case 's':
+			status_path = optarg;
+			break;
+		case 'S':
+			request_path = optarg;
+			break;
+		case 'V':
+			printf("usergatectl %s\n", PACKAGE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc == 0 || strcmp(argv[0], "--help") == 0) {
+		usage(argc == 0 ? stderr : stdout);
+		return argc == 0 ? 2 : 0;
+	}
+	if (strcmp(argv[0], "create") == 0)
+		return create_command(argc, argv);
+	if ((argc == 2 && strcmp(argv[0], "show") == 0 && (strcmp(argv[1], "stats") == 0 ||
+	    strcmp(argv[1], "metrics") == 0 || strcmp(argv[1], "queue") == 0)) ||
+	    (argc == 1 && (strcmp(argv[0], "health") == 0 || strcmp(argv[0], "pause") == 0 ||
+	    strcmp(argv[0], "resume") == 0 || strcmp(argv[0], "reload") == 0 ||
+	    strcmp(argv[0], "help") == 0)) ||
+	    (argc >= 2 && argc <= 3 && strcmp(argv[0], "dead") == 0 &&
+	    (strcmp(argv[1], "list") == 0 || strcmp(argv[1], "retry") == 0)))
+		return status_command(argc, argv);
+	fprintf(stderr, "usergatectl: unknown command '%s'\n", argv[0]);
+	usage(stderr);
+	return 2;
+}

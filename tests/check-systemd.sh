@@ -1,0 +1,104 @@
+#!/bin/sh
+# check-systemd.sh: checks systemd/usergated.service.
+#
+#  1. `systemd-analyze verify` on a copy of the unit whose ExecStart runs the
+#     freshly built $top_builddir/src/usergated (verify insists that the
+#     binary exists) and whose Documentation= pages are looked up in the
+#     man pages of docs/;
+#  2. `systemd-analyze security --offline=yes`: the overall exposure level
+#     must not exceed MAX_EXPOSURE.
+#
+# Exit status: 0 pass, 1 fail, 77 skip (only when systemd-analyze is not
+# installed).  top_srcdir and top_builddir come from the test harness; when
+# run by hand they default to the directory above this script.
+
+MAX_EXPOSURE=2.0
+
+case $0 in
+*/*) here=${0%/*} ;;
+*) here=. ;;
+esac
+top_srcdir=${top_srcdir:-$(cd "$here/.." && pwd)}
+top_builddir=${top_builddir:-$top_srcdir}
+unit=$top_srcdir/systemd/usergated.service
+daemon=$top_builddir/src/usergated
+
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+	echo "SKIP: systemd-analyze is not installed"
+	exit 77
+fi
+if [ ! -f "$unit" ]; then
+	echo "FAIL: $unit is missing"
+	exit 1
+fi
+case $daemon in
+/*) ;;
+*) daemon=$(pwd)/$daemon ;;
+esac
+if [ ! -x "$daemon" ]; then
+	echo "FAIL: $daemon is not built (run make first)"
+	exit 1
+fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/check-systemd.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+trap 'exit 1' HUP INT TERM
+
+# No colours, no pager, no emoji in what we parse.
+SYSTEMD_COLORS=0
+SYSTEMD_PAGER='cat'
+export SYSTEMD_COLORS SYSTEMD_PAGER
+
+status=0
+
+# ---- 1. verify
+sed "s|^ExecStart=/usr/sbin/usergated |ExecStart=$daemon |" "$unit" >"$tmp/usergated.service"
+if ! grep -q "^ExecStart=$daemon " "$tmp/usergated.service"; then
+	echo "FAIL: no 'ExecStart=/usr/sbin/usergated ...' line to rewrite in $unit"
+	exit 1
+fi
+
+# verify runs man(1) on every Documentation= entry; give it our own pages.
+if command -v man >/dev/null 2>&1; then
+	for page in usergated.8 usergate.conf.5 usergatectl.1; do
+		section=${page##*.}
+		mkdir -p "$tmp/man/man$section"
+		cp "$top_srcdir/docs/$page" "$tmp/man/man$section/" 2>/dev/null
+	done
+	man_opt=--man=yes
+else
+	man_opt=--man=no
+fi
+
+echo "checking: systemd-analyze verify $man_opt $tmp/usergated.service"
+echo "          (ExecStart=$daemon)"
+MANPATH=$tmp/man systemd-analyze verify "$man_opt" "$tmp/usergated.service" \
+	>"$tmp/verify.out" 2>&1
+rc=$?
+if [ $rc -ne 0 ] || [ -s "$tmp/verify.out" ]; then
+	sed 's/^/  | /' "$tmp/verify.out"
+	echo "FAIL: systemd-analyze verify (exit $rc, output above)"
+	status=1
+else
+	echo "ok: systemd-analyze verify is clean"
+fi
+
+# ---- 2. security
+echo "checking: systemd-analyze security --offline=yes $unit"
+systemd-analyze security --offline=yes --no-pager "$unit" >"$tmp/security.out" 2>&1
+rc=$?
+level=$(sed -n 's/.*Overall exposure level for [^:]*: *\([0-9][0-9]*\(\.[0-9]*\)\{0,1\}\).*/\1/p' \
+	"$tmp/security.out" | head -n 1)
+if [ -z "$level" ]; then
+	sed 's/^/  | /' "$tmp/security.out"
+	echo "FAIL: no overall exposure level in the output of systemd-analyze security (exit $rc)"
+	status=1
+elif awk -v l="$level" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(l + 0 > m + 0) }'; then
+	grep '✗' "$tmp/security.out" | sed 's/^/  | /'
+	echo "FAIL: overall exposure level $level > $MAX_EXPOSURE (exposed settings above)"
+	status=1
+else
+	echo "ok: overall exposure level $level <= $MAX_EXPOSURE"
+fi
+
+exit $status

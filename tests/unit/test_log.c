@@ -1,0 +1,489 @@
+/*
+ * test_log.c: CUnit tables for log.c -- value escaping, level names, and
+ * the exact shape of a line as it reaches stderr (timestamp or journald
+ * priority, logfmt body, one newline, debug dropped at info).
+ */
+#include <errno.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
+
+#include "usergate.h"
+
+#define NELEM(a)	(sizeof(a) / sizeof((a)[0]))
+/* log.c's LOG_LINE_MAX: no line is longer, newline included. */
+#define LINE_MAX_BYTES	4096
+
+static void
+check_str(const char *what, const char *got, const char *want, int line)
+{
+	char	 msg[1024];
+
+	snprintf(msg, sizeof(msg), "%s: got [%s], want [%s]", what,
+	    got != NULL ? got : "(null)", want != NULL ? want : "(null)");
+	CU_assertImplementation(got != NULL && want != NULL &&
+	    strcmp(got, want) == 0 ? CU_TRUE : CU_FALSE, line, msg, __FILE__,
+	    "", CU_FALSE);
+}
+
+static void
+check_true(const char *what, int ok, int line)
+{
+	CU_assertImplementation(ok ? CU_TRUE : CU_FALSE, line, what, __FILE__,
+	    "", CU_FALSE);
+}
+
+/* ------------------------------------------------------------------ */
+
+static const struct escape_case {
+	const char	*name;
+	const char	*value;
+	const char	*want;
+} escape_cases[] = {
+	{ "plain",		"created",		"created" },
+	{ "safe punctuation",	"a-b.c_d:e/f@g+h,i",	"a-b.c_d:e/f@g+h,i" },
+	{ "digits",		"0123456789",		"0123456789" },
+	{ "empty string",	"",			"\"\"" },
+	{ "space",		"request created",	"\"request created\"" },
+	{ "equals sign",	"k=v",			"\"k=v\"" },
+	{ "double quote",	"say \"hi\"",		"\"say \\\"hi\\\"\"" },
+	{ "backslash",		"a\\b",			"\"a\\\\b\"" },
+	{ "newline",		"a\nb",			"\"a\\nb\"" },
+	{ "carriage return",	"a\rb",			"\"a\\rb\"" },
+	{ "tab",		"a\tb",			"\"a\\tb\"" },
+	{ "control 0x01",	"\x01",			"\"\\x01\"" },
+	{ "control 0x1b (ESC)",	"\x1b[31m",		"\"\\x1b[31m\"" },
+	{ "DEL 0x7f",		"a\x7f",		"\"a\\x7f\"" },
+	{ "UTF-8 passthrough",	"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80",
+	    "\"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80\"" },
+	{ "UTF-8 alone",	"\xc3\xa9",		"\"\xc3\xa9\"" },
+	{ "stray continuation",	"a\x80z",		"\"a\\x80z\"" },
+	{ "invalid byte 0xff",	"\xff",			"\"\\xff\"" },
+	{ "truncated UTF-8",	"\xe2\x82",		"\"\\xe2\\x82\"" },
+	{ "overlong UTF-8",	"\xc0\xaf",		"\"\\xc0\\xaf\"" },
+	{ "surrogate",		"\xed\xa0\x80",		"\"\\xed\\xa0\\x80\"" },
+	{ "forged line",	"x\nlevel=error msg=forged",
+	    "\"x\\nlevel=error msg=forged\"" },
+	{ "e-mail identity",	"alice@example.com",	"alice@example.com" },
+};
+
+static void
+test_escape(void)
+{
+	char	 buf[256];
+	size_t	 i;
+
+	for (i = 0; i < NELEM(escape_cases); i++) {
+		buf[0] = '\0';
+		log_escape(escape_cases[i].value, buf, sizeof(buf));
+		check_str(escape_cases[i].name, buf, escape_cases[i].want,
+		    __LINE__);
+	}
+}
+
+/* Appends, as documented, and cuts only between whole units. */
+static const struct truncate_case {
+	const char	*name;
+	const char	*value;
+	size_t		 size;
+	const char	*want;
+} truncate_cases[] = {
+	{ "fits exactly",	"abcdefg",		8,	"abcdefg" },
+	{ "bare cut",		"abcdefghijkl",		8,	"abcd..." },
+	{ "quoted cut",		"a b c d e f",		10,	"\"a b ...\"" },
+	{ "no half escape",	"\n\n\n\n\n",		10,	"\"\\n\\n...\"" },
+	{ "no half hex escape",	"\x01\x01\x01",		12,	"\"\\x01...\"" },
+	{ "no half UTF-8",	"\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac", 10,
+	    "\"\xe2\x82\xac...\"" },
+	{ "tiny buffer",	"abcdef",		3,	".." },
+	{ "empty in tiny",	"",			3,	"\"\"" },
+	{ "nothing fits",	"",			1,	"" },
+};
+
+static void
+test_escape_truncation(void)
+{
+	char	 buf[64];
+	size_t	 i;
+
+	for (i = 0; i < NELEM(truncate_cases); i++) {
+		memset(buf, 'Z', sizeof(buf));
+		buf[0] = '\0';
+		log_escape(truncate_cases[i].value, buf, truncate_cases[i].size);
+		check_str(truncate_cases[i].name, buf, truncate_cases[i].want,
+		    __LINE__);
+		check_true("stays inside size",
+		    strlen(buf) < truncate_cases[i].size, __LINE__);
+	}
+
+	/* "Appends": what is in buf stays. */
+	snprintf(buf, sizeof(buf), "k=");
+	log_escape("a b", buf, sizeof(buf));
+	check_str("appends", buf, "k=\"a b\"", __LINE__);
+	/* A full, unterminated buffer is left alone. */
+	memset(buf, 'x', 4);
+	log_escape("a", buf, 4);
+	check_true("unterminated buffer untouched",
+	    memcmp(buf, "xxxx", 4) == 0, __LINE__);
+	/* NULL is written as an empty value. */
+	buf[0] = '\0';
+	log_escape(NULL, buf, sizeof(buf));
+	check_str("NULL value", buf, "\"\"", __LINE__);
+}
+
+/* ------------------------------------------------------------------ */
+
+static const struct level_case {
+	const char	*name;
+	int		 ok;
+	enum log_level	 want;
+} level_cases[] = {
+	{ "error",	1, LOG_LEVEL_ERROR },
+	{ "warning",	1, LOG_LEVEL_WARNING },
+	{ "info",	1, LOG_LEVEL_INFO },
+	{ "debug",	1, LOG_LEVEL_DEBUG },
+	{ "warn",	0, 0 },
+	{ "Info",	0, 0 },
+	{ "INFO",	0, 0 },
+	{ "",		0, 0 },
+	{ "info ",	0, 0 },
+	{ "information",	0, 0 },
+	{ "trace",	0, 0 },
+	{ "3",		0, 0 },
+};
+
+static void
+test_level_parse(void)
+{
+	enum log_level	 got;
+	char		 what[128];
+	size_t		 i;
+	int		 r;
+
+	for (i = 0; i < NELEM(level_cases); i++) {
+		got = (enum log_level)99;
+		r = log_level_parse(level_cases[i].name, &got);
+		snprintf(what, sizeof(what), "log_level_parse(\"%s\")",
+		    level_cases[i].name);
+		if (level_cases[i].ok) {
+			check_true(what, r == 0 && got == level_cases[i].want,
+			    __LINE__);
+			check_str("name round trip", log_level_name(got),
+			    level_cases[i].name, __LINE__);
+		} else
+			check_true(what, r == -1 && got == (enum log_level)99,
+			    __LINE__);
+	}
+	CU_ASSERT_EQUAL(log_level_parse(NULL, &got), -1);
+	check_str("unknown level name", log_level_name((enum log_level)42),
+	    "unknown", __LINE__);
+
+	log_set_level(LOG_LEVEL_DEBUG);
+	CU_ASSERT_EQUAL(log_get_level(), LOG_LEVEL_DEBUG);
+	log_set_level(LOG_LEVEL_WARNING);
+	CU_ASSERT_EQUAL(log_get_level(), LOG_LEVEL_WARNING);
+}
+
+/* ------------------------------------------------------------------ */
+
+/*
+ * stderr is swapped for a pipe while the code under test logs; the pipe
+ * holds 64 KiB, far more than any test writes.
+ */
+static int	 capture_saved = -1;
+static int	 capture_pipe[2] = { -1, -1 };
+
+static int
+capture_start(void)
+{
+	if (pipe(capture_pipe) == -1)
+		return -1;
+	if ((capture_saved = dup(STDERR_FILENO)) == -1 ||
+	    dup2(capture_pipe[1], STDERR_FILENO) == -1) {
+		(void)close(capture_pipe[0]);
+		(void)close(capture_pipe[1]);
+		return -1;
+	}
+	(void)close(capture_pipe[1]);
+	return 0;
+}
+
+/* Restores stderr and returns what was written (malloc'd). */
+static char *
+capture_end(void)
+{
+	char	*buf;
+	size_t	 len = 0, size = 65536 + 1;
+	ssize_t	 n;
+
+	if (dup2(capture_saved, STDERR_FILENO) == -1)
+		abort();
+	(void)close(capture_saved);
+	if ((buf = malloc(size)) == NULL)
+		abort();
+	while ((n = read(capture_pipe[0], buf + len, size - 1 - len)) > 0)
+		len += (size_t)n;
+	(void)close(capture_pipe[0]);
+	buf[len] = '\0';
+	return buf;
+}
+
+static int
+matches(const char *pattern, const char *s)
+{
+	regex_t	 re;
+	int	 r;
+
+	if (regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB) != 0)
+		return 0;
+	r = regexec(&re, s, 0, NULL, 0) == 0;
+	regfree(&re);
+	return r;
+}
+
+static size_t
+count_char(const char *s, char c)
+{
+	size_t	 n = 0;
+
+	for (; *s != '\0'; s++)
+		if (*s == c)
+			n++;
+	return n;
+}
+
+#define STAMP	"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z "
+
+static void
+test_line_shape(void)
+{
+	char	*out;
+
+	if (unsetenv("JOURNAL_STREAM") == -1 || capture_start() == -1) {
+		CU_FAIL_FATAL("cannot redirect stderr");
+		return;
+	}
+	log_init(LOG_LEVEL_INFO);
+	log_kv(LOG_LEVEL_INFO, "request created", "request_id", "abc",
+	    "status", "created", "skipped", (char *)NULL, "identity",
+	    "a b", (char *)NULL);
+	log_debug("dropped at info", "k", "v");
+	out = capture_end();
+
+	check_true("one line", count_char(out, '\n') == 1, __LINE__);
+	check_true(out, matches(STAMP "level=info msg=\"request created\" "
+	    "request_id=abc status=created identity=\"a b\"\n$", out),
+	    __LINE__);
+	check_true("debug dropped", strstr(out, "dropped") == NULL, __LINE__);
+	free(out);
+}
+
+static const struct level_line_case {
+	enum log_level	 configured, level;
+	const char	*want;		/* regex, or NULL: dropped */
+} level_line_cases[] = {
+	{ LOG_LEVEL_INFO, LOG_LEVEL_ERROR,	STAMP "level=error msg=m\n$" },
+	{ LOG_LEVEL_INFO, LOG_LEVEL_WARNING,	STAMP "level=warning msg=m\n$" },
+	{ LOG_LEVEL_INFO, LOG_LEVEL_INFO,	STAMP "level=info msg=m\n$" },
+	{ LOG_LEVEL_INFO, LOG_LEVEL_DEBUG,	NULL },
+	{ LOG_LEVEL_DEBUG, LOG_LEVEL_DEBUG,	STAMP "level=debug msg=m\n$" },
+	{ LOG_LEVEL_ERROR, LOG_LEVEL_WARNING,	NULL },
+	{ LOG_LEVEL_ERROR, LOG_LEVEL_ERROR,	STAMP "level=error msg=m\n$" },
+	{ LOG_LEVEL_WARNING, LOG_LEVEL_INFO,	NULL },
+};
+
+static void
+test_levels_filter(void)
+{
+	char	*out;
+	size_t	 i;
+
+	if (unsetenv("JOURNAL_STREAM") == -1) {
+		CU_FAIL_FATAL("unsetenv");
+		return;
+	}
+	for (i = 0; i < NELEM(level_line_cases); i++) {
+		if (capture_start() == -1) {
+			CU_FAIL_FATAL("cannot redirect stderr");
+			return;
+		}
+		log_init(level_line_cases[i].configured);
+		log_kv(level_line_cases[i].level, "m", (char *)NULL);
+		out = capture_end();
+		if (level_line_cases[i].want == NULL)
+			check_str("dropped", out, "", __LINE__);
+		else
+			check_true(out, matches(level_line_cases[i].want, out),
+			    __LINE__);
+		free(out);
+	}
+}
+
+/* A hostile value cannot start a line of its own. */
+static void
+test_hostile_values(void)
+{
+	char	*out;
+
+	if (unsetenv("JOURNAL_STREAM") == -1 || capture_start() == -1) {
+		CU_FAIL_FATAL("cannot redirect stderr");
+		return;
+	}
+	log_init(LOG_LEVEL_DEBUG);
+	log_warn("twilio said\nno", "identity",
+	    "eve\n2026-01-01T00:00:00.000Z level=error msg=forged",
+	    "body", "\r\x1b[2K\x7f\"\\", "key with space", "v");
+	out = capture_end();
+	check_true("one line", count_char(out, '\n') == 1, __LINE__);
+	check_true("no carriage return", strchr(out, '\r') == NULL, __LINE__);
+	check_true("no escape byte", strchr(out, '\x1b') == NULL, __LINE__);
+	check_true(out, matches(STAMP "level=warning msg=\"twilio said\\\\nno\" "
+	    "identity=\"eve\\\\n2026-01-01T00:00:00.000Z level=error "
+	    "msg=forged\" body=\"\\\\r\\\\x1b\\[2K\\\\x7f\\\\\"\\\\\\\\\" "
+	    "key_with_space=v\n$", out), __LINE__);
+	free(out);
+}
+
+/* A huge event is cut, marked, and still one line. */
+static void
+test_long_line(void)
+{
+	char	*big, *out;
+	size_t	 len;
+
+	if ((big = malloc(20000)) == NULL) {
+		CU_FAIL_FATAL("malloc");
+		return;
+	}
+	memset(big, 'a', 19999);
+	big[19999] = '\0';
+	big[5000] = ' ';	/* quoted */
+	if (unsetenv("JOURNAL_STREAM") == -1 || capture_start() == -1) {
+		free(big);
+		CU_FAIL_FATAL("cannot redirect stderr");
+		return;
+	}
+	log_init(LOG_LEVEL_INFO);
+	log_info("big", "first", big, "second", "lost");
+	out = capture_end();
+	len = strlen(out);
+	check_true("at most LINE_MAX_BYTES", len > 0 && len <= LINE_MAX_BYTES,
+	    __LINE__);
+	check_true("one line", count_char(out, '\n') == 1 &&
+	    out[len - 1] == '\n', __LINE__);
+	check_true("marked", matches("first=\"a+\\.\\.\\.\" "
+	    "log_truncated=true\n$", out), __LINE__);
+	check_true("later pairs dropped", strstr(out, "lost") == NULL,
+	    __LINE__);
+	free(out);
+	free(big);
+}
+
+/* Under journald the priority replaces the timestamp. */
+static void
+test_journald(void)
+{
+	static const struct {
+		enum log_level	 level;
+		const char	*want;
+	} cases[] = {
+		{ LOG_LEVEL_ERROR,	"<3>level=error msg=m k=v\n" },
+		{ LOG_LEVEL_WARNING,	"<4>level=warning msg=m k=v\n" },
+		{ LOG_LEVEL_INFO,	"<6>level=info msg=m k=v\n" },
+		{ LOG_LEVEL_DEBUG,	"<7>level=debug msg=m k=v\n" },
+	};
+	struct stat	 st;
+	char		 stream[64];
+	char		*out;
+	size_t		 i;
+
+	for (i = 0; i < NELEM(cases); i++) {
+		if (capture_start() == -1 || fstat(STDERR_FILENO, &st) == -1) {
+			CU_FAIL_FATAL("cannot redirect stderr");
+			return;
+		}
+		snprintf(stream, sizeof(stream), "%ju:%ju",
+		    (uintmax_t)st.st_dev, (uintmax_t)st.st_ino);
+		if (setenv("JOURNAL_STREAM", stream, 1) == -1)
+			abort();
+		log_init(LOG_LEVEL_DEBUG);
+		log_kv(cases[i].level, "m", "k", "v", (char *)NULL);
+		out = capture_end();
+		check_str("journald line", out, cases[i].want, __LINE__);
+		free(out);
+	}
+
+	/* Inherited from a parent whose stderr was the journal: ignored. */
+	if (capture_start() == -1 || fstat(STDERR_FILENO, &st) == -1) {
+		CU_FAIL_FATAL("cannot redirect stderr");
+		return;
+	}
+	snprintf(stream, sizeof(stream), "%ju:%ju", (uintmax_t)st.st_dev,
+	    (uintmax_t)st.st_ino + 1);
+	if (setenv("JOURNAL_STREAM", stream, 1) == -1)
+		abort();
+	log_init(LOG_LEVEL_INFO);
+	log_info("m");
+	out = capture_end();
+	check_true(out, matches(STAMP "level=info msg=m\n$", out), __LINE__);
+	free(out);
+
+	if (unsetenv("JOURNAL_STREAM") == -1)
+		abort();
+}
+
+/* Callers log and then use errno; logging must leave it alone. */
+static void
+test_errno_kept(void)
+{
+	char	*out;
+
+	if (unsetenv("JOURNAL_STREAM") == -1 || capture_start() == -1) {
+		CU_FAIL_FATAL("cannot redirect stderr");
+		return;
+	}
+	log_init(LOG_LEVEL_INFO);
+	errno = ENOSPC;
+	log_error("m", "k", "v");
+	CU_ASSERT_EQUAL(errno, ENOSPC);
+	out = capture_end();
+	free(out);
+}
+
+int
+main(void)
+{
+	CU_pSuite	 suite;
+	unsigned int	 failures;
+
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 1;
+	if ((suite = CU_add_suite("log", NULL, NULL)) == NULL ||
+	    CU_add_test(suite, "escape", test_escape) == NULL ||
+	    CU_add_test(suite, "escape truncation",
+	    test_escape_truncation) == NULL ||
+	    CU_add_test(suite, "level parse", test_level_parse) == NULL ||
+	    CU_add_test(suite, "line shape", test_line_shape) == NULL ||
+	    CU_add_test(suite, "levels filter", test_levels_filter) == NULL ||
+	    CU_add_test(suite, "hostile values", test_hostile_values) == NULL ||
+	    CU_add_test(suite, "long line", test_long_line) == NULL ||
+	    CU_add_test(suite, "journald", test_journald) == NULL ||
+	    CU_add_test(suite, "errno kept", test_errno_kept) == NULL) {
+		CU_cleanup_registry();
+		return 1;
+	}
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	if (CU_basic_run_tests() != CUE_SUCCESS) {
+		CU_cleanup_registry();
+		return 1;
+	}
+	failures = CU_get_number_of_failures();
+	CU_cleanup_registry();
+	return failures > 0 ? 1 : 0;
+}

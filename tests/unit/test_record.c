@@ -1,0 +1,380 @@
+/*
+ * test_record.c: record.c against Twilio's answers -- the user resource of
+ * the Conversations API (the example of Twilio's documentation, fields
+ * shuffled and extra ones added) and its error bodies.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/Basic.h>
+
+#include "usergate.h"
+
+#define NROWS(a)	(sizeof(a) / sizeof((a)[0]))
+#define SID_HEX		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+#define USER_URL	"https://conversations.twilio.com/v1/Users/US" SID_HEX
+
+/* As Twilio sends it, in another order, with fields SPEC §4.3 drops. */
+static const char full_answer[] =
+    "{\n"
+    "  \"links\": {\"user_conversations\": \"" USER_URL "/Conversations\"},\n"
+    "  \"url\": \"" USER_URL "\",\n"
+    "  \"date_updated\": \"2019-12-16T22:18:38Z\",\n"
+    "  \"date_created\": \"2019-12-16T22:18:37Z\",\n"
+    "  \"is_notifiable\": null,\n"
+    "  \"is_online\": true,\n"
+    "  \"attributes\": \"{ \\\"duty\\\": \\\"tech\\\" }\",\n"
+    "  \"friendly_name\": \"name\",\n"
+    "  \"identity\": \"admin\",\n"
+    "  \"role_sid\": \"RL" SID_HEX "\",\n"
+    "  \"chat_service_sid\": \"IS" SID_HEX "\",\n"
+    "  \"account_sid\": \"AC" SID_HEX "\",\n"
+    "  \"sid\": \"US" SID_HEX "\",\n"
+    "  \"reachability\": {\"enabled\": false},\n"
+    "  \"web_page\": \"https://example.com\",\n"
+    "  \"is_admin\": 1\n"
+    "}\n";
+
+static const char *const fields[] = {
+	"sid", "account_sid", "chat_service_sid", "role_sid", "identity",
+	"friendly_name", "attributes", "is_online", "is_notifiable",
+	"date_created", "date_updated", "url", "links",
+};
+
+static void
+check(int ok, int line, const char *fmt, ...)
+{
+	char	 what[512];
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	(void)vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	CU_assertImplementation(ok ? CU_TRUE : CU_FALSE, line, what, __FILE__,
+	    "", CU_FALSE);
+}
+#define CHECK(cond, ...)	check((cond) != 0, __LINE__, __VA_ARGS__)
+
+static json_t *
+parse_record(const char *text)
+{
+	json_t	*r = record_from_twilio(text, strlen(text));
+
+	CU_ASSERT_FATAL(r != NULL);
+	return r;
+}
+
+/* The 13 fields, in SPEC order, types kept; the rest dropped. */
+static void
+test_full_answer(void)
+{
+	json_t		*r, *links, *back;
+	void		*iter;
+	char		*out, err[256];
+	size_t		 i, len;
+
+	r = parse_record(full_answer);
+	CU_ASSERT_EQUAL(json_object_size(r), NROWS(fields));
+	for (i = 0, iter = json_object_iter(r); i < NROWS(fields) && iter != NULL;
+	    i++, iter = json_object_iter_next(r, iter))
+		CHECK(strcmp(json_object_iter_key(iter), fields[i]) == 0,
+		    "field %zu is %s, want %s", i, json_object_iter_key(iter),
+		    fields[i]);
+	CU_ASSERT(i == NROWS(fields) && iter == NULL);
+
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "sid")),
+	    "US" SID_HEX);
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r,
+	    "attributes")), "{ \"duty\": \"tech\" }");
+	CU_ASSERT(json_is_true(json_object_get(r, "is_online")));
+	CU_ASSERT(json_is_null(json_object_get(r, "is_notifiable")));
+	links = json_object_get(r, "links");
+	CU_ASSERT(json_is_object(links) && json_object_size(links) == 1);
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(links,
+	    "user_conversations")), USER_URL "/Conversations");
+	CU_ASSERT(json_object_get(r, "reachability") == NULL);
+	CU_ASSERT(json_object_get(r, "web_page") == NULL);
+	CU_ASSERT(json_object_get(r, "is_admin") == NULL);
+
+	/* Published as msgpack, it reads back the same: null stays nil. */
+	CU_ASSERT_FATAL(codec_encode(r, FORMAT_MSGPACK, &out, &len) == 0);
+	CU_ASSERT_FATAL(codec_decode(out, len, &back, err, sizeof(err)) ==
+	    CODEC_OK);
+	CU_ASSERT(json_equal(r, back));
+	json_decref(back);
+	free(out);
+	/* And as JSON, in SPEC order. */
+	CU_ASSERT_FATAL(codec_encode(r, FORMAT_JSON, &out, &len) == 0);
+	CU_ASSERT(strncmp(out, "{\"sid\":\"US", 10) == 0);
+	CU_ASSERT(strstr(out, "\"is_notifiable\":null,") != NULL);
+	free(out);
+	json_decref(r);
+}
+
+/* Partial answers keep what they have, nothing more. */
+static void
+test_partial_answer(void)
+{
+	static const struct {
+		const char	*body;
+		const char	*want;	/* the record as compact JSON */
+	} rows[] = {
+		{ "{\"sid\":\"US1\"}", "{\"sid\":\"US1\"}" },
+		{ "{\"identity\":\"x\",\"foo\":[1],\"sid\":\"US1\"}",
+		    "{\"sid\":\"US1\",\"identity\":\"x\"}" },
+		{ "{\"sid\":\"US1\",\"role_sid\":null,\"links\":null}",
+		    "{\"sid\":\"US1\",\"role_sid\":null,\"links\":null}" },
+		{ "{\"sid\":\"US1\",\"is_online\":false,\"attributes\":\"{}\"}",
+		    "{\"sid\":\"US1\",\"attributes\":\"{}\",\"is_online\":false}" },
+		/* Types are kept even when they are not what Twilio documents. */
+		{ "{\"sid\":\"US1\",\"friendly_name\":7}",
+		    "{\"sid\":\"US1\",\"friendly_name\":7}" },
+	};
+	json_t		*r;
+	char		*out;
+	size_t		 i, len;
+
+	for (i = 0; i < NROWS(rows); i++) {
+		r = parse_record(rows[i].body);
+		CHECK(codec_encode(r, FORMAT_JSON, &out, &len) == 0,
+		    "encode %s", rows[i].body);
+		CHECK(strcmp(out, rows[i].want) == 0, "%s gave %s, want %s",
+		    rows[i].body, out, rows[i].want);
+		free(out);
+		json_decref(r);
+	}
+}
+
+static void
+test_not_a_record(void)
+{
+	static const struct {
+		const char	*name;
+		const char	*body;
+	} rows[] = {
+		{ "empty", "" },
+		{ "not JSON", "<html>502 Bad Gateway</html>" },
+		{ "truncated", "{\"sid\":\"US1\"" },
+		{ "array", "[{\"sid\":\"US1\"}]" },
+		{ "string", "\"US1\"" },
+		{ "no sid", "{\"identity\":\"x\"}" },
+		{ "null sid", "{\"sid\":null,\"identity\":\"x\"}" },
+		{ "integer sid", "{\"sid\":5}" },
+		{ "empty sid", "{\"sid\":\"\"}" },
+		{ "an error body", "{\"code\":20404,\"message\":\"not found\","
+		    "\"status\":404}" },
+	};
+	json_t	*r;
+	size_t	 i;
+
+	for (i = 0; i < NROWS(rows); i++) {
+		r = record_from_twilio(rows[i].body, strlen(rows[i].body));
+		CHECK(r == NULL, "%s is not a record", rows[i].name);
+		json_decref(r);
+	}
+	CU_ASSERT(record_from_twilio(NULL, 0) == NULL);
+	/* The length is honoured: a valid answer cut short is refused. */
+	CU_ASSERT(record_from_twilio(full_answer, 40) == NULL);
+}
+
+static void
+test_twilio_error(void)
+{
+	static const struct {
+		const char	*name;
+		const char	*body;
+		long		 code;
+		const char	*message;
+	} rows[] = {
+		{ "full", "{\"code\":50201,\"message\":\"User already exists\","
+		    "\"more_info\":\"https://www.twilio.com/docs/errors/50201\","
+		    "\"status\":409}", 50201, "User already exists" },
+		{ "code only", "{\"code\":20429}", 20429, NULL },
+		{ "message only", "{\"message\":\"Bad\"}", 0, "Bad" },
+		{ "code as string", "{\"code\":\"20003\",\"message\":\"x\"}", 0,
+		    "x" },
+		{ "message as integer", "{\"code\":1,\"message\":2}", 1, NULL },
+		{ "null fields", "{\"code\":null,\"message\":null}", 0, NULL },
+		{ "empty object", "{}", 0, NULL },
+		{ "not JSON", "<html>Service Unavailable</html>", 0, NULL },
+		{ "array", "[{\"code\":1}]", 0, NULL },
+		{ "empty", "", 0, NULL },
+		{ "UTF-8 message", "{\"code\":50203,\"message\":\"Identit\\u00e9\"}",
+		    50203, "Identit\xc3\xa9" },
+	};
+	char	*message;
+	long	 code;
+	size_t	 i;
+
+	for (i = 0; i < NROWS(rows); i++) {
+		code = -1;
+		message = (char *)"sentinel";
+		record_twilio_error(rows[i].body, strlen(rows[i].body), &code,
+		    &message);
+		CHECK(code == rows[i].code, "%s: code %ld, want %ld",
+		    rows[i].name, code, rows[i].code);
+		if (rows[i].message == NULL)
+			CHECK(message == NULL, "%s: message %s, want NULL",
+			    rows[i].name, message);
+		else
+			CHECK(message != NULL &&
+			    strcmp(message, rows[i].message) == 0,
+			    "%s: message %s", rows[i].name,
+			    message ? message : "NULL");
+		free(message);
+	}
+
+	/* NULL body, and outputs the caller does not want. */
+	record_twilio_error(NULL, 0, &code, &message);
+	CU_ASSERT(code == 0 && message == NULL);
+	record_twilio_error(rows[0].body, strlen(rows[0].body), NULL, NULL);
+	record_twilio_error(rows[0].body, strlen(rows[0].body), &code, NULL);
+	CU_ASSERT(code == 50201);
+}
+
+static void
+test_differs(void)
+{
+	static const char *const full = "{\"sid\":\"US1\",\"role_sid\":\"RL" SID_HEX
+	    "\",\"friendly_name\":\"name\",\"attributes\":"
+	    "\"{ \\\"duty\\\": \\\"tech\\\", \\\"n\\\": [1, 2] }\"}";
+	static const struct {
+		const char	*name;
+		const char	*record;	/* NULL: the full one above */
+		const char	*friendly_name;
+		const char	*attributes;
+		const char	*role_sid;
+		int		 want;
+	} rows[] = {
+		{ "nothing asked", NULL, NULL, NULL, NULL, 0 },
+		{ "nothing asked, empty record", "{\"sid\":\"US1\"}", NULL, NULL,
+		    NULL, 0 },
+		{ "same FriendlyName", NULL, "name", NULL, NULL, 0 },
+		{ "other FriendlyName", NULL, "Name", NULL, NULL, 1 },
+		{ "FriendlyName prefix", NULL, "nam", NULL, NULL, 1 },
+		{ "FriendlyName empty vs set", NULL, "", NULL, NULL, 1 },
+		{ "FriendlyName vs null", "{\"sid\":\"US1\",\"friendly_name\":null}",
+		    "name", NULL, NULL, 1 },
+		{ "FriendlyName vs absent", "{\"sid\":\"US1\"}", "name", NULL,
+		    NULL, 1 },
+		{ "FriendlyName vs NUL inside",
+		    "{\"sid\":\"US1\",\"friendly_name\":\"name\\u0000x\"}",
+		    "name", NULL, NULL, 1 },
+		{ "same RoleSid", NULL, NULL, NULL, "RL" SID_HEX, 0 },
+		{ "other RoleSid", NULL, NULL, NULL, "RL" SID_HEX "b", 1 },
+		{ "RoleSid vs null", "{\"sid\":\"US1\",\"role_sid\":null}", NULL,
+		    NULL, "RL" SID_HEX, 1 },
+		{ "same Attributes, other spacing", NULL, NULL,
+		    "{\"duty\":\"tech\",\"n\":[1,2]}", NULL, 0 },
+		{ "same Attributes, other key order", NULL, NULL,
+		    "{\"n\":[1,2],\"duty\":\"tech\"}", NULL, 0 },
+		{ "other Attributes value", NULL, NULL,
+		    "{\"duty\":\"tech\",\"n\":[2,1]}", NULL, 1 },
+		{ "Attributes with a key more", NULL, NULL,
+		    "{\"duty\":\"tech\",\"n\":[1,2],\"x\":null}", NULL, 1 },
+		{ "Attributes 1 vs 1.0", "{\"sid\":\"US1\",\"attributes\":"
+		    "\"{\\\"a\\\":1}\"}", NULL, "{\"a\":1.0}", NULL, 1 },
+		{ "record Attributes not JSON",
+		    "{\"sid\":\"US1\",\"attributes\":\"oops\"}", NULL, "{}",
+		    NULL, 1 },
+		{ "record Attributes a JSON array",
+		    "{\"sid\":\"US1\",\"attributes\":\"[]\"}", NULL, "{}", NULL,
+		    1 },
+		{ "record Attributes null",
+		    "{\"sid\":\"US1\",\"attributes\":null}", NULL, "{}", NULL,
+		    1 },
+		{ "record Attributes absent", "{\"sid\":\"US1\"}", NULL, "{}",
+		    NULL, 1 },
+		{ "record Attributes an object",
+		    "{\"sid\":\"US1\",\"attributes\":{\"a\":1}}", NULL,
+		    "{ \"a\" : 1 }", NULL, 0 },
+		{ "empty Attributes both", "{\"sid\":\"US1\",\"attributes\":"
+		    "\"{}\"}", NULL, "{}", NULL, 0 },
+		{ "all the same", NULL, "name", "{\"n\":[1,2],\"duty\":\"tech\"}",
+		    "RL" SID_HEX, 0 },
+		{ "all the same but RoleSid", NULL, "name",
+		    "{\"n\":[1,2],\"duty\":\"tech\"}", "RL" SID_HEX "0", 1 },
+	};
+	struct request	 req;
+	json_t		*record;
+	size_t		 i;
+	int		 got;
+
+	for (i = 0; i < NROWS(rows); i++) {
+		record = parse_record(rows[i].record ? rows[i].record : full);
+		memset(&req, 0, sizeof(req));
+		req.identity = (char *)"admin";
+		req.webhook_enabled = -1;
+		req.wait = 1;
+		req.friendly_name = (char *)rows[i].friendly_name;
+		req.attributes = (char *)rows[i].attributes;
+		req.role_sid = (char *)rows[i].role_sid;
+		got = record_differs(record, &req);
+		CHECK(got == rows[i].want, "%s: differs %d, want %d",
+		    rows[i].name, got, rows[i].want);
+		json_decref(record);
+	}
+}
+
+/* A request parsed for real, against the record of the full answer. */
+static void
+test_differs_parsed(void)
+{
+	static const char same[] = "{\"Identity\":\"admin\","
+	    "\"FriendlyName\":\"name\",\"Attributes\":{\"duty\":\"tech\"}}";
+	static const char other[] = "{\"Identity\":\"admin\","
+	    "\"Attributes\":{\"duty\":\"sales\"}}";
+	struct request	 req;
+	json_t		*record;
+
+	record = parse_record(full_answer);
+	CU_ASSERT_FATAL(request_parse(same, strlen(same), &req, NULL, 0) ==
+	    REQ_OK);
+	CU_ASSERT(record_differs(record, &req) == 0);
+	request_free(&req);
+	CU_ASSERT_FATAL(request_parse(other, strlen(other), &req, NULL, 0) ==
+	    REQ_OK);
+	CU_ASSERT(record_differs(record, &req) == 1);
+	request_free(&req);
+	json_decref(record);
+}
+
+int
+main(void)
+{
+	static const struct {
+		const char	*name;
+		CU_TestFunc	 fn;
+	} tests[] = {
+		{ "full Twilio answer", test_full_answer },
+		{ "partial answers", test_partial_answer },
+		{ "not a record", test_not_a_record },
+		{ "Twilio error bodies", test_twilio_error },
+		{ "record_differs", test_differs },
+		{ "record_differs with parsed requests", test_differs_parsed },
+	};
+	CU_pSuite	 suite;
+	unsigned int	 failures;
+	size_t		 i;
+
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 2;
+	if ((suite = CU_add_suite("record", NULL, NULL)) == NULL)
+		goto fail;
+	for (i = 0; i < NROWS(tests); i++)
+		if (CU_add_test(suite, tests[i].name, tests[i].fn) == NULL)
+			goto fail;
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	if (CU_basic_run_tests() != CUE_SUCCESS)
+		goto fail;
+	failures = CU_get_number_of_failures();
+	CU_cleanup_registry();
+	return failures > 0 ? 1 : 0;
+
+fail:
+	fprintf(stderr, "CUnit: %s\n", CU_get_error_msg());
+	CU_cleanup_registry();
+	return 2;
+}
