@@ -43,6 +43,7 @@
 static void		 set_error(char *, size_t, const char *, ...)
 			    __attribute__((format(printf, 3, 4)));
 static const char	*msgpack_type_noun(const msgpack_object *);
+static const char	*string_bytes(const char *);
 static int		 is_printable_ascii(const char *, size_t);
 static json_t		*from_msgpack_map(const msgpack_object_map *, int, char *,
 			    size_t);
@@ -56,7 +57,12 @@ static enum codec_status decode(const void *, size_t, int, json_t **, char *,
 			    size_t);
 static int		 pack_value(msgpack_packer *, const json_t *, int);
 
-/* err may be NULL or empty when the caller only wants the status. */
+/*
+ * err may be NULL or empty when the caller only wants the status.  The
+ * message is sanitised because it ends up in JSON results and logs: jansson's
+ * error text quotes up to 20 bytes of the input, control characters
+ * included, and a short err buffer may cut a character in two.
+ */
 static void
 set_error(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -67,6 +73,7 @@ set_error(char *err, size_t errlen, const char *fmt, ...)
 	va_start(ap, fmt);
 	(void)vsnprintf(err, errlen, fmt, ap);
 	va_end(ap);
+	codec_sanitize_text(err);
 }
 
 /* "a msgpack array": how a value that is not a map is named to a producer. */
@@ -96,6 +103,16 @@ msgpack_type_noun(const msgpack_object *o)
 		return "a msgpack ext";
 	}
 	return "an unknown msgpack type";
+}
+
+/*
+ * msgpack-c points an empty str or bin into the input, but nothing promises
+ * that; jansson takes NULL as an error, so an empty one gets "".
+ */
+static const char *
+string_bytes(const char *ptr)
+{
+	return ptr != NULL ? ptr : "";
 }
 
 /* Only such keys are quoted in error messages; others could forge output. */
@@ -135,10 +152,10 @@ from_msgpack_map(const msgpack_object_map *map, int depth, char *err,
 	for (i = 0; i < map->size; i++) {
 		kv = &map->ptr[i];
 		if (kv->key.type == MSGPACK_OBJECT_STR) {
-			key = kv->key.via.str.ptr;
+			key = string_bytes(kv->key.via.str.ptr);
 			keylen = kv->key.via.str.size;
 		} else if (kv->key.type == MSGPACK_OBJECT_BIN) {
-			key = kv->key.via.bin.ptr;
+			key = string_bytes(kv->key.via.bin.ptr);
 			keylen = kv->key.via.bin.size;
 		} else {
 			set_error(err, errlen, "map key must be a string, got %s",
@@ -214,10 +231,12 @@ from_msgpack(const msgpack_object *o, int depth, char *err, size_t errlen)
 		v = json_real(o->via.f64);
 		break;
 	case MSGPACK_OBJECT_STR:
-		v = json_stringn_nocheck(o->via.str.ptr, o->via.str.size);
+		v = json_stringn_nocheck(string_bytes(o->via.str.ptr),
+		    o->via.str.size);
 		break;
 	case MSGPACK_OBJECT_BIN:
-		v = json_stringn_nocheck(o->via.bin.ptr, o->via.bin.size);
+		v = json_stringn_nocheck(string_bytes(o->via.bin.ptr),
+		    o->via.bin.size);
 		break;
 	case MSGPACK_OBJECT_ARRAY:
 		if ((v = json_array()) == NULL)
@@ -253,10 +272,10 @@ from_msgpack(const msgpack_object *o, int depth, char *err, size_t errlen)
 }
 
 /*
- * 1 when v has at most CODEC_DEPTH_MAX - depth + 1 further levels.  jansson
- * parses up to 2048 levels; this keeps JSON to the same bound as msgpack.
- * Scalars end the walk at once, so a flat request costs one pass over its
- * keys.
+ * 1 when no container in v, which sits at level depth, is deeper than
+ * CODEC_DEPTH_MAX.  jansson parses up to 2048 levels; this keeps JSON to the
+ * same bound as msgpack.  Scalars end the walk at once, so a flat request
+ * costs one pass over its values.
  */
 static int
 json_depth_ok(const json_t *v, int depth)
@@ -283,9 +302,9 @@ json_depth_ok(const json_t *v, int depth)
 }
 
 /*
- * JSON_ALLOW_NUL: a "\u0000" in a string reaches the validator, which
+ * JSON_ALLOW_NUL: a "\u0000" in a string value reaches the validator, which
  * rejects it for the field it is in, exactly as it does for a NUL in a
- * msgpack string.  Without it, the two formats would answer differently.
+ * msgpack string.  (jansson refuses it in a key whatever the flags.)
  * jansson refuses trailing non-whitespace itself.
  */
 static enum codec_status
@@ -580,4 +599,41 @@ codec_utf8_length(const char *s, size_t len)
 		if (((unsigned char)s[i] & 0xc0) != 0x80)
 			n++;
 	return n;
+}
+
+/*
+ * Keeps whole, valid UTF-8 sequences that are not controls; every other
+ * byte becomes '?'.  C1 controls (U+0080..U+009F, C2 80..C2 9F) go too:
+ * some terminals act on them.  Never grows the text, so it works in place.
+ */
+void
+codec_sanitize_text(char *s)
+{
+	unsigned char	*p = (unsigned char *)s;
+	size_t		 n;
+
+	while (*p != '\0') {
+		if (*p < 0x80) {
+			if (*p < 0x20 || *p == 0x7f)
+				*p = '?';
+			p++;
+			continue;
+		}
+		if (*p >= 0xc2 && *p <= 0xdf)
+			n = 2;
+		else if (*p >= 0xe0 && *p <= 0xef)
+			n = 3;
+		else if (*p >= 0xf0 && *p <= 0xf4)
+			n = 4;
+		else
+			n = 0;
+		/* strnlen: a sequence cut by the terminator is not read past. */
+		if (n != 0 && strnlen((char *)p, n) == n &&
+		    codec_utf8_valid((char *)p, n) &&
+		    !(p[0] == 0xc2 && p[1] <= 0x9f)) {
+			p += n;
+			continue;
+		}
+		*p++ = '?';
+	}
 }

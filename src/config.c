@@ -216,6 +216,7 @@ static int	 is_sid(const char *, const char *);
 static int	 parse_long(struct config_load *, size_t, const char *, long *);
 static int	 parse_mode(struct config_load *, size_t, const char *, long *);
 static int	 key_set(struct config_load *, size_t, const char *);
+static void	 check_section_line(struct config_load *, const char *);
 static char	*read_line(char *, int, void *);
 static int	 handle_key(void *, const char *, const char *, const char *);
 static int	 parse_file(struct config_load *);
@@ -428,6 +429,7 @@ key_set(struct config_load *ld, size_t i, const char *value)
 {
 	const struct config_key *k = &config_table[i];
 	const struct config_choices *c;
+	const char *sep;
 	void	*field = key_field(ld->cfg, i);
 	char	 expected[128];
 	char	*copy;
@@ -477,10 +479,12 @@ key_set(struct config_load *ld, size_t i, const char *value)
 				*(int *)field = (int)j;
 				return 0;
 			}
+			/* "a, b or c" */
+			sep = j == 0 ? "" : c->names[j + 1] == NULL ? " or " :
+			    ", ";
 			n = strlen(expected);
-			(void)snprintf(expected + n, sizeof(expected) - n, "%s%s",
-			    j == 0 ? "" : c->names[j + 1] == NULL ? " or " : ", ",
-			    c->names[j]);
+			(void)snprintf(expected + n, sizeof(expected) - n,
+			    "%s%s", sep, c->names[j]);
 		}
 		key_fail(ld, i, "bad value \"%s\" (expected %s)", value,
 		    expected);
@@ -488,6 +492,30 @@ key_set(struct config_load *ld, size_t i, const char *value)
 	}
 	key_fail(ld, i, "internal error: unknown type");
 	return -1;
+}
+
+/*
+ * inih tells the handler about a section only with its first key, so an
+ * unknown section with no keys (a typo above a commented-out block) would
+ * pass unnoticed.  Section headings are therefore checked as lines are
+ * read, the way inih reads them: the name is what lies between '[' and
+ * the first ']'.
+ */
+static void
+check_section_line(struct config_load *ld, const char *line)
+{
+	const char	*name, *end;
+	size_t		 i;
+
+	name = line + strspn(line, " \t");
+	if (*name++ != '[' || (end = strchr(name, ']')) == NULL)
+		return;
+	for (i = 0; i < CONFIG_NKEYS; i++)
+		if (strlen(config_table[i].section) == (size_t)(end - name) &&
+		    strncmp(config_table[i].section, name, end - name) == 0)
+			return;
+	fail(ld, ld->lineno, "%s:%d: unknown section [%.*s]", ld->path,
+	    ld->lineno, (int)(end - name), name);
 }
 
 /*
@@ -514,8 +542,10 @@ read_line(char *str, int num, void *stream)
 		return NULL;
 	}
 	len = strlen(str);
-	if (ld->line_complete)
+	if (ld->line_complete) {
 		ld->line_indented = str[0] == ' ' || str[0] == '\t';
+		check_section_line(ld, str);
+	}
 	ld->line_complete = len > 0 && str[len - 1] == '\n';
 	if (!ld->line_complete && len + 1 == (size_t)num) {
 		if ((c = getc(ld->fp)) == EOF) {
@@ -655,11 +685,11 @@ check_combinations(struct config_load *ld)
 	/* Blame the one of the two that was written down, max first. */
 	if (cfg->max_delay_ms < cfg->base_delay_ms) {
 		if (ld->lines[max] == 0 && ld->lines[base] > 0)
-			key_fail(ld, base, "%ld is more than max_delay_ms (%ld)",
-			    cfg->base_delay_ms, cfg->max_delay_ms);
+			key_fail(ld, base, "%ld is more than max_delay_ms "
+			    "(%ld)", cfg->base_delay_ms, cfg->max_delay_ms);
 		else
-			key_fail(ld, max, "%ld is less than base_delay_ms (%ld)",
-			    cfg->max_delay_ms, cfg->base_delay_ms);
+			key_fail(ld, max, "%ld is less than base_delay_ms "
+			    "(%ld)", cfg->max_delay_ms, cfg->base_delay_ms);
 		return -1;
 	}
 	if (*cfg->redis_host == '\0' && *cfg->redis_unix_socket == '\0') {
@@ -876,7 +906,8 @@ resolve_credentials(struct config_load *ld, int require)
 		if (*cfg->api_key != '\0')
 			hint = "; api_key is set but no API secret was found";
 		else if (*cfg->account_sid != '\0')
-			hint = "; account_sid is set but no auth token was found";
+			hint = "; account_sid is set but no auth token was "
+			    "found";
 		else if (api_secret != NULL || auth_token != NULL)
 			hint = "; a secret was found but neither api_key nor "
 			    "account_sid is set";

@@ -816,6 +816,57 @@ dead_request(const struct job *j)
 }
 
 /*
+ * Gives up on a job without a result (no memory to make one): it stays in
+ * the processing list, and jobs waiting on its Identity go on without it.
+ */
+static void
+abandon(struct job *j)
+{
+	struct job *w;
+
+	identity_leave(j);
+	while ((w = TAILQ_FIRST(&j->waiters)) != NULL) {
+		TAILQ_REMOVE(&j->waiters, w, link);
+		w->owner = NULL;
+		identity_enter(w);
+	}
+	if (j->conn != NULL) {
+		json_t *v = json_pack("{s:s}", "status", "unavailable");
+
+		if (v != NULL)
+			intake_answer(j->conn, v);
+		json_decref(v);
+	}
+	job_free(j);
+}
+
+/*
+ * {request, result} for the dead list.  A request that decodes but cannot
+ * be written in the configured format (a msgpack string that is not UTF-8,
+ * for JSON output) is kept as a description instead.
+ */
+static int
+dead_entry(struct job *j)
+{
+	json_t *d = json_object();
+	int rv;
+
+	if (d == NULL)
+		return -1;
+	json_object_set_new(d, "request", dead_request(j));
+	json_object_set(d, "result", j->result);
+	rv = codec_encode(d, ug.cfg->format, &j->enc_dead, &j->enc_dead_len);
+	if (rv != 0) {
+		json_object_set_new(d, "request", json_sprintf("<%zu bytes that cannot be "
+		    "written as %s>", j->rawlen, ug.cfg->format == FORMAT_JSON ? "JSON" :
+		    "msgpack"));
+		rv = codec_encode(d, ug.cfg->format, &j->enc_dead, &j->enc_dead_len);
+	}
+	json_decref(d);
+	return rv;
+}
+
+/*
  * The result map of SPEC §4.2, encoded once for every place it goes; the
  * job then waits for the next result transaction.
  */
@@ -853,19 +904,8 @@ finish(struct job *j, const char *status)
 	if (j->user != NULL && strcmp(status, "duplicate") != 0 && is_success(status) &&
 	    codec_encode(j->user, ug.cfg->format, &j->enc_record, &j->enc_record_len) != 0)
 		goto oom;
-	if (!is_success(status)) {
-		json_t *d = json_object();
-
-		if (d == NULL)
-			goto oom;
-		json_object_set_new(d, "request", dead_request(j));
-		json_object_set(d, "result", r);
-		if (codec_encode(d, ug.cfg->format, &j->enc_dead, &j->enc_dead_len) != 0) {
-			json_decref(d);
-			goto oom;
-		}
-		json_decref(d);
-	}
+	if (!is_success(status) && dead_entry(j) != 0)
+		goto oom;
 	count_result(status);
 	stats_observe(&stats_result_seconds, now_monotonic() - j->received_mono);
 	if (!is_success(status))
@@ -882,10 +922,9 @@ finish(struct job *j, const char *status)
 oom:
 	/* Without a result we cannot finish; the request stays in the
 	 * processing list and the next start handles it again. */
-	log_error("out of memory encoding a result", "request_id", j->request_id);
-	j->state = JOB_COMMIT_WAIT;
-	TAILQ_INSERT_TAIL(&commit_q, j, link);
-	schedule_flush();
+	log_error("out of memory encoding a result; the request stays in the "
+	    "processing list", "request_id", j->request_id);
+	abandon(j);
 }
 
 static void	 completed(struct job *);
@@ -948,8 +987,6 @@ flush_cb(evutil_socket_t fd, short what, void *arg)
 	while (n < COMMIT_BATCH_MAX && (j = TAILQ_FIRST(&commit_q)) != NULL) {
 		struct commit_item *it = &items[n];
 
-		if (j->enc_result == NULL)
-			break;		/* out of memory earlier: leave it */
 		TAILQ_REMOVE(&commit_q, j, link);
 		j->state = JOB_COMMITTING;
 		memset(it, 0, sizeof(*it));

@@ -288,7 +288,8 @@ escape_value(const char *value, char *buf, size_t size, int *truncated)
 	for (p = s; *p != '\0'; p += consumed) {
 		ulen = escape_unit(p, unit, &consumed);
 		/* When cutting, keep room for the ellipsis. */
-		if (total > avail && ulen + sizeof(LOG_VALUE_ELLIPSIS) - 1 > room) {
+		if (total > avail &&
+		    ulen + sizeof(LOG_VALUE_ELLIPSIS) - 1 > room) {
 			ulen = sizeof(LOG_VALUE_ELLIPSIS) - 1;
 			if (ulen > room)
 				ulen = room;	/* only in a tiny buffer */
@@ -389,7 +390,8 @@ line_prefix(struct log_line *l, enum log_level level)
 		    log_level_priorities[level]);
 	} else if (clock_gettime(CLOCK_REALTIME, &ts) == -1 ||
 	    gmtime_r(&ts.tv_sec, &tm) == NULL ||
-	    (n = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm)) == 0) {
+	    (n = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S",
+	    &tm)) == 0) {
 		/* Cannot happen with a sane clock; the line still matters. */
 		r = snprintf(stamp, sizeof(stamp), "0000-00-00T00:00:00.000Z ");
 	} else {

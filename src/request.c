@@ -121,7 +121,12 @@ static enum request_error copy_echo_fields(const struct fields *,
 static enum request_error validate(const struct fields *, struct request *,
 			    char *, size_t);
 
-/* Writes the message (when the caller wants one) and returns e. */
+/*
+ * Writes the message (when the caller wants one) and returns e.  The
+ * message goes into results that may be JSON, so it is sanitised: it may
+ * quote jansson's error text (input bytes, controls included), and a short
+ * err buffer may cut a character in two.
+ */
 static enum request_error
 reject(char *err, size_t errlen, enum request_error e, const char *fmt, ...)
 {
@@ -131,6 +136,7 @@ reject(char *err, size_t errlen, enum request_error e, const char *fmt, ...)
 		va_start(ap, fmt);
 		(void)vsnprintf(err, errlen, fmt, ap);
 		va_end(ap);
+		codec_sanitize_text(err);
 	}
 	return e;
 }

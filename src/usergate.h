@@ -185,6 +185,11 @@ int		 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t 
 int		 codec_utf8_valid(const char *s, size_t len);
 /* Number of code points in a valid UTF-8 string. */
 size_t		 codec_utf8_length(const char *s, size_t len);
+/* Replaces in place, with '?', every control character and every byte of
+ * the NUL-terminated s that is not part of valid UTF-8, so that text quoted
+ * from input (jansson's error context, say) is safe in a log or a JSON
+ * result.  Error messages of codec.c and request.c are already clean. */
+void		 codec_sanitize_text(char *s);
 
 /* ------------------------------------------------------------------ */
 /* request.c: a decoded value -> struct request, with SPEC §4.1's rules. */

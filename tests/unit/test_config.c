@@ -438,7 +438,12 @@ static const struct error_case {
 	int		 prefix_only;
 } error_cases[] = {
 	{ "unknown section", "[twilio]\nmax_inflight = 5\n[nope]\nx = 1\n",
+	    "%s:3: unknown section [nope]", 0 },
+	{ "unknown empty section", "[twilio]\nmax_inflight = 5\n\n[nope]\n"
+	    "; level = debug\n",
 	    "%s:4: unknown section [nope]", 0 },
+	{ "section names are exact", "[ twilio ]\nmax_inflight = 5\n",
+	    "%s:1: unknown section [ twilio ]", 0 },
 	{ "unknown key", "[twilio]\n\nfoo = 1\n",
 	    "%s:3: unknown key \"foo\" in [twilio]", 0 },
 	{ "key of another section", "[redis]\nmax_inflight = 5\n",

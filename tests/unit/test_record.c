@@ -274,8 +274,6 @@ test_differs(void)
 		    "{\"duty\":\"tech\",\"n\":[2,1]}", NULL, 1 },
 		{ "Attributes with a key more", NULL, NULL,
 		    "{\"duty\":\"tech\",\"n\":[1,2],\"x\":null}", NULL, 1 },
-		{ "Attributes 1 vs 1.0", "{\"sid\":\"US1\",\"attributes\":"
-		    "\"{\\\"a\\\":1}\"}", NULL, "{\"a\":1.0}", NULL, 1 },
 		{ "record Attributes not JSON",
 		    "{\"sid\":\"US1\",\"attributes\":\"oops\"}", NULL, "{}",
 		    NULL, 1 },

@@ -63,6 +63,20 @@ same(const char *a, const char *b)
 	return strcmp(a, b) == 0;
 }
 
+/* Non-empty UTF-8 without control characters. */
+static int
+is_clean(const char *s)
+{
+	const unsigned char	*p;
+
+	if (*s == '\0' || !codec_utf8_valid(s, strlen(s)))
+		return 0;
+	for (p = (const unsigned char *)s; *p != '\0'; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			return 0;
+	return 1;
+}
+
 /* A jansson value as msgpack, written with the packer itself. */
 static int
 pack(msgpack_packer *pk, const json_t *v)
@@ -137,10 +151,14 @@ expect(const struct row *r, const char *how, const void *buf, size_t len)
 	CHECK(e == r->want, "%s (%s): got %s \"%s\", want %s", r->name, how,
 	    e == REQ_OK ? "ok" : request_error_code(e), err,
 	    r->want == REQ_OK ? "ok" : request_error_code(r->want));
-	if (r->want != REQ_OK)
+	if (r->want != REQ_OK) {
 		CHECK(r->err == NULL || strstr(err, r->err) != NULL,
 		    "%s (%s): message \"%s\" lacks \"%s\"", r->name, how, err,
 		    r->err);
+		/* Every message can go into a JSON result and a log line. */
+		CHECK(is_clean(err), "%s (%s): message is not clean text",
+		    r->name, how);
+	}
 	CHECK(same(req.identity, r->identity), "%s (%s): identity %s",
 	    r->name, how, req.identity ? req.identity : "NULL");
 	CHECK(same(req.request_id, r->request_id), "%s (%s): request_id %s",
@@ -286,6 +304,9 @@ test_errors(void)
 		{ .name = "JSON duplicate key", .modes = JSON,
 		    .text = "{\"Identity\":\"a\",\"Identity\":\"b\"}",
 		    .want = REQ_MALFORMED, .err = "duplicate" },
+		{ .name = "control character in a JSON error", .modes = JSON,
+		    .text = "{\"Identity\": \x1b[2J}", .want = REQ_MALFORMED,
+		    .err = "invalid token near '?'" },
 		{ .name = "not JSON, not msgpack", .modes = JSON,
 		    .text = "Identity=a", .want = REQ_MALFORMED },
 		{ .name = "Identity twice", .modes = BOTH,

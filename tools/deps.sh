@@ -1,0 +1,21 @@
+#!/bin/sh
+# Installs, from Debian's packages, whatever the build, the demo and the
+# tests need and is not there yet.  Idempotent; needs root (or sudo) only
+# when something is missing.
+set -eu
+PKGS="build-essential autoconf automake pkg-config
+libevent-dev libcurl4-openssl-dev libhiredis-dev libmsgpack-dev libjansson-dev
+libinih-dev libcunit1-dev libsystemd-dev libssl-dev
+redis-server python3 python3-pytest python3-pytest-timeout python3-redis python3-msgpack
+systemd man-db groff-base groff socat jq curl openssl clang libclang-rt-14-dev"
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "installing:$missing"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
