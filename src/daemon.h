@@ -122,6 +122,8 @@ long		 job_room(void);
 void		 job_forget_conn(struct intake_conn *conn);
 /* Called by queue.c when the Redis link comes up or goes down. */
 void		 job_redis_changed(int up);
+/* Adopts the elements of our processing list that no job holds. */
+void		 job_reconcile(const char *const *raws, const size_t *lens, size_t n);
 /* Twilio refused our credentials/TLS: state exposed for health. */
 int		 job_auth_blocked(void);
 /* Refreshes the TTL of the identity claims this instance holds. */
@@ -233,5 +235,18 @@ int		 unix_listen(const char *path, long mode, const char *what);
 
 int		 status_init(void);
 void		 status_shutdown(void);
+
+/* The command parser (pure, for the unit test). */
+enum status_verb {
+	STATUS_EMPTY, STATUS_SHOW_STATS, STATUS_SHOW_METRICS, STATUS_SHOW_QUEUE,
+	STATUS_HEALTH, STATUS_PAUSE, STATUS_RESUME, STATUS_RELOAD, STATUS_DEAD_LIST,
+	STATUS_DEAD_RETRY, STATUS_HELP, STATUS_ERROR
+};
+struct status_command {
+	enum status_verb	 verb;
+	long			 count;	/* dead list/retry: N, or -1 for all */
+	const char		*error;	/* STATUS_ERROR: the answer to give */
+};
+void		 status_parse(const char *line, size_t len, struct status_command *cmd);
 
 #endif /* USERGATE_DAEMON_H */

@@ -621,6 +621,7 @@ auth_wait(struct job *j, const char *reason)
 		snprintf(ug.auth_reason, sizeof(ug.auth_reason), "%s", reason);
 		log_error("twilio refuses this daemon; intake paused, probing with backoff",
 		    "reason", reason);
+		queue_unblock();
 		daemon_notify_status();
 	}
 	if (!evtimer_pending(auth_ev, NULL))
@@ -1072,6 +1073,45 @@ job_redis_changed(int up)
 	if (up) {
 		schedule_flush();
 		rate_pump();
+	}
+}
+
+void
+job_reconcile(const char *const *raws, const size_t *lens, size_t n)
+{
+	struct job *j;
+	char *used, *copy;
+	size_t i, adopted = 0;
+
+	if ((used = calloc(n, 1)) == NULL)
+		return;
+	/* A multiset match: each job accounts for one equal element.  n and
+	 * the job count are both bounded by max_inflight, and this runs once
+	 * per Redis reconnect. */
+	TAILQ_FOREACH(j, &all_jobs, all) {
+		for (i = 0; i < n; i++) {
+			if (!used[i] && lens[i] == j->rawlen &&
+			    memcmp(raws[i], j->raw, lens[i]) == 0) {
+				used[i] = 1;
+				break;
+			}
+		}
+	}
+	for (i = 0; i < n; i++) {
+		if (used[i] || lens[i] == 0 || (copy = malloc(lens[i] + 1)) == NULL)
+			continue;
+		memcpy(copy, raws[i], lens[i]);
+		copy[lens[i]] = '\0';
+		job_take(copy, lens[i], SOURCE_REDIS, 0, NULL, NULL);
+		adopted++;
+	}
+	free(used);
+	if (adopted > 0) {
+		char num[32];
+
+		snprintf(num, sizeof(num), "%zu", adopted);
+		log_warn("adopted requests found in our processing list after a reconnect",
+		    "count", num);
 	}
 }
 

@@ -103,6 +103,7 @@ static void		 quote_key(const char *, size_t, char *, size_t);
 static int		 is_sid(const char *, size_t, const char *);
 static char		*copy_string(const json_t *);
 static int		 has_invalid_utf8(const json_t *);
+static int		 has_nul_key(const json_t *);
 static enum request_error find_fields(json_t *, struct fields *, char *,
 			    size_t);
 static enum request_error check_types(const struct fields *, char *, size_t);
@@ -257,6 +258,39 @@ has_invalid_utf8(const json_t *v)
 			key = json_object_iter_key(iter);
 			if (!codec_utf8_valid(key, json_object_iter_key_len(iter)) ||
 			    has_invalid_utf8(json_object_iter_value(iter)))
+				return 1;
+		}
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * 1 when a key anywhere in v holds a NUL byte, which a msgpack map can
+ * carry but JSON text cannot usefully: jansson (and so our own string
+ * Attributes rule, and many a consumer of the user's attributes) refuses
+ * such a key.  Depth is bounded by the codec.
+ */
+static int
+has_nul_key(const json_t *v)
+{
+	json_t		*child;
+	void		*iter;
+	size_t		 i;
+
+	switch (json_typeof(v)) {
+	case JSON_ARRAY:
+		json_array_foreach(v, i, child)
+			if (has_nul_key(child))
+				return 1;
+		return 0;
+	case JSON_OBJECT:
+		for (iter = json_object_iter((json_t *)v); iter != NULL;
+		    iter = json_object_iter_next((json_t *)v, iter)) {
+			if (memchr(json_object_iter_key(iter), '\0',
+			    json_object_iter_key_len(iter)) != NULL ||
+			    has_nul_key(json_object_iter_value(iter)))
 				return 1;
 		}
 		return 0;
@@ -515,6 +549,10 @@ check_attributes(const json_t *v, const char *name, char **out, char *err,
 
 	*out = NULL;
 	if (json_is_object(v)) {
+		/* Refused as a map exactly as it would be as a string. */
+		if (has_nul_key(v))
+			return reject(err, errlen, REQ_ATTRIBUTES_NOT_JSON,
+			    "%s has a key with a NUL character", name);
 		text = json_dumps(v, JSON_COMPACT);
 		if (text == NULL) {
 			if (has_invalid_utf8(v))

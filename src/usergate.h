@@ -236,6 +236,34 @@ enum request_error request_parse(const void *buf, size_t len, struct request *re
 void		 request_free(struct request *req);
 
 /* ------------------------------------------------------------------ */
+/* framing.c: the request socket's byte stream -> frames (SPEC §6.1).  Pure. */
+
+enum framing { FRAMING_UNKNOWN, FRAMING_JSON, FRAMING_MSGPACK };
+
+enum frame_status {
+	FRAME_NONE,		/* no whole frame yet: wait for more bytes */
+	FRAME_READY,		/* buf[0..frame_len) is one request */
+	FRAME_SKIP,		/* nothing to take; drop the consumed bytes */
+	FRAME_TOO_LARGE,	/* msgpack value over UG_FRAME_MAX: end the stream */
+	FRAME_MALFORMED,	/* undecodable msgpack: end the stream */
+};
+
+/* FRAMING_JSON when the first byte is '{', FRAMING_MSGPACK otherwise,
+ * FRAMING_UNKNOWN when there is no byte yet. */
+enum framing	 framing_detect(const char *buf, size_t len);
+/*
+ * The next frame at the start of buf[0..len), which holds every byte read
+ * and not consumed yet (for msgpack the first UG_FRAME_MAX + 1 suffice).
+ * After any status but FRAME_NONE the caller drops *consumed bytes, which
+ * is never 0; for FRAME_READY it drops them only after using the frame,
+ * and *consumed may exceed *frame_len (a line's end, an oversized line's
+ * tail).  *discarding is the JSON reader's state between calls, 0 at the
+ * start of a connection.  buf may be NULL when len is 0.
+ */
+enum frame_status framing_next(const char *buf, size_t len, enum framing framing,
+		    int *discarding, size_t *frame_len, size_t *consumed);
+
+/* ------------------------------------------------------------------ */
 /* record.c: Twilio answers -> user records; result maps.  Pure. */
 
 /*

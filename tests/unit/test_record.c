@@ -57,6 +57,13 @@ check(int ok, int line, const char *fmt, ...)
 }
 #define CHECK(cond, ...)	check((cond) != 0, __LINE__, __VA_ARGS__)
 
+/* strcmp that takes a missing value (NULL) as a mismatch, not a crash. */
+static int
+streq(const char *a, const char *b)
+{
+	return a != NULL && b != NULL && strcmp(a, b) == 0;
+}
+
 static json_t *
 parse_record(const char *text)
 {
@@ -79,21 +86,21 @@ test_full_answer(void)
 	CU_ASSERT_EQUAL(json_object_size(r), NROWS(fields));
 	for (i = 0, iter = json_object_iter(r); i < NROWS(fields) && iter != NULL;
 	    i++, iter = json_object_iter_next(r, iter))
-		CHECK(strcmp(json_object_iter_key(iter), fields[i]) == 0,
+		CHECK(streq(json_object_iter_key(iter), fields[i]),
 		    "field %zu is %s, want %s", i, json_object_iter_key(iter),
 		    fields[i]);
 	CU_ASSERT(i == NROWS(fields) && iter == NULL);
 
-	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "sid")),
-	    "US" SID_HEX);
-	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r,
-	    "attributes")), "{ \"duty\": \"tech\" }");
+	CU_ASSERT(streq(json_string_value(json_object_get(r, "sid")),
+	    "US" SID_HEX));
+	CU_ASSERT(streq(json_string_value(json_object_get(r, "attributes")),
+	    "{ \"duty\": \"tech\" }"));
 	CU_ASSERT(json_is_true(json_object_get(r, "is_online")));
 	CU_ASSERT(json_is_null(json_object_get(r, "is_notifiable")));
 	links = json_object_get(r, "links");
 	CU_ASSERT(json_is_object(links) && json_object_size(links) == 1);
-	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(links,
-	    "user_conversations")), USER_URL "/Conversations");
+	CU_ASSERT(streq(json_string_value(json_object_get(links,
+	    "user_conversations")), USER_URL "/Conversations"));
 	CU_ASSERT(json_object_get(r, "reachability") == NULL);
 	CU_ASSERT(json_object_get(r, "web_page") == NULL);
 	CU_ASSERT(json_object_get(r, "is_admin") == NULL);
@@ -140,8 +147,8 @@ test_partial_answer(void)
 		r = parse_record(rows[i].body);
 		CHECK(codec_encode(r, FORMAT_JSON, &out, &len) == 0,
 		    "encode %s", rows[i].body);
-		CHECK(strcmp(out, rows[i].want) == 0, "%s gave %s, want %s",
-		    rows[i].body, out, rows[i].want);
+		CHECK(streq(out, rows[i].want), "%s gave %s, want %s",
+		    rows[i].body, out ? out : "NULL", rows[i].want);
 		free(out);
 		json_decref(r);
 	}
@@ -219,8 +226,7 @@ test_twilio_error(void)
 			CHECK(message == NULL, "%s: message %s, want NULL",
 			    rows[i].name, message);
 		else
-			CHECK(message != NULL &&
-			    strcmp(message, rows[i].message) == 0,
+			CHECK(streq(message, rows[i].message),
 			    "%s: message %s", rows[i].name,
 			    message ? message : "NULL");
 		free(message);

@@ -560,6 +560,10 @@ test_errors(void)
 		    .text = "{\"Identity\":\"a\",\"RequestId\":\"a\\u0085\"}",
 		    .want = REQ_BAD_REQUEST_ID, .err = "control character",
 		    .identity = "a" },
+		{ .name = "RequestId last C1 control (U+009F)", .modes = BOTH,
+		    .text = "{\"Identity\":\"a\",\"RequestId\":\"\\u009f\"}",
+		    .want = REQ_BAD_REQUEST_ID, .err = "control character",
+		    .identity = "a" },
 		{ .name = "RequestId U+00A0 is fine, ReplyTo echoed",
 		    .modes = BOTH,
 		    .text = "{\"Identity\":\"US" HEX32 "\",\"RequestId\":"
