@@ -60,28 +60,38 @@ static const char take_lua[] =
 	"return out\n";
 
 /*
- * Claims an Identity for this instance: {1} when we own it (new claim, or
- * ours from before a restart), {2, record} when it completed within the
- * dedup TTL, {3, owner} when another instance has it in flight.  A "done"
- * state without a stored record is claimed anew (Twilio stays the final
- * authority through 409/50201).
+ * Claims Identities for this instance, many per call (KEYS: identity and
+ * user key pairs).  For each: {1} when we own it (new claim, or ours from
+ * before a restart), {2, record} when it completed within the dedup TTL,
+ * {3, owner} when another instance has it in flight.  A "done" state
+ * without a stored record is claimed anew (Twilio stays the final
+ * authority through 409/50201).  One script call per batch: a script call
+ * costs Redis far more than the few commands inside it.
  */
 static const char claim_lua[] =
-	"local v = redis.call('GET', KEYS[1])\n"
-	"if v == ARGV[1] then\n"
-	"  redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
-	"  return {1}\n"
+	"local out = {}\n"
+	"for i = 1, #KEYS / 2 do\n"
+	"  local kid, kuser = KEYS[2 * i - 1], KEYS[2 * i]\n"
+	"  local v = redis.call('GET', kid)\n"
+	"  if v == ARGV[1] then\n"
+	"    redis.call('EXPIRE', kid, ARGV[2])\n"
+	"    out[i] = {1}\n"
+	"  else\n"
+	"    if v == 'done' then\n"
+	"      local r = redis.call('GET', kuser)\n"
+	"      if r then out[i] = {2, r} else v = false end\n"
+	"    end\n"
+	"    if not out[i] then\n"
+	"      if not v then\n"
+	"        redis.call('SET', kid, ARGV[1], 'EX', ARGV[2])\n"
+	"        out[i] = {1}\n"
+	"      else\n"
+	"        out[i] = {3, v}\n"
+	"      end\n"
+	"    end\n"
+	"  end\n"
 	"end\n"
-	"if v == 'done' then\n"
-	"  local r = redis.call('GET', KEYS[2])\n"
-	"  if r then return {2, r} end\n"
-	"  v = false\n"
-	"end\n"
-	"if not v then\n"
-	"  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
-	"  return {1}\n"
-	"end\n"
-	"return {3, v}\n";
+	"return out\n";
 
 /*
  * The shared sliding window of SPEC §5.3: a sorted set of grant times (ms,
@@ -742,70 +752,146 @@ on_client_id(redisAsyncContext *ac, void *reply, void *priv)
 struct claim_call {
 	queue_claim_cb	*cb;
 	void		*arg;
+	char		*identity;
+};
+
+#define CLAIM_BATCH_MAX	512
+
+/* Claims asked for during this loop iteration, sent together. */
+static struct claim_call *claims_pending;
+static size_t nclaims_pending, claims_cap;
+static struct event *claim_flush_ev;
+
+struct claim_batch {
+	size_t			 n;
+	struct claim_call	 calls[];
 };
 
 static void
-on_claim(redisAsyncContext *ac, void *reply, void *priv)
+claim_answer(struct claim_call *c, const redisReply *e)
 {
-	const redisReply *r = reply;
-	struct claim_call *c = priv;
 	enum claim_outcome o = CLAIM_ERROR;
 	const char *rec = NULL;
 	size_t reclen = 0;
 
-	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
-	    r->element[0]->type == REDIS_REPLY_INTEGER) {
-		switch (r->element[0]->integer) {
+	if (e != NULL && e->type == REDIS_REPLY_ARRAY && e->elements >= 1 &&
+	    e->element[0]->type == REDIS_REPLY_INTEGER) {
+		switch (e->element[0]->integer) {
 		case 1:
 			o = CLAIM_OWNED;
 			break;
 		case 2:
-			if (r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING) {
+			if (e->elements == 2 && e->element[1]->type == REDIS_REPLY_STRING) {
 				o = CLAIM_DONE;
-				rec = r->element[1]->str;
-				reclen = r->element[1]->len;
+				rec = e->element[1]->str;
+				reclen = e->element[1]->len;
 			}
 			break;
 		case 3:
 			o = CLAIM_PENDING;
 			break;
 		}
-	} else if (r != NULL && r->type == REDIS_REPLY_ERROR) {
-		log_error("redis: identity claim failed", "error", r->str);
 	}
+	free(c->identity);
 	c->cb(o, rec, reclen, c->arg);
-	free(c);
+}
+
+static void
+on_claims(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	struct claim_batch *b = priv;
+	size_t i;
+	int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n;
+
+	if (r != NULL && r->type == REDIS_REPLY_ERROR)
+		log_error("redis: identity claims failed", "error", r->str);
+	for (i = 0; i < b->n; i++)
+		claim_answer(&b->calls[i], ok ? r->element[i] : NULL);
+	free(b);
+}
+
+static void
+claim_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct claim_batch *b;
+	const char **argv;
+	size_t *lens, i, n, argc;
+	char owner[300], ttl[16], nkeys[32];
+	int rv = -1;
+
+	while (nclaims_pending > 0) {
+		n = nclaims_pending > CLAIM_BATCH_MAX ? CLAIM_BATCH_MAX : nclaims_pending;
+		b = malloc(sizeof(*b) + n * sizeof(b->calls[0]));
+		argc = 3 + 2 * n + 2;
+		argv = calloc(argc, sizeof(*argv));
+		lens = calloc(argc, sizeof(*lens));
+		if (b != NULL && argv != NULL && lens != NULL) {
+			b->n = n;
+			memcpy(b->calls, claims_pending, n * sizeof(b->calls[0]));
+			snprintf(owner, sizeof(owner), "pending:%s", ug.cfg->instance_id);
+			snprintf(ttl, sizeof(ttl), "%d", CLAIM_TTL_S);
+			snprintf(nkeys, sizeof(nkeys), "%zu", 2 * n);
+			argv[0] = "EVALSHA";
+			argv[1] = script_sha[SCRIPT_CLAIM];
+			argv[2] = nkeys;
+			for (i = 0; i < n; i++) {
+				argv[3 + 2 * i] = key("identity:", b->calls[i].identity);
+				argv[4 + 2 * i] = key("user:", b->calls[i].identity);
+			}
+			argv[3 + 2 * n] = owner;
+			argv[4 + 2 * n] = ttl;
+			rv = 0;
+			for (i = 0; i < argc; i++) {
+				if (argv[i] == NULL)
+					rv = -1;
+				else
+					lens[i] = strlen(argv[i]);
+			}
+			if (rv == 0 && cmd_ready)
+				rv = send_argv(cmd, on_claims, b, (int)argc, argv, lens);
+			else
+				rv = -1;
+			for (i = 0; i < 2 * n; i++)
+				free((char *)argv[3 + i]);
+		}
+		free(argv);
+		free(lens);
+		if (rv != 0) {
+			/* No link (or no memory): each caller hears "try later". */
+			free(b);
+			for (i = 0; i < n; i++)
+				claim_answer(&claims_pending[i], NULL);
+		}
+		memmove(claims_pending, claims_pending + n,
+		    (nclaims_pending - n) * sizeof(claims_pending[0]));
+		nclaims_pending -= n;
+	}
 }
 
 int
 queue_claim(const char *identity, queue_claim_cb *cb, void *arg)
 {
 	struct claim_call *c;
-	char *kid, *kuser, owner[300], ttl[16];
-	int rv;
 
 	if (!cmd_ready)
 		return -1;
-	c = malloc(sizeof(*c));
-	kid = identity_key("identity:", identity);
-	kuser = identity_key("user:", identity);
-	if (c == NULL || kid == NULL || kuser == NULL) {
-		free(c);
-		free(kid);
-		free(kuser);
-		return -1;
+	if (nclaims_pending == claims_cap) {
+		size_t cap = claims_cap ? claims_cap * 2 : 64;
+
+		if ((c = realloc(claims_pending, cap * sizeof(*c))) == NULL)
+			return -1;
+		claims_pending = c;
+		claims_cap = cap;
 	}
+	c = &claims_pending[nclaims_pending];
+	if ((c->identity = strdup(identity)) == NULL)
+		return -1;
 	c->cb = cb;
 	c->arg = arg;
-	snprintf(owner, sizeof(owner), "pending:%s", ug.cfg->instance_id);
-	snprintf(ttl, sizeof(ttl), "%d", CLAIM_TTL_S);
-	rv = send_strings(cmd, on_claim, c, 7, "EVALSHA", script_sha[SCRIPT_CLAIM], "2",
-	    kid, kuser, owner, ttl);
-	free(kid);
-	free(kuser);
-	if (rv != 0)
-		free(c);
-	return rv;
+	if (nclaims_pending++ == 0)
+		event_active(claim_flush_ev, EV_TIMEOUT, 0);
+	return 0;
 }
 
 void
@@ -1294,8 +1380,9 @@ queue_init(void)
 	    (k_instance = key("instance:", ug.cfg->instance_id)) == NULL)
 		return -1;
 	reconnect_ev = evtimer_new(ug.base, reconnect_cb, NULL);
+	claim_flush_ev = event_new(ug.base, -1, 0, claim_flush_cb, NULL);
 	heartbeat_ev = event_new(ug.base, -1, EV_PERSIST, heartbeat_cb, NULL);
-	if (reconnect_ev == NULL || heartbeat_ev == NULL)
+	if (reconnect_ev == NULL || heartbeat_ev == NULL || claim_flush_ev == NULL)
 		return -1;
 	evtimer_add(heartbeat_ev, &tv);
 	connect_all();
@@ -1355,6 +1442,16 @@ queue_shutdown(void)
 		event_free(heartbeat_ev);
 	if (reconnect_ev)
 		event_free(reconnect_ev);
+	/* Claims not yet sent: their callers hear "try later" while they
+	 * still exist. */
+	if (claim_flush_ev) {
+		cmd_ready = 0;
+		claim_flush_cb(-1, 0, NULL);
+		event_free(claim_flush_ev);
+		claim_flush_ev = NULL;
+	}
+	free(claims_pending);
+	claims_pending = NULL;
 	heartbeat_ev = reconnect_ev = NULL;
 	/* Free rather than disconnect: pending callbacks run now with NULL
 	 * replies, while their owners still exist. */
