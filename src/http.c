@@ -12,6 +12,7 @@
  */
 #include "config.h"
 
+#include <sys/queue.h>
 #include <sys/utsname.h>
 
 #include <stdio.h>
@@ -28,7 +29,6 @@
 
 struct http_call {
 	CURL			*easy;
-	struct curl_slist	*headers;
 	char			*body;		/* answer */
 	size_t			 len, cap;
 	long			 retry_after_ms;
@@ -38,6 +38,7 @@ struct http_call {
 	void			*arg;
 	char			*post;		/* request body, owned */
 	struct http_call	*next_free;
+	TAILQ_ENTRY(http_call)	 active;	/* while in the multi handle */
 };
 
 struct sock_ctx {
@@ -48,9 +49,49 @@ struct sock_ctx {
 static CURLM *multi;
 static struct event *timer_ev;
 static struct http_call *free_calls;
+static TAILQ_HEAD(, http_call) active_calls = TAILQ_HEAD_INITIALIZER(active_calls);
 static long inflight;
 static char user_agent[160];
 static int still_running;
+
+/*
+ * The request headers come in six variants (GET or a form POST; webhook
+ * header absent, true or false), built once: no list per request.
+ */
+static struct curl_slist *header_sets[2][3];
+
+static struct curl_slist *
+headers_for(int post, int webhook)
+{
+	return header_sets[post ? 1 : 0][webhook < 0 ? 0 : webhook ? 1 : 2];
+}
+
+static int
+headers_init(void)
+{
+	static const char *const webhook_lines[3] = {
+		NULL, "X-Twilio-Webhook-Enabled: true", "X-Twilio-Webhook-Enabled: false",
+	};
+	int post, w;
+
+	for (post = 0; post < 2; post++) {
+		for (w = 0; w < 3; w++) {
+			struct curl_slist *h = curl_slist_append(NULL, "Accept: application/json");
+
+			if (h != NULL && post)
+				h = curl_slist_append(h, "Content-Type: "
+				    "application/x-www-form-urlencoded; charset=utf-8");
+			if (h != NULL && post)
+				h = curl_slist_append(h, "Expect:");	/* no 100-continue */
+			if (h != NULL && webhook_lines[w] != NULL)
+				h = curl_slist_append(h, webhook_lines[w]);
+			if (h == NULL)
+				return -1;
+			header_sets[post][w] = h;
+		}
+	}
+	return 0;
+}
 
 static void	 check_done(void);
 
@@ -165,8 +206,6 @@ call_get(void)
 static void
 call_put(struct http_call *c)
 {
-	curl_slist_free_all(c->headers);
-	c->headers = NULL;
 	free(c->post);
 	c->post = NULL;
 	c->len = 0;
@@ -187,7 +226,6 @@ http_send(const char *method, const char *url, const char *body, int webhook,
     http_done_cb *cb, void *arg)
 {
 	struct http_call *c;
-	struct curl_slist *h;
 	CURLMcode mc;
 
 	if ((c = call_get()) == NULL)
@@ -197,20 +235,8 @@ http_send(const char *method, const char *url, const char *body, int webhook,
 	c->len = 0;
 	c->retry_after_ms = -1;
 	c->error[0] = '\0';
-	h = curl_slist_append(NULL, "Accept: application/json");
-	if (h != NULL && body != NULL)
-		h = curl_slist_append(h,
-		    "Content-Type: application/x-www-form-urlencoded; charset=utf-8");
-	if (h != NULL && body != NULL)
-		h = curl_slist_append(h, "Expect:");	/* no 100-continue round trip */
-	if (h != NULL && webhook >= 0)
-		h = curl_slist_append(h, webhook ? "X-Twilio-Webhook-Enabled: true" :
-		    "X-Twilio-Webhook-Enabled: false");
-	if (h == NULL)
-		goto fail;
-	c->headers = h;
 	curl_easy_setopt(c->easy, CURLOPT_URL, url);
-	curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, c->headers);
+	curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, headers_for(body != NULL, webhook));
 	if (body != NULL) {
 		if ((c->post = strdup(body)) == NULL)
 			goto fail;
@@ -227,6 +253,7 @@ http_send(const char *method, const char *url, const char *body, int webhook,
 		goto fail;
 	}
 	inflight++;
+	TAILQ_INSERT_TAIL(&active_calls, c, active);
 	stats.http_requests++;
 	return 0;
 fail:
@@ -333,6 +360,7 @@ check_done(void)
 		rc = msg->data.result;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
 		curl_multi_remove_handle(multi, msg->easy_handle);
+		TAILQ_REMOVE(&active_calls, c, active);
 		inflight--;
 		memset(&res, 0, sizeof(res));
 		res.retry_after_ms = c->retry_after_ms;
@@ -384,7 +412,7 @@ http_init(void)
 		strcpy(u.machine, "unknown");
 	snprintf(user_agent, sizeof(user_agent), "usergate/%s (Linux %s) libcurl/%s",
 	    PACKAGE_VERSION, u.machine, v->version);
-	if ((multi = curl_multi_init()) == NULL)
+	if ((multi = curl_multi_init()) == NULL || headers_init() != 0)
 		return -1;
 	timer_ev = evtimer_new(ug.base, on_timer, NULL);
 	if (timer_ev == NULL)
@@ -400,7 +428,16 @@ void
 http_shutdown(void)
 {
 	struct http_call *c;
+	int i, j;
 
+	/* Requests still on the wire are dropped without an answer: their
+	 * jobs are abandoned too, and stay in the processing list. */
+	while ((c = TAILQ_FIRST(&active_calls)) != NULL) {
+		TAILQ_REMOVE(&active_calls, c, active);
+		curl_multi_remove_handle(multi, c->easy);
+		inflight--;
+		call_put(c);
+	}
 	while ((c = free_calls) != NULL) {
 		free_calls = c->next_free;
 		curl_easy_cleanup(c->easy);
@@ -410,6 +447,11 @@ http_shutdown(void)
 	if (multi != NULL)
 		curl_multi_cleanup(multi);
 	multi = NULL;
+	for (i = 0; i < 2; i++)
+		for (j = 0; j < 3; j++) {
+			curl_slist_free_all(header_sets[i][j]);
+			header_sets[i][j] = NULL;
+		}
 	if (timer_ev != NULL)
 		event_free(timer_ev);
 	timer_ev = NULL;

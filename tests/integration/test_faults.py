@@ -112,7 +112,9 @@ def test_credentials_refused_pauses_then_resumes(stack, switch, reason):
     wait_for(lambda: stack.d.status("health").startswith("degraded"), what="degraded")
     health = stack.d.status("health")
     assert reason in health and "credentials" in health
-    # Intake stops: later requests stay queued, nothing fails or dies.
+    # Intake stops: its waiting BLMOVE is ended (CLIENT UNBLOCK), later
+    # requests stay queued, nothing fails or dies.
+    wait_for(lambda: stack.r.info("clients")["blocked_clients"] == 0, what="intake unblocked")
     stack.push({"Identity": "waits-2"}, {"Identity": "waits-3"})
     time.sleep(0.5)
     assert stack.r.llen("usergate:requests") == 2
