@@ -32,6 +32,7 @@
 #include "daemon.h"
 
 #define COMMIT_BATCH_MAX	256
+#define COMMITS_MAX		4	/* transactions in flight at once */
 #define CLAIM_POLL_MIN_MS	50
 #define CLAIM_POLL_MAX_MS	1000
 #define REDIS_RETRY_MS		500
@@ -115,7 +116,7 @@ static int rate_outstanding;
 static struct event *rate_ev;
 static struct event *flush_ev;
 static struct event *commit_retry_ev;
-static int commit_outstanding;
+static int commit_outstanding;		/* result transactions on the wire */
 
 static int auth_blocked;
 static long auth_probe_ms = AUTH_PROBE_MIN_MS;
@@ -941,7 +942,7 @@ on_committed(int ok, void *arg)
 	struct commit_batch *b = arg;
 	size_t i;
 
-	commit_outstanding = 0;
+	commit_outstanding--;
 	if (!ok) {
 		/* Back to the front, in order; written again when Redis is
 		 * back.  Results are at-least-once: a lost EXEC reply may mean
@@ -981,7 +982,7 @@ flush_cb(evutil_socket_t fd, short what, void *arg)
 	struct job *j;
 	size_t n = 0;
 
-	if (commit_outstanding || TAILQ_EMPTY(&commit_q) || !queue_connected())
+	if (commit_outstanding >= COMMITS_MAX || TAILQ_EMPTY(&commit_q) || !queue_connected())
 		return;
 	if ((b = malloc(sizeof(*b))) == NULL)
 		return;
@@ -1012,17 +1013,21 @@ flush_cb(evutil_socket_t fd, short what, void *arg)
 		free(b);
 		return;
 	}
+	commit_outstanding++;
 	if (queue_commit(items, n, on_committed, b) != 0) {
-		on_committed(0, b);
+		on_committed(0, b);	/* back in the queue; retried later */
 		return;
 	}
-	commit_outstanding = 1;
+	/* More than a batch finished in this iteration: send the next one
+	 * too, up to COMMITS_MAX transactions in flight. */
+	if (!TAILQ_EMPTY(&commit_q))
+		schedule_flush();
 }
 
 static void
 schedule_flush(void)
 {
-	if (!commit_outstanding)
+	if (commit_outstanding < COMMITS_MAX)
 		event_active(flush_ev, EV_TIMEOUT, 0);
 }
 
