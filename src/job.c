@@ -910,13 +910,21 @@ finish(struct job *j, const char *status)
 		goto oom;
 	count_result(status);
 	stats_observe(&stats_result_seconds, now_monotonic() - j->received_mono);
-	if (!is_success(status))
+	/* Identities (often e-mail addresses) and messages that may quote
+	 * them are logged at debug level only. */
+	if (!is_success(status)) {
+		char tcode[32] = "";
+
+		if (j->last_code)
+			snprintf(tcode, sizeof(tcode), "%ld", j->last_code);
 		log_warn("request not done", "request_id", j->request_id, "status", status,
 		    "code", json_string_value(json_object_get(j->error, "code")),
-		    "message", json_string_value(json_object_get(j->error, "message")));
-	else if (log_get_level() >= LOG_LEVEL_DEBUG)
+		    "twilio_code", tcode[0] ? tcode : NULL);
+	}
+	if (log_get_level() >= LOG_LEVEL_DEBUG)
 		log_debug("request done", "request_id", j->request_id, "status", status,
-		    "identity", j->req.identity);
+		    "identity", j->req.identity,
+		    "message", json_string_value(json_object_get(j->error, "message")));
 	j->state = JOB_COMMIT_WAIT;
 	TAILQ_INSERT_TAIL(&commit_q, j, link);
 	schedule_flush();

@@ -308,3 +308,32 @@ def test_rate_limit_against_twilio_window(env):
     assert all(r["status"] == "created" for r in res)
     counts = env.twilio.stats()["counts"]
     assert counts.get("POST 429", 0) == 0, counts
+
+
+def test_claim_of_a_dead_instance_expires(env):
+    """An identity claimed by an instance that died mid-create is blocked
+    only until the claim's TTL runs out; then it is created once."""
+    env.start_redis()
+    env.start_twilio()
+    env.r.set("usergate:identity:orphaned", "pending:ghost", ex=2)
+    d = env.daemon()
+    env.push({"Identity": "orphaned"})
+    time.sleep(0.5)
+    assert env.r.llen("usergate:results") == 0       # waits for the claim
+    r = env.wait_results(1, timeout=20)[0]
+    assert r["status"] == "created"
+    assert env.twilio.stats()["creates_by_identity"] == {"orphaned": 1}
+
+
+def test_identities_only_at_debug_level(env):
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(extra={"log.level": "info"})
+    env.twilio.control(next=["400"])
+    env.push({"Identity": "secret.person@example.com"},
+             {"Identity": "US" + "ab" * 16})
+    env.wait_results(2)
+    log = d.log()
+    assert "request not done" in log
+    assert "secret.person" not in log
+    assert "abababab" not in log
