@@ -56,6 +56,7 @@ static enum codec_status decode_msgpack(const char *, size_t, int, json_t **,
 static enum codec_status decode(const void *, size_t, int, json_t **, char *,
 			    size_t);
 static int		 pack_value(msgpack_packer *, const json_t *, int);
+static int		 json_keys_ok(const json_t *, int);
 
 /*
  * err may be NULL or empty when the caller only wants the status.  The
@@ -496,6 +497,44 @@ pack_value(msgpack_packer *pk, const json_t *v, int depth)
 	return -1;
 }
 
+/*
+ * 1 when every key in v is UTF-8 without a NUL, so that JSON text of v
+ * decodes again.  jansson checks string values when encoding but not keys
+ * (they were checked when set, and msgpack keys are set with _nocheck): it
+ * writes a key that is not UTF-8 as a broken string ({":1}) instead of
+ * failing, and a NUL in a key as \u0000, which its parser refuses.  The
+ * depth bound is the encoder's own.
+ */
+static int
+json_keys_ok(const json_t *v, int depth)
+{
+	const char	*key;
+	json_t		*child;
+	void		*iter;
+	size_t		 i, keylen;
+
+	if (!json_is_object(v) && !json_is_array(v))
+		return 1;
+	if (depth > CODEC_ENCODE_DEPTH_MAX)
+		return 0;
+	if (json_is_array(v)) {
+		json_array_foreach(v, i, child)
+			if (!json_keys_ok(child, depth + 1))
+				return 0;
+		return 1;
+	}
+	for (iter = json_object_iter((json_t *)v); iter != NULL;
+	    iter = json_object_iter_next((json_t *)v, iter)) {
+		key = json_object_iter_key(iter);
+		keylen = json_object_iter_key_len(iter);
+		if (memchr(key, '\0', keylen) != NULL ||
+		    !codec_utf8_valid(key, keylen) ||
+		    !json_keys_ok(json_object_iter_value(iter), depth + 1))
+			return 0;
+	}
+	return 1;
+}
+
 int
 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len)
 {
@@ -509,7 +548,10 @@ codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len)
 		return -1;
 
 	if (fmt == FORMAT_JSON) {
-		/* Fails on strings that are not UTF-8: JSON cannot carry them. */
+		/* Fails on strings and keys that are not UTF-8, and on keys
+		 * with a NUL: JSON text (ours) cannot carry them. */
+		if (!json_keys_ok(v, 1))
+			return -1;
 		text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
 		if (text == NULL)
 			return -1;

@@ -69,6 +69,8 @@ struct stats_gauges {
 json_t		*stats_json(const struct stats_gauges *g);
 /* Prometheus text exposition (malloc'd). */
 char		*stats_prometheus(const struct stats_gauges *g);
+/* Logs every counter in one info line ("msg=stats received=... ..."). */
+void		 stats_log(void);
 /* Names of the counters, in declaration order (for tests). */
 const char	*const *stats_counter_names(size_t *count);
 
@@ -191,6 +193,8 @@ int		 queue_dead_list(long n, queue_lines_cb *cb, void *arg);
 int		 queue_dead_retry(long n, queue_count_cb *cb, void *arg);
 void		 queue_stop_intake(void);
 void		 queue_unblock(void);
+/* A take or a BLMOVE is in flight (requests may still arrive from it). */
+int		 queue_intake_busy(void);
 void		 queue_shutdown(void);
 /* Last known lengths, refreshed each second, for STATUS= and stats. */
 void		 queue_last_lengths(long long *requests, long long *processing, long long *dead);

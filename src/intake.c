@@ -28,11 +28,8 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <msgpack.h>
 
 #include "daemon.h"
-
-enum framing { FRAMING_UNKNOWN, FRAMING_JSON, FRAMING_MSGPACK };
 
 struct intake_conn {
 	TAILQ_ENTRY(intake_conn) link;
@@ -204,97 +201,57 @@ room(void)
 	return job_room() - pending_pushes > 0;
 }
 
-/* Reads JSON lines.  A line over the frame limit is kept only up to the
- * limit (so the result can say too_large) and the rest skipped. */
-static void
-read_json(struct intake_conn *c, struct evbuffer *in)
-{
-	struct evbuffer_ptr eol;
-	char *line;
-	size_t len;
-
-	while (!c->closed && room()) {
-		eol = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
-		if (eol.pos < 0) {
-			size_t have = evbuffer_get_length(in);
-
-			if (have > UG_FRAME_MAX && !c->discarding) {
-				char *head = malloc(UG_FRAME_MAX + 1);
-
-				if (head != NULL) {
-					evbuffer_remove(in, head, UG_FRAME_MAX + 1);
-					submit(c, head, UG_FRAME_MAX + 1);
-					free(head);
-				}
-				c->discarding = 1;
-			}
-			if (c->discarding)
-				evbuffer_drain(in, evbuffer_get_length(in));
-			return;
-		}
-		line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF);
-		if (line == NULL)
-			return;
-		if (c->discarding) {
-			c->discarding = 0;	/* the tail of the long line */
-			free(line);
-			continue;
-		}
-		if (len > 0 && line[len - 1] == '\r')
-			line[--len] = '\0';
-		if (len > 0)
-			submit(c, line, len);
-		free(line);
-	}
-}
-
 /*
- * Reads a msgpack stream.  msgpack has no resynchronisation point, so a
- * value that cannot be parsed, or that grows past the frame limit, ends the
- * connection after an answer saying why.
+ * Takes the frames that are whole in the input, while there is room; the
+ * cutting is framing.c's (see there for the rules).  A JSON line over the
+ * frame limit is kept only up to the limit (so the result can say
+ * too_large) and the rest skipped.  msgpack has no resynchronisation point,
+ * so a value that cannot be parsed, or that grows past the frame limit,
+ * ends the connection after its answer.
  */
 static void
-read_msgpack(struct intake_conn *c, struct evbuffer *in)
+read_frames(struct intake_conn *c, struct evbuffer *in)
 {
-	msgpack_unpacked u;
+	enum frame_status st;
+	const char *data;
+	size_t have, frame_len, consumed;
 
-	msgpack_unpacked_init(&u);
 	while (!c->closed && room()) {
-		size_t have = evbuffer_get_length(in), look, off = 0;
-		const char *data;
-		msgpack_unpack_return rc;
-
-		if (have == 0)
-			break;
-		look = have > UG_FRAME_MAX + 1 ? UG_FRAME_MAX + 1 : have;
-		data = (const char *)evbuffer_pullup(in, (ev_ssize_t)look);
-		rc = msgpack_unpack_next(&u, data, look, &off);
-		if (rc == MSGPACK_UNPACK_SUCCESS || rc == MSGPACK_UNPACK_EXTRA_BYTES) {
-			submit(c, data, off);
-			evbuffer_drain(in, off);
+		have = evbuffer_get_length(in);
+		/* A msgpack frame is found in its first UG_FRAME_MAX + 1
+		 * bytes; a JSON line's end may be anywhere. */
+		if (c->framing == FRAMING_MSGPACK && have > UG_FRAME_MAX + 1)
+			have = UG_FRAME_MAX + 1;
+		data = NULL;
+		if (have > 0 &&
+		    (data = (const char *)evbuffer_pullup(in, (ev_ssize_t)have)) == NULL)
+			return;		/* out of memory: try on the next read */
+		st = framing_next(data, have, c->framing, &c->discarding, &frame_len,
+		    &consumed);
+		if (st == FRAME_NONE)
+			return;
+		if (st == FRAME_READY)
+			submit(c, data, frame_len);	/* copies the frame */
+		if (st == FRAME_READY || st == FRAME_SKIP) {
+			if (!c->closed)
+				evbuffer_drain(in, consumed);
 			continue;
 		}
-		if (rc == MSGPACK_UNPACK_CONTINUE && look <= UG_FRAME_MAX)
-			break;		/* wait for the rest */
-		/* Too large or undecodable: answer, then hang up. */
-		{
-			json_t *v = json_pack("{s:s, s:{s:s, s:s}}", "status", "invalid",
-			    "error", "code", rc == MSGPACK_UNPACK_CONTINUE ? "too_large" :
-			    "malformed", "message", rc == MSGPACK_UNPACK_CONTINUE ?
-			    "msgpack frame larger than 65536 bytes; closing the connection" :
-			    "undecodable msgpack stream; closing the connection");
-
-			if (v != NULL) {
-				send_value(c, v);
-				json_decref(v);
-			}
+		/*
+		 * Too large or undecodable msgpack: the bytes go through as
+		 * one request, so that they are answered (invalid, too_large
+		 * or malformed) with a full result and kept in the dead list
+		 * like any bad request (SPEC §4.1); then, the stream being
+		 * lost, read no more and hang up once that answer is out.
+		 */
+		submit(c, data, have);
+		if (!c->closed) {
 			evbuffer_drain(in, evbuffer_get_length(in));
 			c->eof = 1;
 			bufferevent_disable(c->bev, EV_READ);
-			break;
 		}
+		return;
 	}
-	msgpack_unpacked_destroy(&u);
 }
 
 static void
@@ -304,16 +261,15 @@ conn_read(struct bufferevent *bev, void *arg)
 	struct evbuffer *in = bufferevent_get_input(bev);
 
 	if (c->framing == FRAMING_UNKNOWN) {
-		unsigned char first;
+		char first;
 
-		if (evbuffer_copyout(in, &first, 1) != 1)
-			return;
-		c->framing = first == '{' ? FRAMING_JSON : FRAMING_MSGPACK;
+		if (evbuffer_copyout(in, &first, 1) == 1)
+			c->framing = framing_detect(&first, 1);
 	}
-	if (c->framing == FRAMING_JSON)
-		read_json(c, in);
-	else
-		read_msgpack(c, in);
+	/* Without a first byte yet there is nothing to read, but a client
+	 * that left without a word must still be closed below. */
+	if (c->framing != FRAMING_UNKNOWN)
+		read_frames(c, in);
 	if (!c->closed && !room() && evbuffer_get_length(in) > 0) {
 		/* Backpressure: stop reading until there is room. */
 		bufferevent_disable(bev, EV_READ);
@@ -339,9 +295,8 @@ conn_event(struct bufferevent *bev, short what, void *arg)
 		/* The client may have only shut its writing side and still
 		 * wait for answers: finish what is buffered first. */
 		c->eof = 1;
-		conn_read(bev, c);
-		if (!c->closed)
-			maybe_finish(c);
+		conn_read(bev, c);	/* ends with maybe_finish, which may
+					 * free c: do not touch it after */
 		return;
 	}
 	if (what & BEV_EVENT_ERROR)
@@ -462,6 +417,13 @@ unix_listen(const char *path, long mode, const char *what)
 		return -1;
 	}
 	umask(old);
+	if (mode & 0002) {
+		char want[8];
+
+		snprintf(want, sizeof(want), "%04lo", mode & 0777);
+		log_warn("socket mode would make it world-writable; others may not write",
+		    "socket", what, "path", path, "mode", want);
+	}
 	if (chmod(path, (mode_t)mode & 0777 & ~(mode_t)0002) != 0 || listen(fd, 128) != 0) {
 		log_error("cannot set up socket", "socket", what, "path", path,
 		    "error", strerror(errno));

@@ -22,6 +22,7 @@
 #include "daemon.h"
 
 #define DEFAULT_CONFIG	SYSCONFDIR "/usergate/usergate.conf"
+#define STATS_LOG_EVERY_S 60	/* the counters' log line (stats_log) */
 
 struct daemon ug;
 
@@ -53,15 +54,35 @@ now_wall(void)
 void
 format_time(double wall, char *buf, size_t size)
 {
+	/* Two timestamps per request: the part up to the second is made once
+	 * per second and only the milliseconds each time. */
+	static time_t cached_secs = -1;
+	static char cached[64];
 	time_t secs = (time_t)wall;
 	int ms = (int)((wall - (double)secs) * 1000.0);
 	struct tm tm;
 
 	if (ms > 999)
 		ms = 999;
-	gmtime_r(&secs, &tm);
-	snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-	    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+	if (secs != cached_secs) {
+		gmtime_r(&secs, &tm);
+		snprintf(cached, sizeof(cached), "%04d-%02d-%02dT%02d:%02d:%02d",
+		    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+		    tm.tm_sec);
+		cached_secs = secs;
+	}
+	if (size < 25) {
+		if (size > 0)
+			buf[0] = '\0';
+		return;
+	}
+	memcpy(buf, cached, 19);
+	buf[19] = '.';
+	buf[20] = (char)('0' + ms / 100);
+	buf[21] = (char)('0' + ms / 10 % 10);
+	buf[22] = (char)('0' + ms % 10);
+	buf[23] = 'Z';
+	buf[24] = '\0';
 }
 
 const char *
@@ -232,9 +253,13 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 static void
 tick_cb(evutil_socket_t fd, short what, void *arg)
 {
+	static unsigned long ticks;
+
 	queue_lengths(NULL, NULL);
 	job_tick();
 	daemon_notify_status();
+	if (++ticks % STATS_LOG_EVERY_S == 0)
+		stats_log();
 }
 
 static void

@@ -730,6 +730,15 @@ queue_unblock(void)
 	send_strings(cmd, NULL, NULL, 3, "CLIENT", "UNBLOCK", id);
 }
 
+/* A take or a BLMOVE is on its way: until its reply comes back, requests
+ * may still be taken.  The status socket's pause waits for this to end
+ * before it says ok. */
+int
+queue_intake_busy(void)
+{
+	return take_outstanding || block_outstanding;
+}
+
 void
 queue_stop_intake(void)
 {

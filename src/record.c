@@ -82,6 +82,8 @@ record_from_twilio(const char *body, size_t len)
 		json_decref(answer);
 		return NULL;
 	}
+	/* Values move from the answer to the record (no copies): the
+	 * record owns them once the answer is gone. */
 	for (i = 0; i < sizeof(record_fields) / sizeof(record_fields[0]); i++) {
 		if ((v = json_object_get(answer, record_fields[i])) == NULL)
 			continue;

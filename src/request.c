@@ -231,9 +231,9 @@ copy_string(const json_t *v)
 }
 
 /*
- * 1 when a string or key anywhere in v is not UTF-8.  Only called after
- * json_dumps failed on an Attributes map, to tell a producer's bad bytes
- * from an allocation failure.  Depth is bounded by the codec.
+ * 1 when a string or key anywhere in v is not UTF-8.  Called on an
+ * Attributes map before json_dumps, which does not check keys (see
+ * check_attributes).  Depth is bounded by the codec.
  */
 static int
 has_invalid_utf8(const json_t *v)
@@ -549,19 +549,21 @@ check_attributes(const json_t *v, const char *name, char **out, char *err,
 
 	*out = NULL;
 	if (json_is_object(v)) {
-		/* Refused as a map exactly as it would be as a string. */
+		/*
+		 * Checked before json_dumps, which refuses a string value
+		 * that is not UTF-8 but writes such a key as broken JSON
+		 * ({":1}).  A NUL in a key is refused as it would be in the
+		 * string form.
+		 */
+		if (has_invalid_utf8(v))
+			return reject(err, errlen, REQ_BAD_UTF8,
+			    "%s holds text that is not valid UTF-8", name);
 		if (has_nul_key(v))
 			return reject(err, errlen, REQ_ATTRIBUTES_NOT_JSON,
 			    "%s has a key with a NUL character", name);
-		text = json_dumps(v, JSON_COMPACT);
-		if (text == NULL) {
-			if (has_invalid_utf8(v))
-				return reject(err, errlen, REQ_BAD_UTF8,
-				    "%s holds text that is not valid UTF-8",
-				    name);
+		if ((text = json_dumps(v, JSON_COMPACT)) == NULL)
 			return reject(err, errlen, REQ_MALFORMED,
 			    "out of memory serialising %s", name);
-		}
 		if ((len = strlen(text)) > UG_ATTRIBUTES_MAX) {
 			free(text);
 			return reject(err, errlen, REQ_ATTRIBUTES_TOO_LONG,

@@ -1,7 +1,7 @@
 /*
  * stats.c: the counters, declared once in daemon.h (STATS_COUNTERS) and
- * rendered from that one declaration into `show stats` (JSON) and
- * `show metrics` (Prometheus text exposition).
+ * rendered from that one declaration into `show stats` (JSON),
+ * `show metrics` (Prometheus text exposition) and the periodic log line.
  */
 #include "config.h"
 
@@ -75,6 +75,26 @@ stats_json(const struct stats_gauges *g)
 	STATS_COUNTERS(STATS_JSON)
 #undef STATS_JSON
 	return o;
+}
+
+/*
+ * The periodic log line: every counter as key=value, from the same
+ * declaration as show stats and show metrics, so a journal alone tells
+ * what the daemon did.
+ */
+void
+stats_log(void)
+{
+#define STATS_BUF(name, help) char name##_value[24];
+	STATS_COUNTERS(STATS_BUF)
+#undef STATS_BUF
+#define STATS_FORMAT(name, help) \
+	snprintf(name##_value, sizeof(name##_value), "%llu", stats.name);
+	STATS_COUNTERS(STATS_FORMAT)
+#undef STATS_FORMAT
+#define STATS_ARG(name, help) #name, name##_value,
+	log_kv(LOG_LEVEL_INFO, "stats", STATS_COUNTERS(STATS_ARG) (char *)NULL);
+#undef STATS_ARG
 }
 
 static void

@@ -25,8 +25,11 @@
 
 #define STATUS_IDLE_S		30
 #define STATUS_LINE_MAX		1024
+#define STATUS_INPUT_MAX	(64 * 1024)	/* bytes read ahead of answers */
 #define DEAD_LIST_DEFAULT	10
 #define DEAD_LIST_MAX		10000
+#define PAUSE_POLL_MS		10
+#define PAUSE_WAIT_MAX_S	5
 
 struct status_conn {
 	TAILQ_ENTRY(status_conn) link;
@@ -220,6 +223,62 @@ on_dead_retry(long long moved, void *arg)
 	done(c);
 }
 
+/*
+ * pause says ok only once no take and no BLMOVE is on its way to Redis, so
+ * that a producer who pushes after reading "ok" finds its request still in
+ * the list.  queue_unblock ends a waiting BLMOVE at once; a take in flight,
+ * or a BLMOVE not blocking yet, ends within a round trip or the block
+ * timeout.  Past PAUSE_WAIT_MAX_S (Redis stuck) the answer is ok anyway:
+ * intake is paused, only that last reply is still out.
+ */
+struct pause_wait {
+	struct status_conn	*c;
+	struct event		*ev;
+	double			 deadline;
+};
+
+static void
+pause_check(evutil_socket_t fd, short what, void *arg)
+{
+	struct pause_wait *pw = arg;
+	struct timeval tv = { 0, PAUSE_POLL_MS * 1000 };
+
+	if (queue_intake_busy() && now_monotonic() < pw->deadline &&
+	    evtimer_add(pw->ev, &tv) == 0)
+		return;
+	event_free(pw->ev);
+	answer(pw->c, "ok");
+	done(pw->c);
+	free(pw);
+}
+
+static void
+pause_intake(struct status_conn *c)
+{
+	struct pause_wait *pw;
+
+	if (!ug.paused)
+		log_info("intake paused by operator");
+	ug.paused = 1;
+	queue_unblock();
+	daemon_notify_status();
+	if (!queue_intake_busy()) {
+		answer(c, "ok");
+		return;
+	}
+	if ((pw = calloc(1, sizeof(*pw))) == NULL ||
+	    (pw->ev = evtimer_new(ug.base, pause_check, pw)) == NULL) {
+		free(pw);
+		answer(c, "ok");
+		return;
+	}
+	pw->c = c;
+	pw->deadline = now_monotonic() + PAUSE_WAIT_MAX_S;
+	c->busy = 1;
+	c->refs++;
+	pause_check(-1, 0, pw);
+}
+
 /* "N" within bounds, or all (-1) when allowed. */
 static int
 parse_count(const char *s, int allow_all, long dflt, long *out)
@@ -235,12 +294,109 @@ parse_count(const char *s, int allow_all, long dflt, long *out)
 		*out = -1;
 		return 0;
 	}
+	if (!isdigit((unsigned char)*s))
+		return -1;
 	errno = 0;
 	v = strtol(s, &end, 10);
 	if (errno || *end != '\0' || v < 1 || v > DEAD_LIST_MAX)
 		return -1;
 	*out = v;
 	return 0;
+}
+
+static int
+printable(const char *s, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (!isprint((unsigned char)s[i]) && s[i] != '\t')
+			return 0;
+	return 1;
+}
+
+static const struct {
+	const char		*first, *second;	/* second NULL: one word */
+	enum status_verb	 verb;
+} verbs[] = {
+	{ "show", "stats", STATUS_SHOW_STATS },
+	{ "show", "metrics", STATUS_SHOW_METRICS },
+	{ "show", "queue", STATUS_SHOW_QUEUE },
+	{ "health", NULL, STATUS_HEALTH },
+	{ "pause", NULL, STATUS_PAUSE },
+	{ "resume", NULL, STATUS_RESUME },
+	{ "reload", NULL, STATUS_RELOAD },
+	{ "dead", "list", STATUS_DEAD_LIST },
+	{ "dead", "retry", STATUS_DEAD_RETRY },
+	{ "help", NULL, STATUS_HELP },
+};
+
+/*
+ * The command parser, pure so that the unit test can pin it: one line
+ * (without its end of line) into a verb and its count.  Words are
+ * separated by blanks; case does not matter.  Anything not in the table,
+ * too long, or not printable text becomes STATUS_ERROR with the answer to
+ * give in cmd->error.
+ */
+void
+status_parse(const char *line, size_t len, struct status_command *cmd)
+{
+	char buf[STATUS_LINE_MAX + 1], *w[4] = { NULL, NULL, NULL, NULL };
+	char *save = NULL, *tok;
+	size_t i;
+	int n = 0;
+
+	memset(cmd, 0, sizeof(*cmd));
+	cmd->verb = STATUS_ERROR;
+	cmd->error = "error: unknown command, try help";
+	if (len > STATUS_LINE_MAX) {
+		cmd->error = "error: line too long";
+		return;
+	}
+	if (!printable(line, len))
+		return;
+	memcpy(buf, line, len);
+	buf[len] = '\0';
+	for (tok = strtok_r(buf, " \t", &save); tok != NULL && n < 4;
+	    tok = strtok_r(NULL, " \t", &save))
+		w[n++] = tok;
+	if (tok != NULL)
+		return;		/* too many words */
+	if (n == 0) {
+		cmd->verb = STATUS_EMPTY;
+		cmd->error = NULL;
+		return;
+	}
+	for (i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+		if (strcasecmp(w[0], verbs[i].first) != 0)
+			continue;
+		if (verbs[i].second == NULL ? n != 1 :
+		    n < 2 || strcasecmp(w[1], verbs[i].second) != 0)
+			continue;
+		break;
+	}
+	if (i == sizeof(verbs) / sizeof(verbs[0]))
+		return;
+	switch (verbs[i].verb) {
+	case STATUS_DEAD_LIST:
+		if (n > 3 || parse_count(w[2], 0, DEAD_LIST_DEFAULT, &cmd->count) != 0) {
+			cmd->error = "error: dead list takes a count from 1 to 10000";
+			return;
+		}
+		break;
+	case STATUS_DEAD_RETRY:
+		if (n > 3 || parse_count(w[2], 1, -1, &cmd->count) != 0) {
+			cmd->error = "error: dead retry takes a count from 1 to 10000, or all";
+			return;
+		}
+		break;
+	default:
+		if (n != (verbs[i].second == NULL ? 1 : 2))
+			return;
+		break;
+	}
+	cmd->verb = verbs[i].verb;
+	cmd->error = NULL;
 }
 
 static int
@@ -255,87 +411,61 @@ async_start(struct status_conn *c, int rv)
 	return 0;
 }
 
-/*
- * The command table.  Words are separated by blanks; case does not
- * matter.  Returns after answering, or after starting an answer.
- */
+/* Runs one parsed command: answers, or starts an answer. */
 static void
-command(struct status_conn *c, char *line)
+command(struct status_conn *c, const char *line, size_t len)
 {
-	char *w[4] = { NULL, NULL, NULL, NULL };
-	char *save = NULL, *tok, err[512];
-	int n = 0;
-	long count;
+	struct status_command cmd;
+	char err[512], h[160], msg[600];
 
-	for (tok = strtok_r(line, " \t", &save); tok != NULL && n < 4;
-	    tok = strtok_r(NULL, " \t", &save))
-		w[n++] = tok;
-	if (tok != NULL)
-		n = 5;	/* too many words */
-
-	if (n == 2 && strcasecmp(w[0], "show") == 0 && strcasecmp(w[1], "stats") == 0)
+	status_parse(line, len, &cmd);
+	switch (cmd.verb) {
+	case STATUS_EMPTY:
+		break;		/* an empty line: nothing to answer */
+	case STATUS_SHOW_STATS:
 		show_stats(c, 0);
-	else if (n == 2 && strcasecmp(w[0], "show") == 0 && strcasecmp(w[1], "metrics") == 0)
+		break;
+	case STATUS_SHOW_METRICS:
 		show_stats(c, 1);
-	else if (n == 2 && strcasecmp(w[0], "show") == 0 && strcasecmp(w[1], "queue") == 0) {
+		break;
+	case STATUS_SHOW_QUEUE:
 		async_start(c, queue_lengths(on_queue_lengths, c));
-	} else if (n == 1 && strcasecmp(w[0], "health") == 0) {
-		char h[160];
-
+		break;
+	case STATUS_HEALTH:
 		answer(c, daemon_health(h, sizeof(h)));
-	} else if (n == 1 && strcasecmp(w[0], "pause") == 0) {
-		if (!ug.paused)
-			log_info("intake paused by operator");
-		ug.paused = 1;
-		queue_unblock();
-		daemon_notify_status();
-		answer(c, "ok");
-	} else if (n == 1 && strcasecmp(w[0], "resume") == 0) {
+		break;
+	case STATUS_PAUSE:
+		pause_intake(c);
+		break;
+	case STATUS_RESUME:
 		if (ug.paused)
 			log_info("intake resumed by operator");
 		ug.paused = 0;
 		queue_pump();
 		daemon_notify_status();
 		answer(c, "ok");
-	} else if (n == 1 && strcasecmp(w[0], "reload") == 0) {
+		break;
+	case STATUS_RELOAD:
 		if (daemon_reload(err, sizeof(err)) == 0)
 			answer(c, "ok");
 		else {
-			char msg[600];
-
 			snprintf(msg, sizeof(msg), "error: %s", err);
 			answer(c, msg);
 		}
-	} else if (n >= 2 && n <= 3 && strcasecmp(w[0], "dead") == 0 &&
-	    strcasecmp(w[1], "list") == 0) {
-		if (parse_count(w[2], 0, DEAD_LIST_DEFAULT, &count) != 0)
-			answer(c, "error: dead list takes a count from 1 to 10000");
-		else
-			async_start(c, queue_dead_list(count, on_dead_lines, c));
-	} else if (n >= 2 && n <= 3 && strcasecmp(w[0], "dead") == 0 &&
-	    strcasecmp(w[1], "retry") == 0) {
-		if (parse_count(w[2], 1, -1, &count) != 0)
-			answer(c, "error: dead retry takes a count from 1 to 10000, or all");
-		else
-			async_start(c, queue_dead_retry(count, on_dead_retry, c));
-	} else if (n == 1 && strcasecmp(w[0], "help") == 0) {
+		break;
+	case STATUS_DEAD_LIST:
+		async_start(c, queue_dead_list(cmd.count, on_dead_lines, c));
+		break;
+	case STATUS_DEAD_RETRY:
+		async_start(c, queue_dead_retry(cmd.count, on_dead_retry, c));
+		break;
+	case STATUS_HELP:
 		answer(c, help_text);
-	} else if (n == 0) {
-		/* an empty line: nothing to answer */
-	} else {
-		answer(c, "error: unknown command, try help");
+		break;
+	case STATUS_ERROR:
+		answer(c, cmd.error);
+		break;
 	}
-}
-
-static int
-printable(const char *s, size_t len)
-{
-	size_t i;
-
-	for (i = 0; i < len; i++)
-		if (!isprint((unsigned char)s[i]) && s[i] != '\t')
-			return 0;
-	return 1;
 }
 
 static void
@@ -348,20 +478,23 @@ conn_read(struct bufferevent *bev, void *arg)
 
 	while (!c->closed && !c->busy && !c->closing) {
 		line = evbuffer_readln(in, &len, EVBUFFER_EOL_ANY);
-		if (line == NULL) {
-			if (evbuffer_get_length(in) > STATUS_LINE_MAX) {
-				answer(c, "error: line too long");
-				c->closing = 1;
-				bufferevent_disable(bev, EV_READ);
-			}
+		/*
+		 * A line over the limit is answered, and the connection
+		 * closed, whether its end has arrived yet or not: which of
+		 * the two it is depends only on how the kernel cut the bytes,
+		 * and the client should not see a difference.
+		 */
+		if (line == NULL ? evbuffer_get_length(in) > STATUS_LINE_MAX :
+		    len > STATUS_LINE_MAX) {
+			free(line);
+			answer(c, "error: line too long");
+			c->closing = 1;
+			bufferevent_disable(bev, EV_READ);
 			return;
 		}
-		if (len > STATUS_LINE_MAX)
-			answer(c, "error: line too long");
-		else if (!printable(line, len))
-			answer(c, "error: unknown command, try help");
-		else
-			command(c, line);
+		if (line == NULL)
+			return;
+		command(c, line, len);
 		free(line);
 	}
 }
@@ -419,6 +552,9 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	TAILQ_INSERT_TAIL(&conns, c, link);
 	bufferevent_setcb(c->bev, conn_read, conn_write, conn_event, c);
 	bufferevent_set_timeouts(c->bev, &idle, NULL);
+	/* Commands sent ahead of their answers wait in the input buffer;
+	 * beyond this much, stop reading until they are answered. */
+	bufferevent_setwatermark(c->bev, EV_READ, 0, STATUS_INPUT_MAX);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 

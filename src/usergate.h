@@ -179,7 +179,9 @@ enum codec_status codec_decode(const void *buf, size_t len, json_t **out,
 /* Decodes any value (not only maps), same rules; for stored records. */
 enum codec_status codec_decode_any(const void *buf, size_t len, json_t **out,
 		    char *err, size_t errlen);
-/* Encodes v as compact JSON text or msgpack; *out is malloc'd. */
+/* Encodes v as compact JSON text or msgpack; *out is malloc'd.  JSON fails
+ * (-1) for a string or key that is not UTF-8 and for a key with a NUL,
+ * which only msgpack can carry. */
 int		 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len);
 /* 1 when s[0..len) is valid UTF-8. */
 int		 codec_utf8_valid(const char *s, size_t len);

@@ -47,9 +47,10 @@ usage(FILE *f)
 	    "                   [--webhook-enabled true|false] [--request-id ID]\n"
 	    "                   [--reply-to KEY] [--no-wait] [--timeout SECONDS]\n"
 	    "\n"
-	    "  -s PATH  status socket (default " DEFAULT_STATUS ")\n"
-	    "  -S PATH  request socket (default " DEFAULT_REQUEST ")\n"
-	    "  -h       this help\n"
+	    "  -s PATH        status socket (default " DEFAULT_STATUS ")\n"
+	    "  -S PATH        request socket (default " DEFAULT_REQUEST ")\n"
+	    "  -h, --help     this help\n"
+	    "  -V, --version  the version\n"
 	    "\n"
 	    "exit status: 0 ok; 1 the daemon said no (error, degraded, create failed);\n"
 	    "2 bad usage or daemon not reachable\n");
@@ -81,11 +82,13 @@ connect_to(const char *path)
 	return fd;
 }
 
+/* MSG_NOSIGNAL: a daemon that hangs up (a drain, a restart) is an error
+ * to report, not a SIGPIPE that kills us without a word. */
 static int
 write_all(int fd, const char *buf, size_t len)
 {
 	while (len > 0) {
-		ssize_t n = write(fd, buf, len);
+		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -110,15 +113,29 @@ ms_left(const struct timespec *deadline)
 }
 
 /*
- * Reads until `end` (a terminator string) has been seen or the peer closes.
+ * Where the answer in buf ends: at `end`, or (end_line) at the first empty
+ * line, which is the very first line of an answer with no lines (`dead
+ * list` of an empty list).  NULL when it has not arrived yet.
+ */
+static char *
+answer_end(char *buf, size_t len, const char *end, int end_line)
+{
+	if (end_line && len > 0 && buf[0] == '\n')
+		return buf;
+	return len >= strlen(end) ? strstr(buf, end) : NULL;
+}
+
+/*
+ * Reads until `end` (a terminator string) has been seen or the peer closes;
+ * with end_line, an answer that is only an empty line ends there too.
  * Returns the text before the terminator (malloc'd), or NULL on timeout or
  * error (said on stderr).
  */
 static char *
-read_until(int fd, const char *end, long timeout_ms)
+read_until(int fd, const char *end, int end_line, long timeout_ms)
 {
 	struct timespec deadline, *dl = NULL;
-	size_t len = 0, cap = 4096, endlen = strlen(end);
+	size_t len = 0, cap = 4096;
 	char *buf = malloc(cap);
 
 	if (buf == NULL)
@@ -140,7 +157,7 @@ read_until(int fd, const char *end, long timeout_ms)
 		char *hit;
 
 		buf[len] = '\0';
-		if (len >= endlen && (hit = strstr(buf, end)) != NULL) {
+		if ((hit = answer_end(buf, len, end, end_line)) != NULL) {
 			*hit = '\0';
 			return buf;
 		}
@@ -205,11 +222,12 @@ status_command(int argc, char **argv)
 		close(fd);
 		return 2;
 	}
-	answer = read_until(fd, "\n\n", STATUS_TIMEOUT_MS);
+	answer = read_until(fd, "\n\n", 1, STATUS_TIMEOUT_MS);
 	close(fd);
 	if (answer == NULL)
 		return 2;
-	printf("%s\n", answer);
+	if (answer[0] != '\0')		/* no lines: print none (jq reads nothing) */
+		printf("%s\n", answer);
 	if (strcmp(argv[0], "health") == 0)
 		rv = strcmp(answer, "ok") == 0 ? 0 : 1;
 	else
@@ -322,7 +340,7 @@ create_command(int argc, char **argv)
 		close(fd);
 		return 2;
 	}
-	answer = read_until(fd, "\n", timeout_ms);
+	answer = read_until(fd, "\n", 0, timeout_ms);
 	close(fd);
 	if (answer == NULL)
 		return 2;
@@ -349,9 +367,15 @@ create_command(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
+	static const struct option opts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
 	int ch;
 
-	while ((ch = getopt(argc, argv, "+s:S:hV")) != -1) {
+	/* "+": options end at the command, whose own options follow it. */
+	while ((ch = getopt_long(argc, argv, "+s:S:hV", opts, NULL)) != -1) {
 		switch (ch) {
 		case 's':
 			status_path = optarg;
@@ -372,9 +396,10 @@ main(int argc, char **argv)
 	}
 	argc -= optind;
 	argv += optind;
-	if (argc == 0 || strcmp(argv[0], "--help") == 0) {
-		usage(argc == 0 ? stderr : stdout);
-		return argc == 0 ? 2 : 0;
+	if (argc == 0) {
+		fprintf(stderr, "usergatectl: a command is needed\n");
+		usage(stderr);
+		return 2;
 	}
 	if (strcmp(argv[0], "create") == 0)
 		return create_command(argc, argv);
@@ -386,7 +411,13 @@ main(int argc, char **argv)
 	    (argc >= 2 && argc <= 3 && strcmp(argv[0], "dead") == 0 &&
 	    (strcmp(argv[1], "list") == 0 || strcmp(argv[1], "retry") == 0)))
 		return status_command(argc, argv);
-	fprintf(stderr, "usergatectl: unknown command '%s'\n", argv[0]);
+	if (strcmp(argv[0], "show") == 0 || strcmp(argv[0], "dead") == 0 ||
+	    strcmp(argv[0], "health") == 0 || strcmp(argv[0], "pause") == 0 ||
+	    strcmp(argv[0], "resume") == 0 || strcmp(argv[0], "reload") == 0 ||
+	    strcmp(argv[0], "help") == 0)
+		fprintf(stderr, "usergatectl: bad arguments for '%s'\n", argv[0]);
+	else
+		fprintf(stderr, "usergatectl: unknown command '%s'\n", argv[0]);
 	usage(stderr);
 	return 2;
 }

@@ -50,7 +50,8 @@
  *   latency_ms      [0]     delay every API answer (a timer, never blocking)
  *   fail_5xx        [0.0]   fraction of creates answered 503 20503
  *   rate_429        [0.0]   fraction of creates answered 429 20429
- *   retry_after     [null]  integer seconds sent as Retry-After with 429/503
+ *   retry_after     [null]  integer seconds sent as Retry-After with every
+ *                           429 (20429, 50063) and 503 answer; null: none
  *   drop            [0.0]   fraction of creates whose connection is closed
  *                           unanswered; the user is not created
  *   lost_response   [0.0]   fraction of creates processed (created when
@@ -75,12 +76,16 @@
  * forbidden hit every API request; latency delays every API answer.  Order
  * for a create: next, then one random draw over drop, fail_5xx, rate_429,
  * conflict_50213, lost_response (fractions add up), then aps, then 409
- * 50201 for an identity that exists in that service.
+ * 50201 for an identity that exists in that service.  A request's state
+ * change (create, update) happens when its latency has passed, just before
+ * the answer; /_reset does not cancel requests still waiting.
  *
  * /_stats fields:
  *   requests            API requests received (control paths excluded)
  *   counts              {"POST 201": n, "GET 404": n, "POST drop": n,
  *                        "POST lost": n, ...} per method and outcome
+ *                        (answers libevent makes itself, such as 413 for a
+ *                        body over 1 MiB, are not counted)
  *   users               users stored now (all services)
  *   creates             successful creates (201, lost ones included)
  *   creates_by_identity {identity: successful creates, all services}
@@ -99,12 +104,15 @@
  *   faults              the current fault settings
  * Violations recorded: a query string, an unknown path, a missing or
  * undecodable Authorization header, Accept not application/json, a POST
- * whose Content-Type is not a form, a body that is not a form or not UTF-8,
+ * whose Content-Type is not a form, a body that is not a form, not UTF-8 or
+ * holds a NUL (raw or %00),
  * a repeated or unknown form parameter (allowed: Identity, FriendlyName,
  * Attributes, RoleSid; not Identity on update), a webhook header other than
  * "true"/"false", a GET on the Users list.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE		/* tdestroy(3), twalk_r(3) */
+#endif
 
 #include <sys/types.h>
 #include <sys/queue.h>
@@ -144,15 +152,16 @@
 #define DEFAULT_ACCOUNT		"ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 #define DEFAULT_SERVICE_SID	"IS00000000000000000000000000000000"
 #define DEFAULT_ROLE_SID	"RL00000000000000000000000000000000"
-#define DEFAULT_SERVICE		"default"	/* the /v1/Users namespace */
-#define SID_LEN			34		/* two letters and 32 hex */
-#define NAME_MAX_CHARS		256		/* Identity, FriendlyName */
-#define ATTRIBUTES_MAX		16384		/* bytes */
+/* The name of the /v1/Users namespace. */
+#define DEFAULT_SERVICE		"default"
+#define SID_LEN			34	/* two letters and 32 hex */
+#define NAME_MAX_CHARS		256	/* Identity, FriendlyName */
+#define ATTRIBUTES_MAX		16384	/* bytes */
 #define APS_WINDOW_S		5.0
 #define VIOLATIONS_KEPT		50
-#define DISTINCT_MAX		100		/* user agents, header values */
+#define DISTINCT_MAX		100	/* user agents, header values */
 #define BODY_MAX		(1024 * 1024)
-#define HTTP_TIMEOUT_S		300		/* idle keep-alive connections */
+#define HTTP_TIMEOUT_S		300	/* idle keep-alive, seconds */
 #define LATENCY_MAX_MS		3600000.0
 
 /*
@@ -164,7 +173,7 @@
  */
 struct service {
 	LIST_ENTRY(service)	 entry;
-	char			 name[SID_LEN + 1];	/* "default" or IS... */
+	char			 name[SID_LEN + 1]; /* "default", IS.. */
 	double			*writes;
 	size_t			 head, len, cap;
 };
@@ -187,7 +196,7 @@ struct identity_stat {
 struct user {
 	char			 sid[SID_LEN + 1];
 	struct service		*service;
-	const char		*identity;	/* owned by its identity_stat */
+	const char		*identity;	/* identity_stat owns it */
 	char			*friendly_name;
 	char			*attributes;
 	char			*role_sid;
@@ -221,7 +230,7 @@ struct answer {
 	enum outcome	 outcome;
 	int		 status;
 	json_t		*body;
-	int		 retry_after;	/* send Retry-After when configured */
+	int		 retry_after;	/* Retry-After, if configured */
 };
 
 /*
@@ -252,7 +261,10 @@ static const struct fault {
 	{ "400", OUTCOME_ANSWER, 400, 21000, "rejected", 0 },
 };
 
-/* The control keys, declared once: validation, defaults and docs follow. */
+/*
+ * The control keys, declared once: /_control validation, the defaults and
+ * the unknown-key check all read this table.
+ */
 enum fault_kind {
 	KIND_FRACTION,		/* number in [0, 1] */
 	KIND_MILLISECONDS,	/* number >= 0 */
@@ -325,8 +337,9 @@ static struct {
 
 static struct event_base	*base;
 static struct pending_list	 pendings = TAILQ_HEAD_INITIALIZER(pendings);
-static unsigned short		 fault_rng[3];	/* erand48 state for faults */
-static unsigned short		 sid_rng[3];	/* jrand48 state for SIDs */
+/* erand48 state for faults, jrand48 state for SIDs. */
+static unsigned short		 fault_rng[3];
+static unsigned short		 sid_rng[3];
 static unsigned long long	 sid_counter;	/* makes SIDs unique */
 
 static void	 usage(void) __attribute__((noreturn));
@@ -549,12 +562,13 @@ count_distinct(json_t *obj, const char *value)
 static void
 record_headers(struct evhttp_request *req)
 {
-	struct evkeyvalq	*headers = evhttp_request_get_input_headers(req);
+	struct evkeyvalq	*headers;
 	struct evkeyval		*kv;
 	json_t			*last, *old;
 	const char		*value;
 	char			*joined;
 
+	headers = evhttp_request_get_input_headers(req);
 	if ((last = json_object()) == NULL) {
 		warnx("cannot record headers");
 		return;
@@ -1105,7 +1119,7 @@ static void
 send_json(struct evhttp_request *req, int status, json_t *body,
     int retry_after)
 {
-	struct evkeyvalq	*headers = evhttp_request_get_output_headers(req);
+	struct evkeyvalq	*headers;
 	struct evbuffer		*buf;
 	char			*text, rqid[SID_LEN + 1], seconds[32];
 	json_t			*after;
@@ -1125,6 +1139,7 @@ send_json(struct evhttp_request *req, int status, json_t *body,
 	}
 	free(text);
 	make_sid(rqid, sizeof(rqid), "RQ");
+	headers = evhttp_request_get_output_headers(req);
 	add_header(headers, "Content-Type", "application/json; charset=utf-8");
 	add_header(headers, "Twilio-Request-Id", rqid);
 	after = json_object_get(state.faults, "retry_after");
@@ -1263,7 +1278,11 @@ form_parse(struct evhttp_request *req, struct answer *a)
 		twilio_error(a, 500, 20500, "Internal server error");
 		return NULL;
 	}
-	if (strlen(body) != len) {
+	/*
+	 * evhttp decodes into C strings, so an encoded NUL would silently cut
+	 * a value short; refuse it, like a raw one.
+	 */
+	if (strlen(body) != len || strstr(body, "%00") != NULL) {
 		free(body);
 		violation(req, "NUL byte in the body");
 		twilio_error(a, 400, 20001, "Invalid body encoding");
@@ -1498,8 +1517,9 @@ api_route(struct evhttp_request *req, struct answer *a)
 			not_found(a, req);
 			return;
 		}
-		/* A copy: the path segments are freed long before we are done. */
-		(void)snprintf(service_name, sizeof(service_name), "%s", seg[2]);
+		/* A copy: the path segments are freed before we are done. */
+		(void)snprintf(service_name, sizeof(service_name), "%s",
+		    seg[2]);
 		/* Drop "Services/{IS..}" so both forms read the same. */
 		seg[1] = seg[3];
 		seg[2] = seg[4];
@@ -1732,7 +1752,8 @@ stats_json(int brief)
 		names[i++] = key;
 	qsort(names, n, sizeof(*names), string_compare);
 	for (i = 0; i < n; i++)
-		if (json_array_append_new(agents, json_string(names[i])) == -1) {
+		if (json_array_append_new(agents,
+		    json_string(names[i])) == -1) {
 			free(names);
 			goto fail;
 		}
@@ -1889,7 +1910,8 @@ new_connection(struct event_base *evbase, void *arg)
 
 	state.connections++;
 	if (ctx == NULL)
-		return bufferevent_socket_new(evbase, -1, BEV_OPT_CLOSE_ON_FREE);
+		return bufferevent_socket_new(evbase, -1,
+		    BEV_OPT_CLOSE_ON_FREE);
 	if ((ssl = SSL_new(ctx)) == NULL) {
 		warnx("SSL_new failed");
 		return NULL;
@@ -2068,11 +2090,15 @@ main(int argc, char *argv[])
 	struct event			*sigterm, *sigint;
 	struct pending			*p;
 	SSL_CTX				*ssl_ctx = NULL;
+	unsigned long long		 seed;
 	int				 port;
 
 	parse_options(argc, argv);
-	rng_seed((unsigned long long)time(NULL) ^
-	    ((unsigned long long)getpid() << 16));
+	/* Unseeded runs differ from each other; "seed" makes them repeat. */
+	if (getentropy(&seed, sizeof(seed)) == -1)
+		seed = (unsigned long long)time(NULL) ^
+		    ((unsigned long long)getpid() << 32);
+	rng_seed(seed);
 
 	/* A client that goes away must not kill us on the next write. */
 	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
@@ -2102,7 +2128,8 @@ main(int argc, char *argv[])
 
 	if ((sigterm = evsignal_new(base, SIGTERM, on_signal, NULL)) == NULL ||
 	    (sigint = evsignal_new(base, SIGINT, on_signal, NULL)) == NULL ||
-	    evsignal_add(sigterm, NULL) == -1 || evsignal_add(sigint, NULL) == -1)
+	    evsignal_add(sigterm, NULL) == -1 ||
+	    evsignal_add(sigint, NULL) == -1)
 		errx(1, "cannot handle signals");
 
 	if (printf("fake-twilio listening on %s:%d\n", opt.host, port) < 0 ||

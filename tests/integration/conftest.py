@@ -26,6 +26,9 @@ FAKE = os.path.join(BUILDDIR, "tests", "fake-twilio")
 # Valgrind or a sanitizer build make everything slower: scale the deadlines.
 SLOW = float(os.environ.get("USERGATE_TEST_SLOWDOWN", "1"))
 WRAP = os.environ.get("USERGATE_TEST_WRAPPER", "").split()
+# The exit status the wrapper gives a daemon it found errors in (make
+# check-valgrind runs valgrind with --error-exitcode=99).
+WRAP_ERROR_EXIT = 99
 
 API_KEY = "SK" + "0123456789abcdef" * 2
 API_SECRET = "s3cr3t-token-value-for-tests"
@@ -160,6 +163,7 @@ class Daemon:
                 del self.env[k]
         self.env.update(env or {})
         self.proc = None
+        self.procs = []         # every process started, restarts included
         self.log_path = os.path.join(self.dir, "usergated.log")
         self.write_config()
         if start:
@@ -169,8 +173,8 @@ class Daemon:
         sec = {
             "twilio": {"base_url": self.twilio.url if self.twilio else "http://127.0.0.1:9",
                        "api_key": API_KEY, "api_secret_file": self.secret_file,
-                       "rate_limit": "0", "connect_timeout_ms": "2000",
-                       "request_timeout_ms": "5000"},
+                       "rate_limit": "0", "connect_timeout_ms": str(int(2000 * SLOW)),
+                       "request_timeout_ms": str(int(5000 * SLOW))},
             "retry": {"base_delay_ms": "10", "max_delay_ms": "200"},
             "redis": {"host": "127.0.0.1", "port": str(self.redis.port),
                       "instance_id": self.instance_id},
@@ -201,6 +205,7 @@ class Daemon:
         self.logf = open(self.log_path, "a")
         self.proc = subprocess.Popen(WRAP + [USERGATED, "-c", self.conf], stdout=self.logf,
                                      stderr=self.logf, env=self.env)
+        self.procs.append(self.proc)
         if wait:
             wait_for(lambda: self.health_or_none() is not None or self.proc.poll() is not None,
                      what="usergated status socket")
@@ -220,12 +225,15 @@ class Daemon:
         s.connect(self.status_socket)
         s.sendall(command.encode() + b"\n")
         buf = b""
-        while not buf.endswith(b"\n\n"):
+        # An answer ends with an empty line; an empty answer is only that.
+        while not buf.endswith(b"\n\n") and buf != b"\n":
             chunk = s.recv(65536)
             if not chunk:
                 break
             buf += chunk
         s.close()
+        if buf == b"\n":
+            return ""
         return buf[:-2].decode() if buf.endswith(b"\n\n") else buf.decode()
 
     def stats(self):
@@ -303,7 +311,10 @@ class Env:
 
     def close(self):
         for d in self.daemons:
-            d.stop(signal.SIGKILL if d.proc and d.proc.poll() is None else signal.SIGTERM)
+            # Under a wrapper (valgrind) a clean exit is what lets it check
+            # for leaks, so a daemon still running is stopped, not killed.
+            d.stop(signal.SIGTERM if WRAP or not (d.proc and d.proc.poll() is None)
+                   else signal.SIGKILL)
         for p in self.extra_procs:
             stop(p)
         if self.twilio:
@@ -318,6 +329,19 @@ def decode(raw):
     return msgpack.unpackb(raw, raw=False)
 
 
+def wrapper_errors(e):
+    """Fails the test when the wrapper (valgrind) found errors in any
+    daemon it ran: such a daemon exits with WRAP_ERROR_EXIT, and its
+    report ("==PID== ..." lines) is in the daemon's log."""
+    bad = []
+    for d in e.daemons:
+        for p in d.procs:
+            if p.returncode == WRAP_ERROR_EXIT:
+                report = [line for line in d.log().splitlines() if line.startswith("==")]
+                bad.append("%s (pid %d):\n%s" % (d.dir, p.pid, "\n".join(report[-200:])))
+    assert not bad, "%s reported errors:\n%s" % (WRAP[0], "\n\n".join(bad))
+
+
 @pytest.fixture
 def env():
     workdir = tempfile.mkdtemp(prefix="ugtest-")
@@ -330,6 +354,8 @@ def env():
             log = d.log()
             # A daemon must never log its secret, whatever happened.
             assert API_SECRET not in log, "secret leaked into the log"
+        if WRAP:
+            wrapper_errors(e)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -1,0 +1,542 @@
+/*
+ * test_stats.c: pins the `show stats` keys (SPEC §6.2) and the shape of the
+ * Prometheus rendering of stats.c (STYLE.md habit 7: counters declared
+ * once, rendered everywhere from that one declaration).
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
+
+#include "daemon.h"
+
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+/* SPEC §6.2, in this order.  Monitoring reads these names: adding one is a
+ * decision, renaming or dropping one breaks people. */
+static const char *const stats_keys[] = {
+	"version",
+	"uptime_s",
+	"instance_id",
+	"health",
+	"redis_connected",
+	"paused",
+	"inflight",
+	"max_inflight",
+	"queue_depth",
+	"processing",
+	"dead",
+	"received",
+	"invalid",
+	"duplicate",
+	"created",
+	"exists",
+	"updated",
+	"failed",
+	"retries",
+	"http_requests",
+	"recovered",
+	"rate_limited",
+};
+static const char *const counter_keys[] = {
+	"received",
+	"invalid",
+	"duplicate",
+	"created",
+	"exists",
+	"updated",
+	"failed",
+	"retries",
+	"http_requests",
+	"recovered",
+	"rate_limited",
+};
+
+static struct stats_gauges
+sample_gauges(void)
+{
+	struct stats_gauges g;
+
+	memset(&g, 0, sizeof(g));
+	g.health = "ok";
+	g.redis_connected = 1;
+	g.paused = 0;
+	g.inflight = 3;
+	g.max_inflight = 64;
+	g.queue_depth = 7;
+	g.processing = 2;
+	g.dead = 1;
+	g.uptime_s = 12.7;
+	g.instance_id = "host-a";
+	return g;
+}
+
+/* Gives each counter a distinct value: 101, 102, ... in declaration order. */
+static void
+set_counters(void)
+{
+	unsigned long long v = 100;
+
+#define SET(name, help) stats.name = ++v;
+	STATS_COUNTERS(SET)
+#undef SET
+}
+
+static void
+test_keys(void)
+{
+	struct stats_gauges g = sample_gauges();
+	json_t *o, *v;
+	const char *key;
+	size_t i = 0;
+	char msg[256];
+
+	set_counters();
+	o = stats_json(&g);
+	CU_ASSERT_FATAL(o != NULL);
+	CU_ASSERT_EQUAL(json_object_size(o), NELEM(stats_keys));
+	json_object_foreach (o, key, v) {
+		snprintf(msg, sizeof(msg), "key %zu: got %s, want %s", i, key,
+		    i < NELEM(stats_keys) ? stats_keys[i] : "(none)");
+		CU_assertImplementation(i < NELEM(stats_keys) &&
+			    strcmp(key, stats_keys[i]) == 0 ?
+			CU_TRUE :
+			CU_FALSE,
+		    __LINE__, msg, __FILE__, "", CU_FALSE);
+		i++;
+	}
+	json_decref(o);
+}
+
+static void
+test_values(void)
+{
+	struct stats_gauges g = sample_gauges();
+	json_t *o;
+	size_t i;
+
+	set_counters();
+	o = stats_json(&g);
+	CU_ASSERT_FATAL(o != NULL);
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(o, "version")),
+	    PACKAGE_VERSION);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "uptime_s")), 12);
+	CU_ASSERT_STRING_EQUAL(
+	    json_string_value(json_object_get(o, "instance_id")), "host-a");
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(o, "health")),
+	    "ok");
+	CU_ASSERT_TRUE(json_is_true(json_object_get(o, "redis_connected")));
+	CU_ASSERT_TRUE(json_is_false(json_object_get(o, "paused")));
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "inflight")), 3);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "max_inflight")),
+	    64);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "queue_depth")),
+	    7);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "processing")),
+	    2);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "dead")), 1);
+	for (i = 0; i < NELEM(counter_keys); i++) {
+		json_t *v = json_object_get(o, counter_keys[i]);
+
+		CU_ASSERT_TRUE(json_is_integer(v));
+		CU_ASSERT_EQUAL(json_integer_value(v), (json_int_t)(101 + i));
+	}
+	json_decref(o);
+
+	/* Lengths Redis could not give are null, not a made-up 0. */
+	g.queue_depth = g.processing = g.dead = -1;
+	g.health = "degraded: redis unreachable";
+	g.redis_connected = 0;
+	g.paused = 1;
+	o = stats_json(&g);
+	CU_ASSERT_FATAL(o != NULL);
+	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "queue_depth")));
+	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "processing")));
+	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "dead")));
+	CU_ASSERT_TRUE(json_is_false(json_object_get(o, "redis_connected")));
+	CU_ASSERT_TRUE(json_is_true(json_object_get(o, "paused")));
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(o, "health")),
+	    "degraded: redis unreachable");
+	json_decref(o);
+}
+
+/* The counters of the X-macro are exactly the counters of SPEC §6.2. */
+static void
+test_counter_names(void)
+{
+	const char *const *names;
+	size_t n, i;
+
+	names = stats_counter_names(&n);
+	CU_ASSERT_EQUAL_FATAL(n, NELEM(counter_keys));
+	for (i = 0; i < n; i++)
+		CU_ASSERT_STRING_EQUAL(names[i], counter_keys[i]);
+}
+
+/* ------------------------------------------------------------------ */
+/* Prometheus text exposition. */
+
+struct sample {
+	char name[128];
+	char labels[128];
+	double value;
+};
+
+struct family {
+	char name[128];
+	char type[32];
+	int has_help;
+	struct sample samples[32];
+	size_t nsamples;
+};
+
+/*
+ * A strict little parser for the subset of the exposition format the
+ * daemon writes: "# HELP name text", "# TYPE name type", then samples
+ * "name[{labels}] value" that belong to the family announced last.
+ * Returns the number of families, or -1 with a message on a bad line.
+ */
+static int
+parse_exposition(const char *text, struct family *fam, size_t max, char *err,
+    size_t errlen)
+{
+	const char *p = text;
+	int n = -1;
+	char line[512];
+
+	while (*p != '\0') {
+		const char *eol = strchr(p, '\n');
+		size_t len;
+
+		if (eol == NULL) {
+			snprintf(err, errlen, "last line has no newline");
+			return -1;
+		}
+		len = (size_t)(eol - p);
+		if (len >= sizeof(line)) {
+			snprintf(err, errlen, "line too long");
+			return -1;
+		}
+		memcpy(line, p, len);
+		line[len] = '\0';
+		p = eol + 1;
+		if (strncmp(line, "# HELP ", 7) == 0) {
+			char name[128];
+
+			if (n + 1 >= (int)max ||
+			    sscanf(line + 7, "%127s", name) != 1 ||
+			    strlen(line + 7) <= strlen(name) + 1) {
+				snprintf(err, errlen, "bad HELP: %.200s", line);
+				return -1;
+			}
+			n++;
+			memset(&fam[n], 0, sizeof(fam[n]));
+			snprintf(fam[n].name, sizeof(fam[n].name), "%s", name);
+			fam[n].has_help = 1;
+		} else if (strncmp(line, "# TYPE ", 7) == 0) {
+			char name[128], type[32];
+
+			if (n < 0 ||
+			    sscanf(line + 7, "%127s %31s", name, type) != 2 ||
+			    strcmp(name, fam[n].name) != 0 ||
+			    fam[n].type[0] != '\0') {
+				snprintf(err, errlen,
+				    "TYPE without its HELP: %.200s", line);
+				return -1;
+			}
+			snprintf(fam[n].type, sizeof(fam[n].type), "%s", type);
+		} else {
+			struct sample *s;
+			char *brace, *sp, *end;
+
+			if (n < 0 || fam[n].type[0] == '\0' ||
+			    fam[n].nsamples == NELEM(fam[n].samples)) {
+				snprintf(err, errlen,
+				    "sample outside a family: %.200s", line);
+				return -1;
+			}
+			s = &fam[n].samples[fam[n].nsamples++];
+			if ((sp = strrchr(line, ' ')) == NULL) {
+				snprintf(err, errlen,
+				    "sample without value: %.200s", line);
+				return -1;
+			}
+			*sp = '\0';
+			s->value = strtod(sp + 1, &end);
+			if (*end != '\0' || end == sp + 1) {
+				snprintf(err, errlen, "bad value: %.200s",
+				    sp + 1);
+				return -1;
+			}
+			if ((brace = strchr(line, '{')) != NULL) {
+				if (line[strlen(line) - 1] != '}') {
+					snprintf(err, errlen,
+					    "bad labels: %.200s", line);
+					return -1;
+				}
+				snprintf(s->labels, sizeof(s->labels), "%s",
+				    brace);
+				*brace = '\0';
+			}
+			snprintf(s->name, sizeof(s->name), "%s", line);
+		}
+	}
+	return n + 1;
+}
+
+static int
+ends_with(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+
+	return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+static const struct family *
+find_family(const struct family *fam, int n, const char *name)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(fam[i].name, name) == 0)
+			return &fam[i];
+	return NULL;
+}
+
+/* Checks a histogram family: buckets in rising le order, cumulative,
+ * ending +Inf equal to _count; then _sum and _count. */
+static void
+check_histogram(const struct family *f, double want_count, double want_sum)
+{
+	double prev_le = -1, prev = 0, inf = -1;
+	char want[160];
+	size_t i, buckets = 0;
+	int sum_seen = 0, count_seen = 0;
+
+	CU_ASSERT_STRING_EQUAL(f->type, "histogram");
+	for (i = 0; i < f->nsamples; i++) {
+		const struct sample *s = &f->samples[i];
+
+		snprintf(want, sizeof(want), "%s_bucket", f->name);
+		if (strcmp(s->name, want) == 0) {
+			double le;
+			char *end;
+
+			CU_ASSERT_FATAL(strncmp(s->labels, "{le=\"", 5) == 0);
+			CU_ASSERT_EQUAL(inf, -1); /* nothing after +Inf */
+			CU_ASSERT_TRUE(s->value >= prev); /* cumulative */
+			prev = s->value;
+			buckets++;
+			if (strcmp(s->labels, "{le=\"+Inf\"}") == 0) {
+				inf = s->value;
+				continue;
+			}
+			le = strtod(s->labels + 5, &end);
+			CU_ASSERT_STRING_EQUAL(end, "\"}");
+			CU_ASSERT_TRUE(le > prev_le);
+			prev_le = le;
+			continue;
+		}
+		/* _sum and _count come after every bucket. */
+		CU_ASSERT_TRUE(inf >= 0);
+		snprintf(want, sizeof(want), "%s_sum", f->name);
+		if (strcmp(s->name, want) == 0) {
+			sum_seen = 1;
+			CU_ASSERT_DOUBLE_EQUAL(s->value, want_sum, 1e-6);
+			continue;
+		}
+		snprintf(want, sizeof(want), "%s_count", f->name);
+		CU_ASSERT_STRING_EQUAL(s->name, want);
+		count_seen = 1;
+		CU_ASSERT_DOUBLE_EQUAL(s->value, want_count, 0);
+	}
+	CU_ASSERT_EQUAL(buckets, STATS_BUCKETS + 1);
+	CU_ASSERT_DOUBLE_EQUAL(inf, want_count, 0);
+	CU_ASSERT_TRUE(sum_seen && count_seen);
+	/* Buckets fit 1 ms .. 30 s. */
+	CU_ASSERT_DOUBLE_EQUAL(prev_le, 30, 1e-9);
+	CU_ASSERT_STRING_EQUAL(f->samples[0].labels, "{le=\"0.001\"}");
+}
+
+static double
+bucket_value(const struct family *f, const char *labels)
+{
+	size_t i;
+
+	for (i = 0; i < f->nsamples; i++)
+		if (strcmp(f->samples[i].labels, labels) == 0)
+			return f->samples[i].value;
+	return -1;
+}
+
+static void
+test_prometheus(void)
+{
+	struct stats_gauges g = sample_gauges();
+	struct family fam[64];
+	const struct family *f;
+	const char *const *names;
+	char err[256], want[128], *text;
+	size_t ncounters, i;
+	int n, counters = 0;
+
+	set_counters();
+	memset(&stats_twilio_seconds, 0, sizeof(stats_twilio_seconds));
+	memset(&stats_result_seconds, 0, sizeof(stats_result_seconds));
+	stats_observe(&stats_twilio_seconds, 0.0005); /* le 0.001 */
+	stats_observe(&stats_twilio_seconds,
+	    0.001); /* le 0.001: bounds inclusive */
+	stats_observe(&stats_twilio_seconds, 0.2); /* le 0.25 */
+	stats_observe(&stats_twilio_seconds, 100); /* +Inf only */
+	stats_observe(&stats_result_seconds, 1.5); /* le 2.5 */
+
+	text = stats_prometheus(&g);
+	CU_ASSERT_FATAL(text != NULL);
+	n = parse_exposition(text, fam, NELEM(fam), err, sizeof(err));
+	if (n < 0)
+		fprintf(stderr, "\n%s\n%s\n", err, text);
+	CU_ASSERT_FATAL(n > 0);
+
+	for (i = 0; i < (size_t)n; i++) {
+		CU_ASSERT_TRUE(fam[i].has_help);
+		CU_ASSERT_TRUE(strncmp(fam[i].name, "usergate_", 9) == 0);
+		CU_ASSERT_TRUE(fam[i].nsamples > 0);
+		if (strcmp(fam[i].type, "counter") == 0) {
+			counters++;
+			CU_ASSERT_TRUE(ends_with(fam[i].name, "_total"));
+			CU_ASSERT_EQUAL(fam[i].nsamples, 1);
+			CU_ASSERT_STRING_EQUAL(fam[i].samples[0].name,
+			    fam[i].name);
+		} else {
+			CU_ASSERT_FALSE(ends_with(fam[i].name, "_total"));
+			CU_ASSERT_TRUE(strcmp(fam[i].type, "gauge") == 0 ||
+			    strcmp(fam[i].type, "histogram") == 0);
+		}
+		if (strcmp(fam[i].type, "gauge") == 0)
+			CU_ASSERT_STRING_EQUAL(fam[i].samples[0].name,
+			    fam[i].name);
+	}
+
+	/* Every declared counter, with its value, and nothing else. */
+	names = stats_counter_names(&ncounters);
+	CU_ASSERT_EQUAL(counters, (int)ncounters);
+	for (i = 0; i < ncounters; i++) {
+		snprintf(want, sizeof(want), "usergate_%s_total", names[i]);
+		f = find_family(fam, n, want);
+		CU_ASSERT_FATAL(f != NULL);
+		CU_ASSERT_STRING_EQUAL(f->type, "counter");
+		CU_ASSERT_DOUBLE_EQUAL(f->samples[0].value, 101 + i, 0);
+	}
+
+	f = find_family(fam, n, "usergate_twilio_request_duration_seconds");
+	CU_ASSERT_FATAL(f != NULL);
+	check_histogram(f, 4, 0.0005 + 0.001 + 0.2 + 100);
+	CU_ASSERT_DOUBLE_EQUAL(bucket_value(f, "{le=\"0.001\"}"), 2, 0);
+	CU_ASSERT_DOUBLE_EQUAL(bucket_value(f, "{le=\"0.1\"}"), 2, 0);
+	CU_ASSERT_DOUBLE_EQUAL(bucket_value(f, "{le=\"0.25\"}"), 3, 0);
+	CU_ASSERT_DOUBLE_EQUAL(bucket_value(f, "{le=\"30\"}"), 3, 0);
+	CU_ASSERT_DOUBLE_EQUAL(bucket_value(f, "{le=\"+Inf\"}"), 4, 0);
+
+	f = find_family(fam, n, "usergate_enqueue_to_result_seconds");
+	CU_ASSERT_FATAL(f != NULL);
+	check_histogram(f, 1, 1.5);
+	CU_ASSERT_DOUBLE_EQUAL(bucket_value(f, "{le=\"1\"}"), 0, 0);
+	CU_ASSERT_DOUBLE_EQUAL(bucket_value(f, "{le=\"2.5\"}"), 1, 0);
+
+	f = find_family(fam, n, "usergate_healthy");
+	CU_ASSERT_FATAL(f != NULL);
+	CU_ASSERT_DOUBLE_EQUAL(f->samples[0].value, 1, 0);
+	f = find_family(fam, n, "usergate_queue_depth");
+	CU_ASSERT_FATAL(f != NULL);
+	CU_ASSERT_DOUBLE_EQUAL(f->samples[0].value, 7, 0);
+	free(text);
+
+	/* Degraded, Redis lengths unknown: healthy 0, no made-up lengths. */
+	g.health = "degraded: redis unreachable";
+	g.queue_depth = g.processing = g.dead = -1;
+	text = stats_prometheus(&g);
+	CU_ASSERT_FATAL(text != NULL);
+	n = parse_exposition(text, fam, NELEM(fam), err, sizeof(err));
+	CU_ASSERT_FATAL(n > 0);
+	f = find_family(fam, n, "usergate_healthy");
+	CU_ASSERT_FATAL(f != NULL);
+	CU_ASSERT_DOUBLE_EQUAL(f->samples[0].value, 0, 0);
+	CU_ASSERT_PTR_NULL(find_family(fam, n, "usergate_queue_depth"));
+	CU_ASSERT_PTR_NULL(find_family(fam, n, "usergate_dead"));
+	free(text);
+}
+
+/* The periodic log line: every counter, in declaration order. */
+static void
+test_log_line(void)
+{
+	char path[] = "/tmp/test_stats.XXXXXX", buf[2048], want[1024];
+	const char *const *names;
+	size_t n, i, len = 0;
+	ssize_t got;
+	int fd, saved;
+
+	set_counters();
+	CU_ASSERT_FATAL((fd = mkstemp(path)) >= 0);
+	unlink(path);
+	fflush(stderr);
+	saved = dup(2);
+	CU_ASSERT_FATAL(saved >= 0 && dup2(fd, 2) == 2);
+	log_init(LOG_LEVEL_INFO);
+	stats_log();
+	log_set_level(LOG_LEVEL_WARNING);
+	stats_log(); /* below the level: nothing */
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	got = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	CU_ASSERT_FATAL(got > 0);
+	buf[got] = '\0';
+	names = stats_counter_names(&n);
+	len = (size_t)snprintf(want, sizeof(want), "level=info msg=stats");
+	for (i = 0; i < n; i++)
+		len += (size_t)snprintf(want + len, sizeof(want) - len,
+		    " %s=%zu", names[i], 101 + i);
+	snprintf(want + len, sizeof(want) - len, "\n");
+	/* After the timestamp, exactly that; and only one line. */
+	CU_ASSERT_PTR_NOT_NULL(strstr(buf, want));
+	CU_ASSERT_STRING_EQUAL(buf + strlen(buf) - strlen(want), want);
+	CU_ASSERT_TRUE(
+	    strchr(buf, '\n') == buf + strlen(buf) - 1); /* one line */
+}
+
+/* ------------------------------------------------------------------ */
+
+int
+main(void)
+{
+	CU_pSuite suite;
+	unsigned int failures;
+
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 2;
+	if ((suite = CU_add_suite("stats", NULL, NULL)) == NULL ||
+	    CU_add_test(suite, "show stats keys", test_keys) == NULL ||
+	    CU_add_test(suite, "show stats values", test_values) == NULL ||
+	    CU_add_test(suite, "counter names", test_counter_names) == NULL ||
+	    CU_add_test(suite, "prometheus", test_prometheus) == NULL ||
+	    CU_add_test(suite, "log line", test_log_line) == NULL) {
+		CU_cleanup_registry();
+		return 2;
+	}
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	if (CU_basic_run_tests() != CUE_SUCCESS) {
+		CU_cleanup_registry();
+		return 2;
+	}
+	failures = CU_get_number_of_failures();
+	CU_cleanup_registry();
+	return failures > 0 ? 1 : 0;
+}
