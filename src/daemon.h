@@ -116,7 +116,8 @@ void		 job_take(char *raw, size_t len, enum job_source source, long recoveries,
 char		*job_new_request_id(void);
 /* Jobs alive in memory (the in-flight count bounded by max_inflight). */
 long		 job_count(void);
-/* Seconds since the oldest job in memory was taken (0 when none). */
+/* Seconds since the oldest job in memory was taken (0 when none); part of
+ * show queue's oldest_age_s. */
 double		 job_oldest_age(void);
 /* Room for more work: max_inflight minus jobs alive. */
 long		 job_room(void);

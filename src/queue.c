@@ -1130,6 +1130,48 @@ queue_push_processing(const char *raw, size_t len, queue_done_cb *cb, void *arg)
 /* ------------------------------------------------------------------ */
 /* lengths, dead list */
 
+/*
+ * Requests carry no enqueue time, so the age of the oldest one waiting is
+ * measured by watching the head of the list (LINDEX -1, every second): the
+ * time since the element now at the head was first seen there.  It reads
+ * low by up to a second, but grows as it should when the queue is stuck.
+ */
+static char *head_seen;
+static size_t head_seen_len;
+static double head_since;
+
+static void
+on_head(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	if (r == NULL || r->type == REDIS_REPLY_ERROR)
+		return;
+	if (r->type != REDIS_REPLY_STRING) {
+		free(head_seen);
+		head_seen = NULL;
+		head_seen_len = 0;
+		return;
+	}
+	if (head_seen != NULL && head_seen_len == r->len &&
+	    memcmp(head_seen, r->str, r->len) == 0)
+		return;
+	free(head_seen);
+	if ((head_seen = malloc(r->len ? r->len : 1)) != NULL)
+		memcpy(head_seen, r->str, r->len);
+	head_seen_len = r->len;
+	head_since = now_monotonic();
+}
+
+static double
+oldest_age(void)
+{
+	double queued = head_seen != NULL ? now_monotonic() - head_since : 0;
+	double taken = job_oldest_age();
+
+	return queued > taken ? queued : taken;
+}
+
 struct lengths_call {
 	queue_lengths_cb	*cb;
 	void			*arg;
@@ -1155,7 +1197,7 @@ on_length(redisAsyncContext *ac, void *reply, void *priv)
 		last_dead = c->v[2];
 	}
 	if (c->cb)
-		c->cb(!c->failed, c->v[0], c->v[1], c->v[2], 0, c->arg);
+		c->cb(!c->failed, c->v[0], c->v[1], c->v[2], oldest_age(), c->arg);
 	free(c);
 }
 
@@ -1168,6 +1210,7 @@ queue_lengths(queue_lengths_cb *cb, void *arg)
 		return -1;
 	c->cb = cb;
 	c->arg = arg;
+	send_strings(cmd, on_head, NULL, 3, "LINDEX", k_requests, "-1");
 	/* Three commands on one ordered link: the callbacks run in order
 	 * and exactly once each, so the last one frees c. */
 	if (send_strings(cmd, on_length, c, 2, "LLEN", k_requests) != 0) {
@@ -1477,6 +1520,8 @@ queue_shutdown(void)
 		redisAsyncFree(c);
 	}
 	heartbeat_remove();
+	free(head_seen);
+	head_seen = NULL;
 	free(k_requests);
 	free(k_processing);
 	free(k_recoveries);

@@ -189,7 +189,7 @@ on_queue_lengths(int ok, long long requests, long long processing, long long dea
 	else
 		answer_json(c, json_pack("{s:I, s:I, s:I, s:f}", "depth", (json_int_t)requests,
 		    "processing", (json_int_t)processing, "dead", (json_int_t)dead,
-		    "oldest_age_s", job_oldest_age()));
+		    "oldest_age_s", oldest));
 	done(c);
 }
 

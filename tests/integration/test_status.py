@@ -668,3 +668,18 @@ def test_idle_client_is_closed_after_30_seconds(stack):
     quiet.close()
     talker.close()
     assert ask(stack.d, "health") == ["ok"]
+
+
+def test_oldest_age_grows_while_requests_wait(stack):
+    """A paused daemon with a queue: the head's wait shows in oldest_age_s
+    (requests carry no enqueue time, so it is watched at the head)."""
+    assert ask1(stack.d, "pause") == "ok"
+    stack.push({"Identity": "waiting-1"}, {"Identity": "waiting-2"})
+    wait_for(lambda: json.loads(ask1(stack.d, "show queue"))["oldest_age_s"] >= 1.5,
+             timeout=15, what="oldest_age_s to grow while paused")
+    q = json.loads(ask1(stack.d, "show queue"))
+    assert q["depth"] == 2 and q["processing"] == 0
+    assert ask1(stack.d, "resume") == "ok"
+    stack.wait_results(2)
+    wait_for(lambda: json.loads(ask1(stack.d, "show queue"))["oldest_age_s"] == 0,
+             what="oldest_age_s back to 0")
