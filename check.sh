@@ -35,17 +35,33 @@ run_suite() {	# dir, configure args...
 		done
 		return 1
 	fi
-	# The integration log carries pytest's own summary line.
-	tail -n 1 "$dir/tests/integration/run.log"
+	# pytest's own closing line, and the CUnit totals.
+	grep -E '^=+ .*(passed|failed)' "$dir/tests/integration/run.log" | tail -n 1
+	cat "$dir"/tests/unit/*.log | awk '$1 == "tests" && $2 ~ /^[0-9]+$/ { p += $4; f += $5 }
+	    END { printf "CUnit tests: %d passed, %d failed\n", p, f }'
+	ip=$(grep -E '^=+ .*passed' "$dir/tests/integration/run.log" | tail -n 1 |
+	    sed -E 's/.* ([0-9]+) passed.*/\1/')
+	up=$(cat "$dir"/tests/unit/*.log | awk '$1 == "tests" && $2 ~ /^[0-9]+$/ { p += $4 } END { print p + 0 }')
+	total_passed=$((total_passed + ${ip:-0} + up))
 }
 
+total_passed=0
 echo "== build and test"
 run_suite build
-[ "${QUICK:-0}" = 1 ] && exit 0
+if [ "${QUICK:-0}" = 1 ]; then
+	echo "checks: $total_passed passed, 0 failed"
+	exit 0
+fi
 echo "== AddressSanitizer + UBSan build and test"
 USERGATE_TEST_SLOWDOWN=3 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	run_suite build-asan --enable-sanitizers CC=gcc
 echo "== distcheck"
-make -s -C build distcheck >/dev/null
-echo "all checks passed"
+if ! make -s -C build distcheck > build/distcheck.log 2>&1; then
+	tail -n 60 build/distcheck.log
+	find build/usergate-*/_build -name '*.log' -path '*tests*' -exec grep -l 'FAILED\|^FAIL' {} + |
+	    while read -r f; do echo "==== $f"; grep -E 'FAILED|^E ' "$f" | head -40; done
+	exit 1
+fi
+echo "all checks passed (build, ASan+UBSan build, distcheck)"
+echo "checks: $total_passed passed, 0 failed"

@@ -602,7 +602,11 @@ def test_long_line_and_binary_garbage(stack):
     # closes (nothing after it is read).
     for line in (b"x" * 1025 + b"\nhealth\n", b"x" * 5000 + b"\nhealth\n", b"y" * 200000):
         c = StatusConn(stack.d.status_socket)
-        c.send(line)
+        try:
+            c.send(line)
+        except (BrokenPipeError, ConnectionResetError):
+            pass        # it hung up before we finished: the answer waits
+        
         assert c.answer() == ["error: line too long"]
         assert c.closed()
         c.close()
