@@ -346,6 +346,11 @@ decode_json(const char *buf, size_t len, int want_map, json_t **out, char *err,
 	return CODEC_OK;
 }
 
+#define DECODE_ZONE_CHUNK	4096
+static msgpack_zone decode_zone;
+static int decode_zone_ready;
+static msgpack_sbuffer encode_buf;	/* reused by every msgpack encode */
+
 /*
  * Exactly one msgpack object must cover buf.  msgpack_unpack_next reports
  * SUCCESS with off short of len when bytes follow the object; those are
@@ -361,8 +366,22 @@ decode_msgpack(const char *buf, size_t len, int want_map, json_t **out,
 	size_t			 off = 0;
 	json_t			*v;
 
-	msgpack_unpacked_init(&unpacked);
-	ret = msgpack_unpack_next(&unpacked, buf, len, &off);
+	/*
+	 * One zone for every decode, cleared after each: msgpack_unpack_next
+	 * would create and free an 8 KiB zone per request, and those large
+	 * blocks make glibc consolidate its small free lists each time.
+	 * Everything from the zone is copied into jansson values before the
+	 * zone is cleared.  (Single-threaded, like the whole daemon.)
+	 */
+	if (!decode_zone_ready) {
+		if (!msgpack_zone_init(&decode_zone, DECODE_ZONE_CHUNK)) {
+			set_error(err, errlen, "out of memory");
+			return CODEC_MALFORMED;
+		}
+		decode_zone_ready = 1;
+	}
+	memset(&unpacked, 0, sizeof(unpacked));
+	ret = msgpack_unpack(buf, len, &off, &decode_zone, &unpacked.data);
 	switch (ret) {
 	case MSGPACK_UNPACK_SUCCESS:
 	case MSGPACK_UNPACK_EXTRA_BYTES:
@@ -401,7 +420,7 @@ decode_msgpack(const char *buf, size_t len, int want_map, json_t **out,
 	status = CODEC_OK;
 
 done:
-	msgpack_unpacked_destroy(&unpacked);
+	msgpack_zone_clear(&decode_zone);
 	return status;
 }
 
@@ -538,7 +557,6 @@ json_keys_ok(const json_t *v, int depth)
 int
 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len)
 {
-	msgpack_sbuffer	 sbuf;
 	msgpack_packer	 pk;
 	char		*text;
 
@@ -560,14 +578,18 @@ codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len)
 		return 0;
 	}
 
-	msgpack_sbuffer_init(&sbuf);
-	msgpack_packer_init(&pk, &sbuf, msgpack_sbuffer_write);
+	/* One buffer for every encode (it grows to the largest message and
+	 * stays); the caller gets an exact-size copy. */
+	msgpack_sbuffer_clear(&encode_buf);
+	msgpack_packer_init(&pk, &encode_buf, msgpack_sbuffer_write);
 	if (pack_value(&pk, v, 1) != 0) {
-		msgpack_sbuffer_destroy(&sbuf);
+		msgpack_sbuffer_clear(&encode_buf);
 		return -1;
 	}
-	*len = sbuf.size;
-	*out = msgpack_sbuffer_release(&sbuf);
+	if ((*out = malloc(encode_buf.size ? encode_buf.size : 1)) == NULL)
+		return -1;
+	memcpy(*out, encode_buf.data, encode_buf.size);
+	*len = encode_buf.size;
 	return 0;
 }
 

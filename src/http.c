@@ -293,12 +293,18 @@ sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
 		if ((sc = calloc(1, sizeof(*sc))) == NULL)
 			return -1;
 		sc->fd = s;
+		sc->ev = event_new(ug.base, s, kind, on_socket_event, sc);
+		if (sc->ev == NULL) {
+			free(sc);
+			return -1;
+		}
 		curl_multi_assign(multi, s, sc);
 	} else {
-		event_free(sc->ev);
+		/* The same event, re-armed: no allocation per change. */
+		event_del(sc->ev);
+		event_assign(sc->ev, ug.base, s, kind, on_socket_event, sc);
 	}
-	sc->ev = event_new(ug.base, s, kind, on_socket_event, sc);
-	if (sc->ev == NULL || event_add(sc->ev, NULL) != 0)
+	if (event_add(sc->ev, NULL) != 0)
 		return -1;
 	return 0;
 }

@@ -23,6 +23,7 @@
 #include "config.h"
 
 #include <search.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,14 +163,25 @@ char *
 job_new_request_id(void)
 {
 	static const char hex[] = "0123456789abcdef";
+	static unsigned char prefix[8];
+	static uint64_t counter;
 	unsigned char b[16];
 	char *s = malloc(33);
 	int i;
 
 	if (s == NULL)
 		return NULL;
-	arc4random_buf(b, sizeof(b));
-	/* On the hot path: a table, not 16 snprintf calls. */
+	/*
+	 * Unique, not secret: 8 random bytes drawn once per process, then a
+	 * counter (arc4random on every request is a getrandom system call
+	 * each time in glibc 2.36).
+	 */
+	if (counter == 0)
+		arc4random_buf(prefix, sizeof(prefix));
+	counter++;
+	memcpy(b, prefix, 8);
+	for (i = 0; i < 8; i++)
+		b[8 + i] = (unsigned char)(counter >> (56 - 8 * i));
 	for (i = 0; i < 16; i++) {
 		s[2 * i] = hex[b[i] >> 4];
 		s[2 * i + 1] = hex[b[i] & 15];

@@ -34,7 +34,7 @@
 #define CLAIM_TTL_S		60	/* an in-flight claim outlives a dead owner this long */
 #define HEARTBEAT_TTL_S		15
 #define HEARTBEAT_EVERY_S	5
-#define TAKE_BATCH_MAX		512
+#define TAKE_BATCH_MAX		1024
 #define RATE_MARGIN_MS		250
 #define BLOCK_TIMEOUT		"1"	/* seconds a BLMOVE waits before we look again */
 #define RECONNECT_MIN_MS	100
@@ -202,11 +202,18 @@ static int
 send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
     const char **argv, const size_t *lens)
 {
+	char *text;
+	int len, rv;
+
 	if (ac == NULL)
 		return -1;
-	if (redisAsyncCommandArgv(ac, fn, priv, argc, argv, lens) != REDIS_OK)
+	/* redisAsyncCommandArgv builds the command with sdscatfmt, argument
+	 * by argument; hiredis' plain formatter sizes it once and copies. */
+	if ((len = redisFormatCommandArgv(&text, argc, argv, lens)) < 0)
 		return -1;
-	return 0;
+	rv = redisAsyncFormattedCommand(ac, fn, priv, text, (size_t)len);
+	free(text);
+	return rv == REDIS_OK ? 0 : -1;
 }
 
 /* Convenience for commands made only of C strings. */
