@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include <curl/curl.h>
+#include <openssl/evp.h>
 #include <event2/event.h>
 
 #include "daemon.h"
@@ -56,28 +57,88 @@ static int still_running;
 
 /*
  * The request headers come in six variants (GET or a form POST; webhook
- * header absent, true or false), built once: no list per request.
+ * header absent, true or false), built once per configuration: no list
+ * per request.  The Basic Authorization line is among them, encoded once:
+ * left to libcurl, it base64s and formats the credentials for every
+ * request.  A reload makes a new generation; the old one stays until exit,
+ * because transfers still in flight point at it (reloads are rare).
  */
-static struct curl_slist *header_sets[2][3];
+struct header_gen {
+	struct curl_slist	*sets[2][3];
+	struct header_gen	*older;
+};
+static struct header_gen *headers;
 
 static struct curl_slist *
 headers_for(int post, int webhook)
 {
-	return header_sets[post ? 1 : 0][webhook < 0 ? 0 : webhook ? 1 : 2];
+	return headers->sets[post ? 1 : 0][webhook < 0 ? 0 : webhook ? 1 : 2];
+}
+
+/* Frees a list whose strings may hold the secret: wiped first. */
+static void
+slist_free_wiped(struct curl_slist *h)
+{
+	struct curl_slist *n;
+
+	for (n = h; n != NULL; n = n->next)
+		explicit_bzero(n->data, strlen(n->data));
+	curl_slist_free_all(h);
+}
+
+static void
+header_gen_free(struct header_gen *g)
+{
+	int i, j;
+
+	for (i = 0; i < 2; i++)
+		for (j = 0; j < 3; j++)
+			slist_free_wiped(g->sets[i][j]);
+	free(g);
+}
+
+/* "Authorization: Basic base64(user:secret)", malloc'd, or NULL. */
+static char *
+basic_authorization(const char *user, const char *secret)
+{
+	static const char prefix[] = "Authorization: Basic ";
+	size_t plain_len = strlen(user) + 1 + strlen(secret);
+	unsigned char *plain = malloc(plain_len + 1);
+	char *line = malloc(sizeof(prefix) + 4 * ((plain_len + 2) / 3) + 1);
+
+	if (plain == NULL || line == NULL) {
+		free(plain);
+		free(line);
+		return NULL;
+	}
+	snprintf((char *)plain, plain_len + 1, "%s:%s", user, secret);
+	memcpy(line, prefix, sizeof(prefix) - 1);
+	EVP_EncodeBlock((unsigned char *)line + sizeof(prefix) - 1, plain, (int)plain_len);
+	explicit_bzero(plain, plain_len);
+	free(plain);
+	return line;
 }
 
 static int
-headers_init(void)
+headers_build(void)
 {
 	static const char *const webhook_lines[3] = {
 		NULL, "X-Twilio-Webhook-Enabled: true", "X-Twilio-Webhook-Enabled: false",
 	};
+	struct header_gen *g = calloc(1, sizeof(*g));
+	char *auth;
 	int post, w;
 
-	for (post = 0; post < 2; post++) {
+	if (g == NULL)
+		return -1;
+	auth = basic_authorization(ug.cfg->auth_user ? ug.cfg->auth_user : "",
+	    ug.cfg->auth_secret ? ug.cfg->auth_secret : "");
+	for (post = 0; post < 2 && auth != NULL; post++) {
 		for (w = 0; w < 3; w++) {
 			struct curl_slist *h = curl_slist_append(NULL, "Accept: application/json");
 
+			if (h != NULL)
+				h = curl_slist_append(h, auth);
 			if (h != NULL && post)
 				h = curl_slist_append(h, "Content-Type: "
 				    "application/x-www-form-urlencoded; charset=utf-8");
@@ -86,11 +147,24 @@ headers_init(void)
 			if (h != NULL && webhook_lines[w] != NULL)
 				h = curl_slist_append(h, webhook_lines[w]);
 			if (h == NULL)
-				return -1;
-			header_sets[post][w] = h;
+				goto fail;
+			g->sets[post][w] = h;
 		}
 	}
+	if (auth == NULL)
+		goto fail;
+	explicit_bzero(auth, strlen(auth));
+	free(auth);
+	g->older = headers;
+	headers = g;
 	return 0;
+fail:
+	if (auth != NULL) {
+		explicit_bzero(auth, strlen(auth));
+		free(auth);
+	}
+	header_gen_free(g);
+	return -1;
 }
 
 static void	 check_done(void);
@@ -160,9 +234,7 @@ apply_options(struct http_call *c)
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
-	curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
-	curl_easy_setopt(e, CURLOPT_USERNAME, cfg->auth_user ? cfg->auth_user : "");
-	curl_easy_setopt(e, CURLOPT_PASSWORD, cfg->auth_secret ? cfg->auth_secret : "");
+	/* Basic auth is in the prebuilt headers (headers_build). */
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, cfg->request_timeout_ms);
 	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -400,6 +472,8 @@ http_configure(void)
 {
 	struct http_call *c;
 
+	if (headers_build() != 0)
+		log_error("http: out of memory building request headers; keeping the old ones");
 	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, ug.cfg->max_inflight);
 	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, ug.cfg->max_inflight);
 	/* Handles in flight keep their old options until they come back;
@@ -421,7 +495,7 @@ http_init(void)
 		strcpy(u.machine, "unknown");
 	snprintf(user_agent, sizeof(user_agent), "usergate/%s (Linux %s) libcurl/%s",
 	    PACKAGE_VERSION, u.machine, v->version);
-	if ((multi = curl_multi_init()) == NULL || headers_init() != 0)
+	if ((multi = curl_multi_init()) == NULL)
 		return -1;
 	timer_ev = evtimer_new(ug.base, on_timer, NULL);
 	if (timer_ev == NULL)
@@ -430,14 +504,13 @@ http_init(void)
 	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
 	curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
 	http_configure();
-	return 0;
+	return headers != NULL ? 0 : -1;
 }
 
 void
 http_shutdown(void)
 {
 	struct http_call *c;
-	int i, j;
 
 	/* Requests still on the wire are dropped without an answer: their
 	 * jobs are abandoned too, and stay in the processing list. */
@@ -456,11 +529,12 @@ http_shutdown(void)
 	if (multi != NULL)
 		curl_multi_cleanup(multi);
 	multi = NULL;
-	for (i = 0; i < 2; i++)
-		for (j = 0; j < 3; j++) {
-			curl_slist_free_all(header_sets[i][j]);
-			header_sets[i][j] = NULL;
-		}
+	while (headers != NULL) {
+		struct header_gen *older = headers->older;
+
+		header_gen_free(headers);
+		headers = older;
+	}
 	if (timer_ev != NULL)
 		event_free(timer_ev);
 	timer_ev = NULL;

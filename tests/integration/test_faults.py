@@ -202,3 +202,20 @@ def test_tls_host_is_verified(env):
     env.push({"Identity": "tls-name"})
     wait_for(lambda: "TLS" in d.status("health"), what="degraded for TLS")
     assert env.twilio.stats()["requests"] == 0
+
+
+def test_fixed_secret_takes_effect_on_reload(env):
+    """Credentials refused; the operator fixes the secret file and reloads:
+    the request waiting for it goes through, with the new credentials."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(secret="stale-secret")
+    env.push({"Identity": "after-rotation"})
+    wait_for(lambda: "401" in d.status("health"), what="degraded")
+    with open(d.secret_file, "w") as f:
+        f.write(API_SECRET + "\n")
+    assert d.status("reload") == "ok"
+    r = env.wait_results(1, timeout=90)[0]
+    assert r["status"] == "created"
+    assert d.status("health") == "ok"
+    assert "stale-secret" not in d.log()
