@@ -32,8 +32,8 @@
 
 #include "daemon.h"
 
-#define COMMIT_BATCH_MAX	256
-#define COMMITS_MAX		4	/* transactions in flight at once */
+#define COMMIT_BATCH_MAX	64
+#define COMMITS_MAX		8	/* transactions in flight at once */
 #define CLAIM_POLL_MIN_MS	50
 #define CLAIM_POLL_MAX_MS	1000
 #define REDIS_RETRY_MS		500
