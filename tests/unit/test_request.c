@@ -870,6 +870,35 @@ test_msgpack_only(void)
 	expect(&r, "msgpack", sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 
+	/* Found by the fuzzer: a map key that is not UTF-8 would have been
+	 * serialised into broken JSON and sent to Twilio. */
+	START();
+	msgpack_pack_map(&pk, 2);
+	KEY("Identity");
+	KEY("a");
+	KEY("Attributes");
+	msgpack_pack_map(&pk, 1);
+	BAD();
+	KEY("v");
+	r = (struct row){ .name = "Attributes map key not UTF-8",
+	    .want = REQ_BAD_UTF8, .identity = "a" };
+	expect(&r, "msgpack", sb.data, sb.size);
+	msgpack_sbuffer_destroy(&sb);
+
+	START();
+	msgpack_pack_map(&pk, 2);
+	KEY("Identity");
+	KEY("a");
+	KEY("Attributes");
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "k\0k", 3);
+	KEY("v");
+	r = (struct row){ .name = "Attributes map key with a NUL",
+	    .want = REQ_ATTRIBUTES_NOT_JSON, .identity = "a" };
+	expect(&r, "msgpack", sb.data, sb.size);
+	msgpack_sbuffer_destroy(&sb);
+
 	START();
 	msgpack_pack_map(&pk, 2);
 	KEY("Identity");
