@@ -6,8 +6,8 @@ set -eu
 PKGS="build-essential autoconf automake pkg-config
 libevent-dev libcurl4-openssl-dev libhiredis-dev libmsgpack-dev libjansson-dev
 libinih-dev libcunit1-dev libsystemd-dev libssl-dev
-redis-server python3 python3-pytest python3-pytest-timeout python3-redis python3-msgpack
-systemd man-db groff-base groff socat jq curl openssl clang libclang-rt-14-dev"
+redis-server python3 python3-pytest python3-redis python3-msgpack
+systemd man-db groff-base groff socat jq curl openssl clang libclang-rt-14-dev valgrind"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
