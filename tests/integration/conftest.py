@@ -211,6 +211,14 @@ class Daemon:
                      what="usergated status socket")
             assert self.proc.poll() is None, "usergated exited: " + self.log()
 
+    def wait_healthy(self, timeout=30):
+        """Waits until the daemon is connected to Redis: start() returns as
+        soon as the status socket answers, and until Redis is up a socket
+        request is (rightly) answered unavailable."""
+        wait_for(lambda: self.health_or_none() == "ok", timeout=timeout,
+                 what="usergated connected to Redis")
+        return self
+
     def health_or_none(self):
         try:
             return self.status("health")
@@ -365,4 +373,5 @@ def stack(env):
     env.start_redis()
     env.start_twilio()
     env.d = env.daemon()
+    env.d.wait_healthy()
     return env

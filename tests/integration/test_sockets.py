@@ -20,20 +20,6 @@ RESULT_KEYS = {"request_id", "identity", "status", "user", "error", "attempts",
                "source", "received_at", "completed_at"}
 
 
-def ready(d):
-    """Waits until the daemon is connected to Redis: Daemon.start returns
-    as soon as the status socket answers, and until Redis is up a socket
-    request is (rightly) answered unavailable."""
-    wait_for(lambda: d.status("health") == "ok", timeout=30, what="usergated connected to Redis")
-    return d
-
-
-@pytest.fixture
-def stack(stack):
-    ready(stack.d)
-    return stack
-
-
 class Client:
     """One connection to the request socket, in JSON lines or a msgpack
     stream.  recv() returns the next answer as a dict and keeps its raw
@@ -262,7 +248,7 @@ def test_request_is_in_processing_before_its_answer(stack):
 def test_redis_down_is_unavailable_and_nothing_is_written(env):
     env.start_redis(appendonly=True)     # what was written survives the restart
     env.start_twilio()
-    d = ready(env.daemon())
+    d = env.daemon().wait_healthy()
     c = Client(d.socket)
     c.send({"Identity": "before"})
     check_result(c.recv(), "before")
@@ -446,7 +432,7 @@ def test_clients_that_leave_at_once_leave_nothing_behind(stack):
 def test_backpressure_bounds_inflight(env):
     env.start_redis()
     env.start_twilio()
-    d = ready(env.daemon(extra={"twilio.max_inflight": 2}))
+    d = env.daemon(extra={"twilio.max_inflight": 2}).wait_healthy()
     env.twilio.control(latency_ms=200)
     samples = []
     done = threading.Event()
@@ -531,7 +517,7 @@ def test_stale_socket_files_are_replaced(env):
     make_stale_socket(d.socket)
     make_stale_socket(d.status_socket)
     d.start()
-    ready(d)
+    d.wait_healthy()
     c = Client(d.socket)
     c.send({"Identity": "after-stale"})
     check_result(c.recv(), "after-stale")

@@ -23,20 +23,6 @@ COMMANDS = ["show stats", "show metrics", "show queue", "health", "pause", "resu
 UNKNOWN = "error: unknown command, try help"
 
 
-def ready(d):
-    """Waits until the daemon is connected to Redis: Daemon.start returns
-    as soon as the status socket answers, and until Redis is up a socket
-    request is (rightly) answered unavailable."""
-    wait_for(lambda: d.status("health") == "ok", timeout=30, what="usergated connected to Redis")
-    return d
-
-
-@pytest.fixture
-def stack(stack):
-    ready(stack.d)
-    return stack
-
-
 class StatusConn:
     """A connection to the status socket that reads answers the way the
     protocol defines them: lines up to the first empty one."""
@@ -193,7 +179,7 @@ def test_counters_are_exact(env):
     # Left behind by a crash: taken back on start.
     env.r.lpush("usergate:processing:ug", json.dumps({"Identity": "rec"}))
     d.start()
-    ready(d)
+    d.wait_healthy()
     n = 1
     env.wait_results(n)
 
@@ -310,7 +296,7 @@ def test_show_queue(stack):
 def test_health_follows_redis(env):
     env.start_redis()
     env.start_twilio()
-    d = ready(env.daemon())
+    d = env.daemon().wait_healthy()
     assert ask(d, "health") == ["ok"]
     env.redis.stop()
     wait_for(lambda: ask(d, "health") == ["degraded: redis unreachable"],

@@ -18,20 +18,6 @@ STATS_KEYS = ["version", "uptime_s", "instance_id", "health", "redis_connected",
               "retries", "http_requests", "recovered", "rate_limited"]
 
 
-def ready(d):
-    """Waits until the daemon is connected to Redis: Daemon.start returns
-    as soon as the status socket answers, and until Redis is up a socket
-    request is (rightly) answered unavailable."""
-    wait_for(lambda: d.status("health") == "ok", timeout=30, what="usergated connected to Redis")
-    return d
-
-
-@pytest.fixture
-def stack(stack):
-    ready(stack.d)
-    return stack
-
-
 def ctl(*args, d=None, timeout=60):
     """Runs usergatectl (with the daemon's two sockets when d is given);
     returns (exit status, stdout, stderr)."""
@@ -192,7 +178,7 @@ def test_show_metrics(stack):
 def test_health_exit_status(env):
     env.start_redis()
     env.start_twilio()
-    d = ready(env.daemon())
+    d = env.daemon().wait_healthy()
     assert ctl("health", d=d)[:2] == (0, "ok\n")
     env.redis.stop()
     wait_for(lambda: ctl("health", d=d)[0] == 1, what="health to degrade")
@@ -303,7 +289,7 @@ def test_create_statuses_and_exit_codes(stack):
 def test_create_updated_exits_0(env):
     env.start_redis()
     env.start_twilio()
-    d = ready(env.daemon(extra={"twilio.on_exists": "update"}))
+    d = env.daemon(extra={"twilio.on_exists": "update"}).wait_healthy()
     assert ctl("create", "upd", "--friendly-name", "Old", d=d)[0] == 0
     env.r.delete("usergate:identity:upd")
     rc, out, _ = ctl("create", "upd", "--friendly-name", "New", d=d)
