@@ -835,11 +835,12 @@ dead_request(const struct job *j)
 }
 
 /*
- * Gives up on a job without a result (no memory to make one): it stays in
- * the processing list, and jobs waiting on its Identity go on without it.
+ * The owner of an Identity is done with it.  With its user (succeeded) the
+ * jobs waiting behind it are duplicates of it; otherwise the Identity is
+ * free again: the first waiter claims it, the others line up behind it.
  */
 static void
-abandon(struct job *j)
+hand_over_waiters(struct job *j, int succeeded)
 {
 	struct job *w;
 
@@ -847,8 +848,23 @@ abandon(struct job *j)
 	while ((w = TAILQ_FIRST(&j->waiters)) != NULL) {
 		TAILQ_REMOVE(&j->waiters, w, link);
 		w->owner = NULL;
-		identity_enter(w);
+		if (succeeded) {
+			w->user = json_incref(j->user);
+			finish(w, "duplicate");
+		} else {
+			identity_enter(w);
+		}
 	}
+}
+
+/*
+ * Gives up on a job without a result (no memory to make one): it stays in
+ * the processing list, and jobs waiting on its Identity go on without it.
+ */
+static void
+abandon(struct job *j)
+{
+	hand_over_waiters(j, 0);
 	if (j->conn != NULL) {
 		json_t *v = json_pack("{s:s}", "status", "unavailable");
 
@@ -1063,23 +1079,9 @@ schedule_flush(void)
 static void
 completed(struct job *j)
 {
-	struct job *w;
-
 	if (j->conn != NULL)
 		intake_answer(j->conn, j->result);
-	identity_leave(j);
-	while ((w = TAILQ_FIRST(&j->waiters)) != NULL) {
-		TAILQ_REMOVE(&j->waiters, w, link);
-		w->owner = NULL;
-		if (is_success(j->status) && j->user != NULL) {
-			w->user = json_incref(j->user);
-			finish(w, "duplicate");
-		} else {
-			/* The Identity is free again: the first waiter claims
-			 * it, the others line up behind it. */
-			identity_enter(w);
-		}
-	}
+	hand_over_waiters(j, is_success(j->status) && j->user != NULL);
 	job_free(j);
 }
 

@@ -191,12 +191,6 @@ key(const char *suffix, const char *arg)
 	return s;
 }
 
-static char *
-identity_key(const char *kind, const char *identity)
-{
-	return key(kind, identity);
-}
-
 /* Sends one command as argv; returns -1 when the link is down. */
 static int
 send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
@@ -920,7 +914,7 @@ queue_refresh_claims(const char *const *identities, size_t n)
 		return;
 	snprintf(ttl, sizeof(ttl), "%d", CLAIM_TTL_S);
 	for (i = 0; i < n; i++) {
-		char *kid = identity_key("identity:", identities[i]);
+		char *kid = key("identity:", identities[i]);
 
 		if (kid == NULL)
 			continue;
@@ -1045,8 +1039,8 @@ queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void 
 
 		if (it->identity != NULL && (it->record != NULL || it->identity_done ||
 		    it->identity_release)) {
-			kid = identity_key("identity:", it->identity);
-			kuser = identity_key("user:", it->identity);
+			kid = key("identity:", it->identity);
+			kuser = key("user:", it->identity);
 			if (kid == NULL || kuser == NULL) {
 				free(kid);
 				free(kuser);
