@@ -198,7 +198,12 @@ from_msgpack(const msgpack_object *o, int depth, char *err, size_t errlen)
 	json_t		*v = NULL, *child;
 	uint32_t	 i;
 
-	if (depth > CODEC_DEPTH_MAX) {
+	/*
+	 * Only containers count, as in json_depth_ok: a scalar inside the
+	 * deepest allowed container is fine in both formats.
+	 */
+	if ((o->type == MSGPACK_OBJECT_ARRAY || o->type == MSGPACK_OBJECT_MAP) &&
+	    depth > CODEC_DEPTH_MAX) {
 		set_error(err, errlen, "nested deeper than %d levels",
 		    CODEC_DEPTH_MAX);
 		return NULL;

@@ -390,7 +390,7 @@ test_truncated(void)
  * accepted, in both formats.
  */
 static void
-nested(int levels, struct mp *m, char **json)
+nested(int levels, int leaf, struct mp *m, char **json)
 {
 	char	*p;
 	int	 i;
@@ -401,15 +401,19 @@ nested(int levels, struct mp *m, char **json)
 	if (levels == 1)
 		msgpack_pack_int(&m->pk, 0);
 	for (i = 1; i < levels; i++)
-		msgpack_pack_array(&m->pk, i + 1 < levels ? 1 : 0);
+		msgpack_pack_array(&m->pk, i + 1 < levels || leaf ? 1 : 0);
+	if (levels > 1 && leaf)
+		msgpack_pack_nil(&m->pk);
 
-	CU_ASSERT_FATAL((*json = malloc(2 * (size_t)levels + 8)) != NULL);
+	CU_ASSERT_FATAL((*json = malloc(2 * (size_t)levels + 12)) != NULL);
 	p = *json;
 	p += sprintf(p, "{\"a\":");
 	if (levels == 1)
 		*p++ = '0';
 	for (i = 1; i < levels; i++)
 		*p++ = '[';
+	if (levels > 1 && leaf)
+		p += sprintf(p, "null");
 	for (i = 1; i < levels; i++)
 		*p++ = ']';
 	*p++ = '}';
@@ -437,12 +441,19 @@ test_depth(void)
 	json_t		*v;
 	char		 err[256] = "", *json, *out;
 	size_t		 i, len;
+	int		 leaf;
 
+	/*
+	 * levels counts containers; a scalar inside the innermost one
+	 * (leaf) adds no level, in either format.  A fuzzer found msgpack
+	 * counting it when JSON did not.
+	 */
+	for (leaf = 0; leaf <= 1; leaf++)
 	for (i = 0; i < NROWS(rows); i++) {
-		nested(rows[i].levels, &m, &json);
+		nested(rows[i].levels, leaf, &m, &json);
 		st = codec_decode(m.sb.data, m.sb.size, &v, err, sizeof(err));
-		CHECK(st == rows[i].want, "msgpack %d levels: %d (%s)",
-		    rows[i].levels, (int)st, err);
+		CHECK(st == rows[i].want, "msgpack %d levels, leaf %d: %d (%s)",
+		    rows[i].levels, leaf, (int)st, err);
 		if (st == CODEC_OK) {
 			/* What decodes must encode and decode again. */
 			CHECK(codec_encode(v, FORMAT_JSON, &out, &len) == 0,
@@ -457,8 +468,8 @@ test_depth(void)
 			    err);
 
 		st = codec_decode(json, strlen(json), &v, err, sizeof(err));
-		CHECK(st == rows[i].want, "JSON %d levels: %d (%s)",
-		    rows[i].levels, (int)st, err);
+		CHECK(st == rows[i].want, "JSON %d levels, leaf %d: %d (%s)",
+		    rows[i].levels, leaf, (int)st, err);
 		if (st == CODEC_OK)
 			json_decref(v);
 		else if (rows[i].levels < 2048)	/* else jansson's own limit */
