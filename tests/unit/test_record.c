@@ -186,6 +186,130 @@ test_not_a_record(void)
 	CU_ASSERT(record_from_twilio(full_answer, 40) == NULL);
 }
 
+/*
+ * The record as jansson alone would build it: the reference the cJSON fast
+ * path of record_from_twilio must match, value for value and in order.
+ */
+static json_t *
+jansson_record(const char *body, size_t len)
+{
+	json_error_t	 jerr;
+	json_t		*answer, *record, *sid, *v;
+	size_t		 i;
+
+	answer = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
+	sid = json_object_get(answer, "sid");
+	if (!json_is_object(answer) || !json_is_string(sid) ||
+	    json_string_length(sid) == 0) {
+		json_decref(answer);
+		return NULL;
+	}
+	record = json_object();
+	for (i = 0; i < NROWS(fields); i++)
+		if ((v = json_object_get(answer, fields[i])) != NULL)
+			json_object_set(record, fields[i], v);
+	json_decref(answer);
+	return record;
+}
+
+/* Equal values, object keys in the same order (json_equal ignores it). */
+static int
+same_record(const json_t *a, const json_t *b)
+{
+	void	*ia, *ib;
+
+	if (a == NULL || b == NULL)
+		return a == b;
+	if (!json_equal(a, b))
+		return 0;
+	/* json_equal takes 7 and 7.0 for different types: good. */
+	for (ia = json_object_iter((json_t *)a), ib = json_object_iter(
+	    (json_t *)b); ia != NULL && ib != NULL;
+	    ia = json_object_iter_next((json_t *)a, ia),
+	    ib = json_object_iter_next((json_t *)b, ib))
+		if (strcmp(json_object_iter_key(ia), json_object_iter_key(ib)))
+			return 0;
+	return ia == NULL && ib == NULL;
+}
+
+/*
+ * record_from_twilio parses with cJSON and falls back to jansson where
+ * cJSON cannot be exact; whichever way, the record is the one jansson
+ * gives.  The rows are the shapes where the two parsers differ.
+ */
+static void
+test_parsers_agree(void)
+{
+	static const struct {
+		const char	*name;
+		const char	*body;
+		size_t		 len;	/* 0: strlen */
+	} rows[] = {
+		{ "full answer", full_answer, 0 },
+		{ "integer", "{\"sid\":\"US1\",\"friendly_name\":7}", 0 },
+		{ "real", "{\"sid\":\"US1\",\"friendly_name\":7.0}", 0 },
+		{ "big integer",
+		    "{\"sid\":\"US1\",\"friendly_name\":9007199254740993}", 0 },
+		{ "number deep in links",
+		    "{\"sid\":\"US1\",\"links\":{\"a\":[true,{\"b\":1e3}]}}", 0 },
+		{ "number in a dropped field",
+		    "{\"sid\":\"US1\",\"x\":1.5,\"identity\":\"i\"}", 0 },
+		{ "NUL escape in a value",
+		    "{\"sid\":\"US1\",\"friendly_name\":\"a\\u0000b\"}", 0 },
+		{ "NUL escape in sid", "{\"sid\":\"\\u0000\"}", 0 },
+		{ "escapes and non-ASCII",
+		    "{\"sid\":\"US1\",\"friendly_name\":\"\\u00e9\\ud83d\\ude00"
+		    "\\n\\\"\\\\\xc3\xa9\"}", 0 },
+		{ "lone surrogate",
+		    "{\"sid\":\"US1\",\"friendly_name\":\"\\ud83d\"}", 0 },
+		{ "invalid UTF-8 in a kept value",
+		    "{\"sid\":\"US1\",\"friendly_name\":\"\xff\"}", 0 },
+		{ "trailing whitespace", "{\"sid\":\"US1\"} \r\n\t", 0 },
+		{ "trailing garbage", "{\"sid\":\"US1\"}x", 0 },
+		{ "two values", "{\"sid\":\"US1\"}{}", 0 },
+		{ "trailing NUL", "{\"sid\":\"US1\"}\0", 14 },
+		{ "empty object", "{}", 0 },
+		{ "nested empties",
+		    "{\"sid\":\"US1\",\"links\":{},\"attributes\":[]}", 0 },
+		{ "unterminated", "{\"sid\":\"US1\",\"links\":{", 0 },
+		{ "bad escape", "{\"sid\":\"US\\x1\"}", 0 },
+		{ "unquoted key", "{sid:\"US1\"}", 0 },
+	};
+	json_t	*got, *want;
+	size_t	 i, len;
+
+	for (i = 0; i < NROWS(rows); i++) {
+		len = rows[i].len ? rows[i].len : strlen(rows[i].body);
+		got = record_from_twilio(rows[i].body, len);
+		want = jansson_record(rows[i].body, len);
+		CHECK(same_record(got, want), "%s: %s, jansson %s",
+		    rows[i].name, got ? "a record" : "NULL",
+		    want ? "a record" : "NULL");
+		json_decref(got);
+		json_decref(want);
+	}
+}
+
+/*
+ * Where cJSON alone reads the answer, a malformed field the record drops
+ * does not lose the user: jansson refuses the whole body for a byte that is
+ * not UTF-8 anywhere, the fast path only where the record keeps it.
+ */
+static void
+test_dropped_field_not_utf8(void)
+{
+	static const char body[] =
+	    "{\"sid\":\"US1\",\"web_page\":\"\xff\",\"identity\":\"i\"}";
+	json_t	*r;
+
+	r = record_from_twilio(body, strlen(body));
+	CU_ASSERT_FATAL(r != NULL);
+	CU_ASSERT(json_object_size(r) == 2);
+	CU_ASSERT(streq(json_string_value(json_object_get(r, "identity")),
+	    "i"));
+	json_decref(r);
+}
+
 static void
 test_twilio_error(void)
 {
@@ -355,6 +479,8 @@ main(void)
 		{ "full Twilio answer", test_full_answer },
 		{ "partial answers", test_partial_answer },
 		{ "not a record", test_not_a_record },
+		{ "cJSON and jansson agree", test_parsers_agree },
+		{ "a dropped field that is not UTF-8", test_dropped_field_not_utf8 },
 		{ "Twilio error bodies", test_twilio_error },
 		{ "record_differs", test_differs },
 		{ "record_differs with parsed requests", test_differs_parsed },
