@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <signal.h>
@@ -149,9 +150,57 @@ static const char takeover_lua[] =
 	"end\n"
 	"return moved\n";
 
-enum script { SCRIPT_TAKE, SCRIPT_CLAIM, SCRIPT_RATE, SCRIPT_TAKEOVER, SCRIPT_COUNT };
+/*
+ * The result transaction of SPEC §5.1 for a batch of results: each result
+ * is stored, pushed, published and removed from the processing list in one
+ * atomic step, so a crash leaves either the request in processing or its
+ * result in Redis, never neither.  A script is a Redis transaction as
+ * MULTI/EXEC is, and costs the daemon one command per batch instead of
+ * MULTI, five commands per result and EXEC (hiredis formats every argument
+ * with sprintf, and EXEC answers with ten reply objects per result).
+ *
+ * KEYS: results, events, dead, recoveries, processing.  ARGV: prefix,
+ * dedup TTL, ReplyTo TTL, results_max - 1, then seven per result: flags,
+ * Identity, record, result, ReplyTo, dead entry, raw request.  Flags:
+ * u store the record, d mark the Identity done, r release it, y push to
+ * ReplyTo, x push to the dead list, c forget its recoveries, p remove it
+ * from processing.  Data-dependent commands run through pcall, as each
+ * command of a MULTI/EXEC fails alone: a key of the wrong type must not
+ * stop the other results.  Returns the errors met, if any.
+ */
+static const char commit_lua[] =
+	"local p, errs, pushed, f = ARGV[1], {}, {}, ''\n"
+	"local function call(...)\n"
+	"  local r = redis.pcall(...)\n"
+	"  if type(r) == 'table' and r.err then errs[#errs + 1] = r.err end\n"
+	"end\n"
+	"local function has(c) return string.find(f, c, 1, true) end\n"
+	"for i = 5, #ARGV, 7 do\n"
+	"  f = ARGV[i]\n"
+	"  local id, res = ARGV[i + 1], ARGV[i + 3]\n"
+	"  if has('u') then call('SET', p .. 'user:' .. id, ARGV[i + 2]) end\n"
+	"  if has('d') then call('SET', p .. 'identity:' .. id, 'done', 'EX', ARGV[2])\n"
+	"  elseif has('r') then call('DEL', p .. 'identity:' .. id) end\n"
+	"  pushed[#pushed + 1] = res\n"
+	"  call('PUBLISH', KEYS[2], res)\n"
+	"  if has('y') then\n"
+	"    call('LPUSH', ARGV[i + 4], res)\n"
+	"    call('EXPIRE', ARGV[i + 4], ARGV[3])\n"
+	"  end\n"
+	"  if has('x') then call('LPUSH', KEYS[3], ARGV[i + 5]) end\n"
+	"  if has('c') then call('HDEL', KEYS[4], ARGV[i + 6]) end\n"
+	"  if has('p') then call('LREM', KEYS[5], -1, ARGV[i + 6]) end\n"
+	"end\n"
+	"if #pushed > 0 then\n"
+	"  call('LPUSH', KEYS[1], unpack(pushed))\n"
+	"  call('LTRIM', KEYS[1], 0, ARGV[4])\n"
+	"end\n"
+	"return errs\n";
+
+enum script { SCRIPT_TAKE, SCRIPT_CLAIM, SCRIPT_RATE, SCRIPT_TAKEOVER, SCRIPT_COMMIT,
+	SCRIPT_COUNT };
 static const char *const script_source[SCRIPT_COUNT] = {
-	take_lua, claim_lua, rate_lua, takeover_lua,
+	take_lua, claim_lua, rate_lua, takeover_lua, commit_lua,
 };
 static char script_sha[SCRIPT_COUNT][41];
 
@@ -181,13 +230,21 @@ static void	 connect_all(void);
 static void	 on_client_id(redisAsyncContext *, void *, void *);
 static void	 schedule_reconnect(void);
 
+/* PREFIX + suffix + arg, malloc'd; two per result, so no printf. */
 static char *
 key(const char *suffix, const char *arg)
 {
+	size_t a = strlen(ug.cfg->prefix), b = strlen(suffix);
+	size_t c = arg != NULL ? strlen(arg) : 0;
 	char *s;
 
-	if (asprintf(&s, "%s%s%s", ug.cfg->prefix, suffix, arg ? arg : "") == -1)
+	if ((s = malloc(a + b + c + 1)) == NULL)
 		return NULL;
+	memcpy(s, ug.cfg->prefix, a);
+	memcpy(s + a, suffix, b);
+	if (c > 0)
+		memcpy(s + a + b, arg, c);
+	s[a + b + c] = '\0';
 	return s;
 }
 
@@ -980,7 +1037,7 @@ struct done_call {
 };
 
 static void
-on_exec(redisAsyncContext *ac, void *reply, void *priv)
+on_committed(redisAsyncContext *ac, void *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct done_call *c = priv;
@@ -992,7 +1049,8 @@ on_exec(redisAsyncContext *ac, void *reply, void *priv)
 		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
 	if (ok) {
 		for (i = 0; i < r->elements; i++)
-			if (r->element[i]->type == REDIS_REPLY_ERROR)
+			if (r->element[i]->type == REDIS_REPLY_STRING ||
+			    r->element[i]->type == REDIS_REPLY_STATUS)
 				log_warn("redis: a command of the result transaction failed",
 				    "error", r->element[i]->str);
 	}
@@ -1008,99 +1066,96 @@ call_done_later(struct done_call *c, redisAsyncContext *ac, int rv)
 	return rv;
 }
 
+/* EVALSHA sha numkeys, 5 KEYS, 4 fixed ARGV; then 7 ARGV per result. */
+#define COMMIT_FIXED	12
+#define COMMIT_PER_ITEM	7
+
 /*
- * One MULTI/EXEC for a batch of results: each result is stored, pushed,
- * published and removed from the processing list together, so a crash
- * leaves either the request in processing or its result in Redis, never
- * neither.
+ * One call of the commit script (above) for a batch of results.  Nothing
+ * is copied: the arguments point into the items.
  */
 int
 queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void *arg)
 {
-	struct done_call *c;
+	struct done_call *c = NULL;
 	char ttl[32], reply_ttl[32], trim[32];
-	size_t i;
-	int rv = 0;
+	char (*flags)[8] = NULL;
+	const char **argv = NULL;
+	size_t *lens = NULL, argc, i, k;
+	int rv = -1;
 
-	if (!cmd_ready || (c = malloc(sizeof(*c))) == NULL)
+	if (!cmd_ready || n == 0 || n > (INT_MAX - COMMIT_FIXED) / COMMIT_PER_ITEM)
 		return -1;
+	argc = COMMIT_FIXED + COMMIT_PER_ITEM * n;
+	c = malloc(sizeof(*c));
+	flags = malloc(n * sizeof(*flags));
+	argv = malloc(argc * sizeof(*argv));
+	lens = malloc(argc * sizeof(*lens));
+	if (c == NULL || flags == NULL || argv == NULL || lens == NULL)
+		goto done;
 	c->cb = cb;
 	c->arg = arg;
 	snprintf(ttl, sizeof(ttl), "%ld", ug.cfg->dedup_ttl_s);
 	snprintf(reply_ttl, sizeof(reply_ttl), "%ld", ug.cfg->reply_ttl_s);
 	snprintf(trim, sizeof(trim), "%ld", ug.cfg->results_max - 1);
 
-	rv |= send_strings(cmd, NULL, NULL, 1, "MULTI");
-	for (i = 0; i < n && rv == 0; i++) {
+	k = 0;
+	argv[k++] = "EVALSHA";
+	argv[k++] = script_sha[SCRIPT_COMMIT];
+	argv[k++] = "5";
+	argv[k++] = k_results;
+	argv[k++] = k_events;
+	argv[k++] = k_dead;
+	argv[k++] = k_recoveries;
+	argv[k++] = k_processing;
+	argv[k++] = ug.cfg->prefix;
+	argv[k++] = ttl;
+	argv[k++] = reply_ttl;
+	argv[k++] = trim;
+	for (i = 0; i < k; i++)
+		lens[i] = strlen(argv[i]);
+	for (i = 0; i < n; i++) {
 		const struct commit_item *it = &items[i];
-		const char *argv[6];
-		size_t lens[6];
-		char *kid = NULL, *kuser = NULL;
+		char *f = flags[i];
+		int id = it->identity != NULL;
 
-		if (it->identity != NULL && (it->record != NULL || it->identity_done ||
-		    it->identity_release)) {
-			kid = key("identity:", it->identity);
-			kuser = key("user:", it->identity);
-			if (kid == NULL || kuser == NULL) {
-				free(kid);
-				free(kuser);
-				rv = -1;
-				break;
-			}
-		}
-		if (kuser != NULL && it->record != NULL) {
-			argv[0] = "SET"; lens[0] = 3;
-			argv[1] = kuser; lens[1] = strlen(kuser);
-			argv[2] = it->record; lens[2] = it->recordlen;
-			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
-		}
-		if (kid != NULL && it->identity_done)
-			rv |= send_strings(cmd, NULL, NULL, 5, "SET", kid, "done", "EX", ttl);
-		else if (kid != NULL && it->identity_release)
-			rv |= send_strings(cmd, NULL, NULL, 2, "DEL", kid);
-		free(kid);
-		free(kuser);
-
-		argv[0] = "LPUSH"; lens[0] = 5;
-		argv[1] = k_results; lens[1] = strlen(k_results);
-		argv[2] = it->result; lens[2] = it->resultlen;
-		rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
-		argv[0] = "PUBLISH"; lens[0] = 7;
-		argv[1] = k_events; lens[1] = strlen(k_events);
-		rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
-		if (it->reply_to != NULL) {
-			argv[0] = "LPUSH"; lens[0] = 5;
-			argv[1] = it->reply_to; lens[1] = strlen(it->reply_to);
-			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
-			rv |= send_strings(cmd, NULL, NULL, 3, "EXPIRE", it->reply_to, reply_ttl);
-		}
-		if (it->dead != NULL) {
-			argv[0] = "LPUSH"; lens[0] = 5;
-			argv[1] = k_dead; lens[1] = strlen(k_dead);
-			argv[2] = it->dead; lens[2] = it->deadlen;
-			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
-		}
-		if (it->recovered) {
-			argv[0] = "HDEL"; lens[0] = 4;
-			argv[1] = k_recoveries; lens[1] = strlen(k_recoveries);
-			argv[2] = it->raw; lens[2] = it->rawlen;
-			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
-		}
-		if (it->in_processing) {
-			argv[0] = "LREM"; lens[0] = 4;
-			argv[1] = k_processing; lens[1] = strlen(k_processing);
-			argv[2] = "-1"; lens[2] = 2;
-			argv[3] = it->raw; lens[3] = it->rawlen;
-			rv |= send_argv(cmd, NULL, NULL, 4, argv, lens);
-		}
+		if (id && it->record != NULL)
+			*f++ = 'u';
+		if (id && it->identity_done)
+			*f++ = 'd';
+		else if (id && it->identity_release)
+			*f++ = 'r';
+		if (it->reply_to != NULL)
+			*f++ = 'y';
+		if (it->dead != NULL)
+			*f++ = 'x';
+		if (it->recovered)
+			*f++ = 'c';
+		if (it->in_processing)
+			*f++ = 'p';
+		*f = '\0';
+		argv[k] = flags[i];
+		lens[k++] = strlen(flags[i]);
+		argv[k] = id ? it->identity : "";
+		lens[k++] = id ? strlen(it->identity) : 0;
+		argv[k] = it->record != NULL ? it->record : "";
+		lens[k++] = it->record != NULL ? it->recordlen : 0;
+		argv[k] = it->result;
+		lens[k++] = it->resultlen;
+		argv[k] = it->reply_to != NULL ? it->reply_to : "";
+		lens[k++] = it->reply_to != NULL ? strlen(it->reply_to) : 0;
+		argv[k] = it->dead != NULL ? it->dead : "";
+		lens[k++] = it->dead != NULL ? it->deadlen : 0;
+		argv[k] = it->raw != NULL ? it->raw : "";
+		lens[k++] = it->raw != NULL ? it->rawlen : 0;
 	}
-	if (rv == 0)
-		rv |= send_strings(cmd, NULL, NULL, 4, "LTRIM", k_results, "0", trim);
-	if (rv == 0)
-		rv = send_strings(cmd, on_exec, c, 1, "EXEC");
-	else if (cmd != NULL)
-		/* A half-queued transaction must not run. */
-		send_strings(cmd, NULL, NULL, 1, "DISCARD");
+	rv = send_argv(cmd, on_committed, c, (int)argc, argv, lens);
+done:
+	free(flags);
+	free(argv);
+	free(lens);
+	if (c == NULL)
+		return -1;
 	return call_done_later(c, cmd, rv);
 }
 

@@ -155,6 +155,25 @@ def test_reply_to_and_events(stack):
     sub.close()
 
 
+def test_a_failing_command_spares_the_rest_of_the_batch(stack):
+    """A ReplyTo key of the wrong type fails its own LPUSH and nothing else:
+    the result is still stored, published and pushed, the request leaves
+    the processing list, and the other results of the batch are whole."""
+    stack.r.set("replies:notalist", "a string")
+    stack.push({"Identity": "wt1", "ReplyTo": "replies:notalist"},
+               {"Identity": "wt2", "ReplyTo": "replies:wt2"})
+    res = {r["identity"]: r for r in stack.wait_results(2)}
+    assert res["wt1"]["status"] == "created" and res["wt2"]["status"] == "created"
+    assert stack.r.get("usergate:identity:wt1") == b"done"
+    assert stack.r.get("usergate:user:wt1") is not None
+    assert decode(stack.r.rpop("replies:wt2"))["identity"] == "wt2"
+    assert stack.r.get("replies:notalist") == b"a string"
+    wait_for(lambda: stack.r.llen("usergate:processing:" + stack.daemons[0].instance_id) == 0,
+             what="processing list empty")
+    wait_for(lambda: "WRONGTYPE" in stack.daemons[0].log(), what="the failure logged")
+    assert 'msg="redis: result transaction failed"' not in stack.daemons[0].log()
+
+
 def test_webhook_header_and_form(stack):
     stack.push({"Identity": "g1", "WebhookEnabled": False},
                {"Identity": "g2", "WebhookEnabled": True, "RoleSid": "RL" + "0" * 32},

@@ -311,6 +311,11 @@ static const struct form_case {
 	    { .identity = "alice", .friendly_name = "",
 	      .webhook_enabled = -1 }, 1, "Identity=alice&FriendlyName=" },
 	{ "nothing at all", { .webhook_enabled = -1 }, 1, "" },
+	/* The fast path for unreserved text, and what just misses it. */
+	{ "unreserved kept, the rest escaped",
+	    { .identity = "A-z_0.9~", .friendly_name = "x*y%z/ ~",
+	      .role_sid = "~", .webhook_enabled = -1 }, 1,
+	    "Identity=A-z_0.9~&FriendlyName=x%2Ay%25z%2F+~&RoleSid=~" },
 };
 
 static void
