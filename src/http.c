@@ -52,7 +52,8 @@ static struct event *timer_ev;
 static struct http_call *free_calls;
 static TAILQ_HEAD(, http_call) active_calls = TAILQ_HEAD_INITIALIZER(active_calls);
 static long inflight;
-static char user_agent[160];
+/* "User-Agent: ..." as a ready header line (see headers_build). */
+static char user_agent[180];
 static int still_running;
 
 /*
@@ -137,6 +138,14 @@ headers_build(void)
 		for (w = 0; w < 3; w++) {
 			struct curl_slist *h = curl_slist_append(NULL, "Accept: application/json");
 
+			/*
+			 * User-Agent as a header line, not CURLOPT_USERAGENT:
+			 * libcurl 7.88 re-formats that option with its
+			 * byte-at-a-time printf for every transfer (Curl_pretransfer),
+			 * then copies it again into the request head.
+			 */
+			if (h != NULL)
+				h = curl_slist_append(h, user_agent);
 			if (h != NULL)
 				h = curl_slist_append(h, auth);
 			/*
@@ -236,7 +245,6 @@ apply_options(struct http_call *c)
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
 	/* Basic auth is in the prebuilt headers (headers_build). */
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, cfg->request_timeout_ms);
@@ -496,7 +504,7 @@ http_init(void)
 	v = curl_version_info(CURLVERSION_NOW);
 	if (uname(&u) != 0)
 		strcpy(u.machine, "unknown");
-	snprintf(user_agent, sizeof(user_agent), "usergate/%s (Linux %s) libcurl/%s",
+	snprintf(user_agent, sizeof(user_agent), "User-Agent: usergate/%s (Linux %s) libcurl/%s",
 	    PACKAGE_VERSION, u.machine, v->version);
 	if ((multi = curl_multi_init()) == NULL)
 		return -1;
