@@ -43,20 +43,26 @@
 /*
  * Moves up to ARGV[1] requests from the right of the request list (FIFO) to
  * the left of our processing list, atomically, and says for each how often
- * it was already recovered after a crash.  Checking the recoveries hash only
- * when it exists keeps the common case to one LMOVE per request.
+ * it was already recovered after a crash.  Three commands per batch, not an
+ * LMOVE per request: the LPUSH takes the requests oldest first, so the
+ * processing list ends up exactly as one LMOVE RIGHT LEFT each would leave
+ * it.  Checking the recoveries hash only when it exists keeps the common
+ * case free of per-request commands.
  */
 static const char take_lua[] =
-	"local out = {}\n"
+	"local vs = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)\n"
+	"local n = #vs\n"
+	"if n == 0 then return {} end\n"
+	"redis.call('LTRIM', KEYS[1], 0, -n - 1)\n"
+	"local taken, out = {}, {}\n"
 	"local rec = redis.call('EXISTS', KEYS[3]) == 1\n"
-	"for i = 1, tonumber(ARGV[1]) do\n"
-	"  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')\n"
-	"  if not v then break end\n"
-	"  out[#out + 1] = v\n"
-	"  local n = 0\n"
-	"  if rec then n = tonumber(redis.call('HGET', KEYS[3], v) or '0') end\n"
-	"  out[#out + 1] = n\n"
+	"for i = 1, n do\n"
+	"  local v = vs[n + 1 - i]\n"
+	"  taken[i] = v\n"
+	"  out[2 * i - 1] = v\n"
+	"  out[2 * i] = rec and tonumber(redis.call('HGET', KEYS[3], v) or '0') or 0\n"
 	"end\n"
+	"redis.call('LPUSH', KEYS[2], unpack(taken))\n"
 	"return out\n";
 
 /*
@@ -65,29 +71,29 @@ static const char take_lua[] =
  * before a restart), {2, record} when it completed within the dedup TTL,
  * {3, owner} when another instance has it in flight.  A "done" state
  * without a stored record is claimed anew (Twilio stays the final
- * authority through 409/50201).  One script call per batch: a script call
- * costs Redis far more than the few commands inside it.
+ * authority through 409/50201).  A new Identity, the common case, costs
+ * one SET NX.  One script call per batch: a script call costs Redis far
+ * more than the few commands inside it.
  */
 static const char claim_lua[] =
 	"local out = {}\n"
 	"for i = 1, #KEYS / 2 do\n"
 	"  local kid, kuser = KEYS[2 * i - 1], KEYS[2 * i]\n"
-	"  local v = redis.call('GET', kid)\n"
-	"  if v == ARGV[1] then\n"
-	"    redis.call('EXPIRE', kid, ARGV[2])\n"
+	"  if redis.call('SET', kid, ARGV[1], 'NX', 'EX', ARGV[2]) then\n"
 	"    out[i] = {1}\n"
 	"  else\n"
-	"    if v == 'done' then\n"
-	"      local r = redis.call('GET', kuser)\n"
-	"      if r then out[i] = {2, r} else v = false end\n"
-	"    end\n"
-	"    if not out[i] then\n"
-	"      if not v then\n"
-	"        redis.call('SET', kid, ARGV[1], 'EX', ARGV[2])\n"
-	"        out[i] = {1}\n"
-	"      else\n"
-	"        out[i] = {3, v}\n"
-	"      end\n"
+	"    local v = redis.call('GET', kid)\n"
+	"    local r = v == 'done' and redis.call('GET', kuser)\n"
+	"    if v == ARGV[1] then\n"
+	"      redis.call('EXPIRE', kid, ARGV[2])\n"
+	"      out[i] = {1}\n"
+	"    elseif r then\n"
+	"      out[i] = {2, r}\n"
+	"    elseif v == 'done' then\n"
+	"      redis.call('SET', kid, ARGV[1], 'EX', ARGV[2])\n"
+	"      out[i] = {1}\n"
+	"    else\n"
+	"      out[i] = {3, v}\n"
 	"    end\n"
 	"  end\n"
 	"end\n"
