@@ -15,9 +15,10 @@
  * whole is handed over whole, which is answered the same way.
  *
  * msgpack: a frame is one whole msgpack value, found by msgpack-c's own
- * unpacker.  msgpack has no resynchronisation point, so a value that cannot
- * be parsed, or that is still incomplete after UG_FRAME_MAX + 1 bytes, ends
- * the stream.
+ * streaming unpacker, which keeps its place between reads: each byte is
+ * parsed once however it is cut into reads.  msgpack has no
+ * resynchronisation point, so a value that cannot be parsed, or that is
+ * still incomplete after UG_FRAME_MAX + 1 bytes, ends the stream.
  */
 #include <string.h>
 
@@ -27,8 +28,8 @@
 
 static enum frame_status next_json_line(const char *, size_t, int *,
 			    size_t *, size_t *);
-static enum frame_status next_msgpack_value(const char *, size_t, size_t *,
-			    size_t *);
+static enum frame_status next_msgpack_value(const char *, size_t,
+			    struct framing_state *, size_t *, size_t *);
 
 static enum frame_status
 next_json_line(const char *buf, size_t len, int *discarding,
@@ -71,43 +72,84 @@ next_json_line(const char *buf, size_t len, int *discarding,
 }
 
 /*
- * msgpack_unpack_next builds the value to find where it ends; that costs a
- * second decoding later (request_parse), but keeps all msgpack parsing in
- * the library.  Only the first UG_FRAME_MAX + 1 bytes are looked at: a
- * value that needs more is too large whatever follows.
+ * The unpacker builds the value to find where it ends; that costs a second
+ * decoding later (request_parse), but keeps all msgpack parsing in the
+ * library.  Only the first UG_FRAME_MAX + 1 bytes are looked at: a value
+ * that needs more is too large whatever follows.  Bytes are copied into
+ * the unpacker once (st->fed counts them); when a value is whole, the
+ * unpacker forgets it and goes on with the bytes after it.
  */
 static enum frame_status
-next_msgpack_value(const char *buf, size_t len, size_t *frame_len,
-    size_t *consumed)
+next_msgpack_value(const char *buf, size_t len, struct framing_state *st,
+    size_t *frame_len, size_t *consumed)
 {
-	msgpack_unpacked	 u;
-	msgpack_unpack_return	 rc;
-	enum frame_status	 st;
-	size_t			 look, off = 0;
+	enum frame_status	 status;
+	size_t			 look, n;
+	int			 rc;
 
 	if (len == 0)
 		return FRAME_NONE;
 	look = len > UG_FRAME_MAX + 1 ? UG_FRAME_MAX + 1 : len;
-	msgpack_unpacked_init(&u);
-	rc = msgpack_unpack_next(&u, buf, look, &off);
-	msgpack_unpacked_destroy(&u);
-	switch (rc) {
-	case MSGPACK_UNPACK_SUCCESS:
-	case MSGPACK_UNPACK_EXTRA_BYTES:
-		*frame_len = off;
-		*consumed = off;
+	if (st->fed > look)		/* not the bytes of the last call */
+		framing_state_free(st);
+	if (st->mp == NULL) {
+		st->fed = 0;
+		/* 4 KiB to start: most requests are far smaller, and an
+		 * idle connection should not hold msgpack-c's 64 KiB. */
+		if ((st->mp = msgpack_unpacker_new(4096)) == NULL) {
+			status = FRAME_MALFORMED;	/* out of memory */
+			goto end;
+		}
+	}
+	if ((n = look - st->fed) > 0) {
+		if (!msgpack_unpacker_reserve_buffer(st->mp, n)) {
+			status = FRAME_MALFORMED;
+			goto end;
+		}
+		memcpy(msgpack_unpacker_buffer(st->mp), buf + st->fed, n);
+		msgpack_unpacker_buffer_consumed(st->mp, n);
+		st->fed = look;
+	}
+	rc = msgpack_unpacker_execute(st->mp);
+	if (rc > 0) {
+		/*
+		 * parsed counts the bytes of this value alone.  The value
+		 * goes with its zone, as in msgpack_unpacker_next.
+		 */
+		msgpack_zone	*z;
+
+		n = msgpack_unpacker_parsed_size(st->mp);
+		if ((z = msgpack_unpacker_release_zone(st->mp)) == NULL) {
+			status = FRAME_MALFORMED;	/* out of memory */
+			goto end;
+		}
+		msgpack_zone_free(z);
+		msgpack_unpacker_reset(st->mp);
+		st->fed -= n;
+		*frame_len = n;
+		*consumed = n;
 		return FRAME_READY;
-	case MSGPACK_UNPACK_CONTINUE:
+	}
+	if (rc == 0) {
 		if (look <= UG_FRAME_MAX)
 			return FRAME_NONE;	/* wait for the rest */
-		st = FRAME_TOO_LARGE;
-		break;
-	default:
-		st = FRAME_MALFORMED;
-		break;
-	}
+		status = FRAME_TOO_LARGE;
+	} else
+		status = FRAME_MALFORMED;	/* including a header asking
+						 * for more than can be had */
+end:
+	framing_state_free(st);		/* the stream ends here */
 	*consumed = len;
-	return st;
+	return status;
+}
+
+void
+framing_state_free(struct framing_state *st)
+{
+	if (st->mp != NULL)
+		msgpack_unpacker_free(st->mp);
+	st->mp = NULL;
+	st->fed = 0;
 }
 
 /* SPEC §6.1: a connection whose first byte is '{' speaks JSON lines. */
@@ -121,7 +163,7 @@ framing_detect(const char *buf, size_t len)
 
 enum frame_status
 framing_next(const char *buf, size_t len, enum framing framing,
-    int *discarding, size_t *frame_len, size_t *consumed)
+    struct framing_state *st, size_t *frame_len, size_t *consumed)
 {
 	*frame_len = 0;
 	*consumed = 0;
@@ -129,7 +171,7 @@ framing_next(const char *buf, size_t len, enum framing framing,
 	    (framing = framing_detect(buf, len)) == FRAMING_UNKNOWN)
 		return FRAME_NONE;
 	if (framing == FRAMING_JSON)
-		return next_json_line(buf, len, discarding, frame_len,
+		return next_json_line(buf, len, &st->discarding, frame_len,
 		    consumed);
-	return next_msgpack_value(buf, len, frame_len, consumed);
+	return next_msgpack_value(buf, len, st, frame_len, consumed);
 }

@@ -39,7 +39,7 @@ struct intake_conn {
 	int			 outstanding;	/* requests not yet answered */
 	int			 closed;	/* socket gone or closing */
 	int			 eof;		/* client finished writing */
-	int			 discarding;	/* skipping an oversized JSON line */
+	struct framing_state	 fs;		/* framing_next's, between reads */
 	int			 throttled;
 };
 
@@ -65,6 +65,7 @@ conn_unref(struct intake_conn *c)
 {
 	if (--c->refs > 0 || !c->closed)
 		return;
+	framing_state_free(&c->fs);
 	free(c);
 }
 
@@ -226,7 +227,7 @@ read_frames(struct intake_conn *c, struct evbuffer *in)
 		if (have > 0 &&
 		    (data = (const char *)evbuffer_pullup(in, (ev_ssize_t)have)) == NULL)
 			return;		/* out of memory: try on the next read */
-		st = framing_next(data, have, c->framing, &c->discarding, &frame_len,
+		st = framing_next(data, have, c->framing, &c->fs, &frame_len,
 		    &consumed);
 		if (st == FRAME_NONE)
 			return;

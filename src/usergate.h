@@ -254,16 +254,30 @@ enum frame_status {
  * FRAMING_UNKNOWN when there is no byte yet. */
 enum framing	 framing_detect(const char *buf, size_t len);
 /*
+ * What framing_next keeps between calls on one connection: zeroed at its
+ * start, given to framing_state_free at its end.  msgpack values are parsed
+ * by one streaming msgpack-c unpacker that only ever sees each byte once,
+ * so a value arriving a byte at a time costs its length, not its length
+ * squared (re-parsing from the start on each read did).
+ */
+struct framing_state {
+	int			 discarding;	/* JSON: skipping a long line's tail */
+	struct msgpack_unpacker	*mp;		/* msgpack: the value in progress */
+	size_t			 fed;		/* bytes of buf already in mp */
+};
+
+/*
  * The next frame at the start of buf[0..len), which holds every byte read
- * and not consumed yet (for msgpack the first UG_FRAME_MAX + 1 suffice).
+ * and not consumed yet (for msgpack the first UG_FRAME_MAX + 1 suffice),
+ * the same bytes as on the previous call minus what that call consumed.
  * After any status but FRAME_NONE the caller drops *consumed bytes, which
  * is never 0; for FRAME_READY it drops them only after using the frame,
  * and *consumed may exceed *frame_len (a line's end, an oversized line's
- * tail).  *discarding is the JSON reader's state between calls, 0 at the
- * start of a connection.  buf may be NULL when len is 0.
+ * tail).  buf may be NULL when len is 0.
  */
 enum frame_status framing_next(const char *buf, size_t len, enum framing framing,
-		    int *discarding, size_t *frame_len, size_t *consumed);
+		    struct framing_state *st, size_t *frame_len, size_t *consumed);
+void		 framing_state_free(struct framing_state *st);
 
 /* ------------------------------------------------------------------ */
 /* record.c: Twilio answers -> user records; result maps.  Pure. */

@@ -86,23 +86,23 @@ submit(struct outcome *o, const char *frame, size_t len, enum framing framing)
  * consumed, taken until nothing more can be.
  */
 static void
-run(const char *stream, size_t len, const uint8_t *steps, size_t nsteps,
-    int sep, struct outcome *o)
+run_with(struct framing_state *fs, const char *stream, size_t len,
+    const uint8_t *steps, size_t nsteps, int sep, struct outcome *o)
 {
 	enum frame_status st;
 	enum framing	 framing = FRAMING_UNKNOWN;
 	size_t		 start = 0, arrived = 0, have, frame_len, consumed;
 	size_t		 k = 0, next;
 	const char	*p;
-	int		 discarding = 0;
 
 	memset(o, 0, sizeof(*o));
 	while (arrived < len) {
 		if (nsteps == 0)
 			next = len;
 		else {
-			/* At most about 32 steps: an incomplete msgpack
-			 * value is parsed again from its start on each. */
+			/* About 32 steps, unless the separator comes often:
+			 * then one per byte, the worst case for a reader
+			 * (framing.c parses each byte once all the same). */
 			next = arrived + 1 + steps[k++ % nsteps] * 37 + len / 32;
 			p = memchr(stream + arrived, sep, len - arrived);
 			if (p != NULL && (size_t)(p - stream) + 1 < next)
@@ -117,7 +117,7 @@ run(const char *stream, size_t len, const uint8_t *steps, size_t nsteps,
 			if (framing == FRAMING_MSGPACK && have > UG_FRAME_MAX + 1)
 				have = UG_FRAME_MAX + 1;
 			st = framing_next(have > 0 ? stream + start : NULL, have,
-			    framing, &discarding, &frame_len, &consumed);
+			    framing, fs, &frame_len, &consumed);
 			if (st == FRAME_NONE) {
 				CHECK(consumed == 0);
 				break;
@@ -137,6 +137,18 @@ run(const char *stream, size_t len, const uint8_t *steps, size_t nsteps,
 			start += consumed;
 		}
 	}
+}
+
+/* The state a connection keeps, freed as intake.c frees it. */
+static void
+run(const char *stream, size_t len, const uint8_t *steps, size_t nsteps,
+    int sep, struct outcome *o)
+{
+	struct framing_state fs;
+
+	memset(&fs, 0, sizeof(fs));
+	run_with(&fs, stream, len, steps, nsteps, sep, o);
+	framing_state_free(&fs);
 }
 
 /*
