@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -33,6 +34,26 @@ WRAP_ERROR_EXIT = 99
 API_KEY = "SK" + "0123456789abcdef" * 2
 API_SECRET = "s3cr3t-token-value-for-tests"
 ACCOUNT = "AC" + "a" * 32
+
+
+def run_clients(client, n, timeout=120):
+    """Runs client(0) .. client(n - 1) in n threads at once and waits for
+    them all (timeout seconds each, times SLOW); fails with every client's
+    exception if any raised one."""
+    errors = []
+
+    def guarded(i):
+        try:
+            client(i)
+        except Exception as e:      # reported below, in the test's thread
+            errors.append((i, repr(e)))
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout * SLOW)
+    assert not errors, errors
 
 
 def wait_for(cond, timeout=10.0, what="condition", interval=0.01):

@@ -11,7 +11,7 @@ import time
 import msgpack
 import pytest
 
-from conftest import SLOW, wait_for, decode
+from conftest import SLOW, wait_for, decode, run_clients
 
 USER_FIELDS = {"sid", "account_sid", "chat_service_sid", "role_sid", "identity",
                "friendly_name", "attributes", "is_online", "is_notifiable",
@@ -492,26 +492,17 @@ def test_backpressure_bounds_inflight(env):
 
 
 def test_many_concurrent_clients(stack):
-    errors = []
     results = {}
 
     def client(n):
-        try:
-            framing = "json" if n % 2 else "msgpack"
-            c = Client(stack.d.socket, framing=framing, timeout=60)
-            c.send(*[{"Identity": "cc-%d-%d" % (n, i), "RequestId": "cc-%d-%d" % (n, i)}
-                     for i in range(3)])
-            results[n] = c.recv_n(3)
-            c.close()
-        except Exception as e:      # reported below, in the test's thread
-            errors.append((n, repr(e)))
+        framing = "json" if n % 2 else "msgpack"
+        c = Client(stack.d.socket, framing=framing, timeout=60)
+        c.send(*[{"Identity": "cc-%d-%d" % (n, i), "RequestId": "cc-%d-%d" % (n, i)}
+                 for i in range(3)])
+        results[n] = c.recv_n(3)
+        c.close()
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120 * SLOW)
-    assert not errors, errors
+    run_clients(client, 24)
     assert len(results) == 24
     for n, answers in results.items():
         assert sorted(a["request_id"] for a in answers) == ["cc-%d-%d" % (n, i) for i in range(3)]
