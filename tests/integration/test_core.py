@@ -214,6 +214,21 @@ def test_msgpack_results(env):
     assert rec["identity"] == "m1"
 
 
+def test_a_proxy_in_the_environment_is_used(env):
+    """usergated tells libcurl "no proxy" once when the environment names
+    none (src/http.c); when it names one, every request still goes through
+    it.  The base URL cannot resolve: only the proxy (the fake) can answer."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(extra={"twilio.base_url": "http://twilio-via-proxy.invalid"},
+                   env={"http_proxy": env.twilio.url})
+    d.wait_healthy()
+    env.push({"Identity": "proxied"})
+    r = env.wait_results(1)[0]
+    assert r["status"] == "created", r
+    assert env.twilio.stats()["creates_by_identity"] == {"proxied": 1}
+
+
 def test_service_sid_uses_service_paths(env):
     env.start_redis()
     env.start_twilio()
