@@ -289,7 +289,7 @@ static const struct form_case {
 	      .attributes = "{\"a\":1}",
 	      .role_sid = "RL0123456789abcdef0123456789abcdef",
 	      .webhook_enabled = 1 }, 1,
-	    "Identity=alice%40example.com&FriendlyName=Alice+A"
+	    "Identity=alice%40example.com&FriendlyName=Alice%20A"
 	    "&Attributes=%7B%22a%22%3A1%7D"
 	    "&RoleSid=RL0123456789abcdef0123456789abcdef" },
 	{ "utf-8 and separators inside values",
@@ -311,11 +311,11 @@ static const struct form_case {
 	    { .identity = "alice", .friendly_name = "",
 	      .webhook_enabled = -1 }, 1, "Identity=alice&FriendlyName=" },
 	{ "nothing at all", { .webhook_enabled = -1 }, 1, "" },
-	/* The fast path for unreserved text, and what just misses it. */
+	/* RFC 3986's unreserved set kept, everything else escaped. */
 	{ "unreserved kept, the rest escaped",
 	    { .identity = "A-z_0.9~", .friendly_name = "x*y%z/ ~",
 	      .role_sid = "~", .webhook_enabled = -1 }, 1,
-	    "Identity=A-z_0.9~&FriendlyName=x%2Ay%25z%2F+~&RoleSid=~" },
+	    "Identity=A-z_0.9~&FriendlyName=x%2Ay%25z%2F%20~&RoleSid=~" },
 };
 
 static void
