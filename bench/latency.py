@@ -44,7 +44,7 @@ def measure(port, rate=1000, seconds=10.0, prefix=None, channel="usergate:events
     # Wait for the subscription to be confirmed before the first send.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        m = ps.get_message(timeout=0.1)
+        ps.get_message(timeout=0.1)
         if ps.subscribed:
             break
     stop = threading.Event()

@@ -1,11 +1,10 @@
 """The pipeline end to end: intake from Redis, validation, dedup, results."""
 import json
-import threading
 
 import msgpack
 import pytest
 
-from conftest import wait_for, decode, API_KEY
+from conftest import wait_for, decode
 
 USER_FIELDS = {"sid", "account_sid", "chat_service_sid", "role_sid", "identity",
                "friendly_name", "attributes", "is_online", "is_notifiable",

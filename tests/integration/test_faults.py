@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import wait_for, API_KEY, API_SECRET, SLOW
+from conftest import wait_for, API_SECRET
 
 
 def assert_once(env, identities):

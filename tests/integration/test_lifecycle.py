@@ -6,11 +6,7 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
-
-import msgpack
-import pytest
 
 from conftest import wait_for, USERGATED, SLOW, API_KEY
 
@@ -316,7 +312,7 @@ def test_claim_of_a_dead_instance_expires(env):
     env.start_redis()
     env.start_twilio()
     env.r.set("usergate:identity:orphaned", "pending:ghost", ex=2)
-    d = env.daemon()
+    env.daemon()
     env.push({"Identity": "orphaned"})
     time.sleep(0.5)
     assert env.r.llen("usergate:results") == 0       # waits for the claim

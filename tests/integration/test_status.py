@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, wait_for, decode, run_clients
+from conftest import SLOW, wait_for, run_clients
 
 STATS_KEYS = ["version", "uptime_s", "instance_id", "health", "redis_connected", "paused",
               "inflight", "max_inflight", "queue_depth", "processing", "dead",

@@ -2,7 +2,6 @@
 output (JSON where the daemon answers JSON, so it pipes into jq), its exit
 status, and its errors when there is no daemon or the usage is wrong."""
 import json
-import os
 import shutil
 import socket
 import subprocess
