@@ -679,6 +679,15 @@ test_utf8_valid(void)
 		{ "bad 3rd continuation", BYTES("\xe2\x82\x28"), 0, 0 },
 		{ "bad 4th continuation", BYTES("\xf0\x9f\x98\x28"), 0, 0 },
 		{ "ASCII after 2-byte lead", BYTES("\xc3" "a"), 0, 0 },
+		/* Around the eight-bytes-at-once ASCII path. */
+		{ "16 ASCII", BYTES("0123456789abcdef"), 1, 16 },
+		{ "7 ASCII then 2-byte", BYTES("abcdefg\xc3\xa9"), 1, 8 },
+		{ "8 ASCII then 4-byte", BYTES("abcdefgh\xf0\x9f\x98\x80xyz"), 1, 12 },
+		{ "FF last of 8", BYTES("abcdefg\xff"), 0, 0 },
+		{ "FF first of second 8", BYTES("abcdefgh\xff" "1234567"), 0, 0 },
+		{ "truncated after 15 ASCII", BYTES("abcdefghijklmno\xe2\x82"), 0, 0 },
+		{ "surrogate inside a long ASCII run",
+		    BYTES("abcdefghij\xed\xa0\x80klmnopqrstuvwxyz"), 0, 0 },
 	};
 	size_t	 i;
 
