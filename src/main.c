@@ -113,7 +113,7 @@ daemon_notify_status(void)
 
 	queue_last_lengths(&requests, &processing, &dead);
 	snprintf(line, sizeof(line), "STATUS=%s; queue %lld, in flight %ld/%ld%s%s",
-	    daemon_health(health, sizeof(health)), requests, job_count(),
+	    daemon_health(health, sizeof(health)), requests, http_inflight(),
 	    ug.cfg->max_inflight, ug.paused ? ", paused" : "",
 	    ug.draining ? ", stopping" : "");
 	if (strcmp(line, last_status_line) == 0)

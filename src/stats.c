@@ -141,8 +141,8 @@ stats_prometheus(const struct stats_gauges *g)
 	    strcmp(g->health, "ok") == 0);
 	gauge_text(b, "redis_connected", "1 while Redis is connected", g->redis_connected);
 	gauge_text(b, "paused", "1 while intake is paused by an operator", g->paused);
-	gauge_text(b, "inflight", "Requests held in memory by this instance", g->inflight);
-	gauge_text(b, "max_inflight", "Configured bound on requests in memory",
+	gauge_text(b, "inflight", "Twilio requests in flight from this instance", g->inflight);
+	gauge_text(b, "max_inflight", "Configured bound on concurrent Twilio requests",
 	    g->max_inflight);
 	if (g->queue_depth >= 0)
 		gauge_text(b, "queue_depth", "Length of the request list", g->queue_depth);

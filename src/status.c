@@ -122,7 +122,8 @@ gather(struct stats_gauges *g, char *health, size_t hsize)
 	g->health = daemon_health(health, hsize);
 	g->redis_connected = ug.redis_up;
 	g->paused = ug.paused;
-	g->inflight = job_count();
+	/* Twilio requests, what max_inflight bounds (not the jobs held). */
+	g->inflight = http_inflight();
 	g->max_inflight = ug.cfg->max_inflight;
 	queue_last_lengths(&g->queue_depth, &g->processing, &g->dead);
 	g->uptime_s = now_monotonic() - ug.started;

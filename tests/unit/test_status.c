@@ -43,7 +43,7 @@ daemon_reload(char *err, size_t errlen)
 	return 0;
 }
 long
-job_count(void)
+http_inflight(void)
 {
 	return 0;
 }
