@@ -56,6 +56,7 @@ static enum codec_status decode_msgpack(const char *, size_t, int, json_t **,
 static enum codec_status decode(const void *, size_t, int, json_t **, char *,
 			    size_t);
 static int		 pack_value(msgpack_packer *, const json_t *, int);
+static int		 pack_members(msgpack_packer *, const json_t *, int);
 static int		 json_keys_ok(const json_t *, int);
 
 /*
@@ -470,10 +471,8 @@ codec_decode_any(const void *buf, size_t len, json_t **out, char *err,
 static int
 pack_value(msgpack_packer *pk, const json_t *v, int depth)
 {
-	const char	*key;
 	json_t		*child;
-	void		*iter;
-	size_t		 i, keylen;
+	size_t		 i;
 
 	if (depth > CODEC_ENCODE_DEPTH_MAX)
 		return -1;
@@ -505,20 +504,30 @@ pack_value(msgpack_packer *pk, const json_t *v, int depth)
 	case JSON_OBJECT:
 		if (msgpack_pack_map(pk, json_object_size(v)) != 0)
 			return -1;
-		/* Iteration is in insertion order, so key order is kept. */
-		for (iter = json_object_iter((json_t *)v); iter != NULL;
-		    iter = json_object_iter_next((json_t *)v, iter)) {
-			key = json_object_iter_key(iter);
-			keylen = json_object_iter_key_len(iter);
-			if (msgpack_pack_str(pk, keylen) != 0 ||
-			    msgpack_pack_str_body(pk, key, keylen) != 0 ||
-			    pack_value(pk, json_object_iter_value(iter),
-			    depth + 1) != 0)
-				return -1;
-		}
-		return 0;
+		return pack_members(pk, v, depth);
 	}
 	return -1;
+}
+
+/* An object's members, after its map header. */
+static int
+pack_members(msgpack_packer *pk, const json_t *v, int depth)
+{
+	const char	*key;
+	void		*iter;
+	size_t		 keylen;
+
+	/* Iteration is in insertion order, so key order is kept. */
+	for (iter = json_object_iter((json_t *)v); iter != NULL;
+	    iter = json_object_iter_next((json_t *)v, iter)) {
+		key = json_object_iter_key(iter);
+		keylen = json_object_iter_key_len(iter);
+		if (msgpack_pack_str(pk, keylen) != 0 ||
+		    msgpack_pack_str_body(pk, key, keylen) != 0 ||
+		    pack_value(pk, json_object_iter_value(iter), depth + 1) != 0)
+			return -1;
+	}
+	return 0;
 }
 
 /*
@@ -592,6 +601,72 @@ codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len)
 		return -1;
 	}
 	if ((*out = malloc(encode_buf.size ? encode_buf.size : 1)) == NULL)
+		return -1;
+	memcpy(*out, encode_buf.data, encode_buf.size);
+	*len = encode_buf.size;
+	return 0;
+}
+
+/*
+ * The object v with one more member, key, whose value is enc: bytes that
+ * codec_encode made in the same format.  Two well-formed encodings are
+ * joined, nothing is escaped here: key must be plain ASCII (letters, '_'),
+ * and v must not have it already.  The user record is encoded once this
+ * way, for its own key and inside the result (docs/performance.md).
+ */
+int
+codec_encode_with(const json_t *v, const char *key, const char *enc, size_t enclen,
+    enum results_format fmt, char **out, size_t *len)
+{
+	static const char plain[] = "abcdefghijklmnopqrstuvwxyz"
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ_";
+	msgpack_packer	 pk;
+	char		*text, *p;
+	size_t		 tlen, klen = strlen(key);
+
+	*out = NULL;
+	*len = 0;
+	if (!json_is_object(v) || klen == 0 || strspn(key, plain) != klen ||
+	    json_object_get(v, key) != NULL || enc == NULL || enclen == 0)
+		return -1;
+
+	if (fmt == FORMAT_JSON) {
+		/* {...} becomes {...,"key":enc} */
+		if (codec_encode(v, fmt, &text, &tlen) != 0)
+			return -1;
+		if ((p = malloc(tlen + klen + enclen + 5)) == NULL) {
+			free(text);
+			return -1;
+		}
+		memcpy(p, text, tlen - 1);
+		*len = tlen - 1;
+		if (json_object_size(v) > 0)
+			p[(*len)++] = ',';
+		p[(*len)++] = '"';
+		memcpy(p + *len, key, klen);
+		*len += klen;
+		p[(*len)++] = '"';
+		p[(*len)++] = ':';
+		memcpy(p + *len, enc, enclen);
+		*len += enclen;
+		p[(*len)++] = '}';
+		p[*len] = '\0';
+		free(text);
+		*out = p;
+		return 0;
+	}
+
+	msgpack_sbuffer_clear(&encode_buf);
+	msgpack_packer_init(&pk, &encode_buf, msgpack_sbuffer_write);
+	if (msgpack_pack_map(&pk, json_object_size(v) + 1) != 0 ||
+	    pack_members(&pk, v, 1) != 0 ||
+	    msgpack_pack_str(&pk, klen) != 0 ||
+	    msgpack_pack_str_body(&pk, key, klen) != 0 ||
+	    msgpack_sbuffer_write(&encode_buf, enc, enclen) != 0) {
+		msgpack_sbuffer_clear(&encode_buf);
+		return -1;
+	}
+	if ((*out = malloc(encode_buf.size)) == NULL)
 		return -1;
 	memcpy(*out, encode_buf.data, encode_buf.size);
 	*len = encode_buf.size;

@@ -937,8 +937,6 @@ finish(struct job *j, const char *status)
 	if (j->req.identity != NULL && codec_utf8_valid(j->req.identity, strlen(j->req.identity)))
 		json_object_set_new_nocheck(r, "identity", json_string_nocheck(j->req.identity));
 	json_object_set_new_nocheck(r, "status", json_string_nocheck(status));
-	if (j->user != NULL && is_success(status))
-		json_object_set_nocheck(r, "user", j->user);
 	if (j->error != NULL && !is_success(status))
 		json_object_set_nocheck(r, "error", j->error);
 	json_object_set_new_nocheck(r, "attempts", json_integer(j->attempts));
@@ -948,10 +946,22 @@ finish(struct job *j, const char *status)
 	json_object_set_new_nocheck(r, "completed_at", json_string_nocheck(completed));
 	j->result = r;
 
-	if (codec_encode(r, ug.cfg->format, &j->enc_result, &j->enc_result_len) != 0)
-		goto oom;
-	if (j->user != NULL && strcmp(status, "duplicate") != 0 && is_success(status) &&
-	    codec_encode(j->user, ug.cfg->format, &j->enc_record, &j->enc_record_len) != 0)
+	if (j->user != NULL && is_success(status)) {
+		/* The record is encoded once: stored under its own key (not
+		 * for a duplicate, whose record is the stored one) and put
+		 * into the result as it is, as its last member. */
+		if (codec_encode(j->user, ug.cfg->format, &j->enc_record,
+		    &j->enc_record_len) != 0 ||
+		    codec_encode_with(r, "user", j->enc_record, j->enc_record_len,
+		    ug.cfg->format, &j->enc_result, &j->enc_result_len) != 0 ||
+		    json_object_set_nocheck(r, "user", j->user) != 0)
+			goto oom;
+		if (strcmp(status, "duplicate") == 0) {
+			free(j->enc_record);
+			j->enc_record = NULL;
+			j->enc_record_len = 0;
+		}
+	} else if (codec_encode(r, ug.cfg->format, &j->enc_result, &j->enc_result_len) != 0)
 		goto oom;
 	if (!is_success(status) && dead_entry(j) != 0)
 		goto oom;

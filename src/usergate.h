@@ -183,6 +183,11 @@ enum codec_status codec_decode_any(const void *buf, size_t len, json_t **out,
  * (-1) for a string or key that is not UTF-8 and for a key with a NUL,
  * which only msgpack can carry. */
 int		 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len);
+/* The object v plus the member key (plain ASCII, not in v) whose value enc
+ * was encoded by codec_encode in the same format: encodes a value once for
+ * two messages.  -1 when key is not plain or already in v. */
+int		 codec_encode_with(const json_t *v, const char *key, const char *enc,
+		    size_t enclen, enum results_format fmt, char **out, size_t *len);
 /* 1 when s[0..len) is valid UTF-8. */
 int		 codec_utf8_valid(const char *s, size_t len);
 /* Number of code points in a valid UTF-8 string. */

@@ -574,6 +574,61 @@ test_encode_round_trip(void)
 	json_decref(v);
 }
 
+/*
+ * codec_encode_with: an object plus one member encoded beforehand is the
+ * object with that member, in both formats (for an empty object too), and
+ * bad arguments are refused rather than joined into a broken message.
+ */
+static void
+test_encode_with(void)
+{
+	static const enum results_format formats[] = { FORMAT_MSGPACK,
+	    FORMAT_JSON };
+	json_t		*objs[2], *member, *want, *back;
+	char		 err[256] = "", *enc, *out;
+	size_t		 i, k, enclen, len;
+
+	objs[0] = sample_value();
+	objs[1] = json_object();
+	member = sample_value();
+	for (i = 0; i < NROWS(formats); i++) {
+		CU_ASSERT_FATAL(codec_encode(member, formats[i], &enc, &enclen) == 0);
+		for (k = 0; k < NROWS(objs); k++) {
+			CHECK(codec_encode_with(objs[k], "user", enc, enclen, formats[i],
+			    &out, &len) == 0, "format %d object %zu encodes",
+			    (int)formats[i], k);
+			if (out == NULL)
+				continue;
+			CHECK(codec_decode(out, len, &back, err, sizeof(err)) ==
+			    CODEC_OK, "format %d object %zu decodes: %s",
+			    (int)formats[i], k, err);
+			want = json_deep_copy(objs[k]);
+			json_object_set(want, "user", member);
+			CHECK(json_equal(want, back), "format %d object %zu: the object "
+			    "and its new member", (int)formats[i], k);
+			json_decref(want);
+			json_decref(back);
+			free(out);
+		}
+		/* Refused: a key the object has, a key that would need
+		 * escaping, no value, not an object. */
+		CHECK(codec_encode_with(objs[0], "str", enc, enclen, formats[i],
+		    &out, &len) == -1 && out == NULL, "format %d key present",
+		    (int)formats[i]);
+		CHECK(codec_encode_with(objs[0], "us\"er", enc, enclen, formats[i],
+		    &out, &len) == -1, "format %d key not plain", (int)formats[i]);
+		CHECK(codec_encode_with(objs[0], "user", NULL, 0, formats[i],
+		    &out, &len) == -1, "format %d no value", (int)formats[i]);
+		CHECK(codec_encode_with(json_object_get(objs[0], "arr"), "user", enc,
+		    enclen, formats[i], &out, &len) == -1, "format %d not an object",
+		    (int)formats[i]);
+		free(enc);
+	}
+	json_decref(objs[0]);
+	json_decref(objs[1]);
+	json_decref(member);
+}
+
 /* Exact encodings: compact JSON in insertion order, shortest msgpack. */
 static void
 test_encode_exact(void)
@@ -790,6 +845,7 @@ main(void)
 		{ "invalid UTF-8: JSON vs msgpack", test_utf8_in_formats },
 		{ "encode and decode back", test_encode_round_trip },
 		{ "exact encodings", test_encode_exact },
+		{ "an object plus a member encoded before", test_encode_with },
 		{ "UTF-8 validator", test_utf8_valid },
 		{ "sanitising text", test_sanitize },
 		{ "error messages are clean", test_error_text_is_clean },
