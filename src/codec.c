@@ -568,6 +568,17 @@ json_keys_ok(const json_t *v, int depth)
 	return 1;
 }
 
+/* What encode_buf holds, as an exact-size copy for the caller. */
+static int
+encoded_copy(char **out, size_t *len)
+{
+	if ((*out = malloc(encode_buf.size ? encode_buf.size : 1)) == NULL)
+		return -1;
+	memcpy(*out, encode_buf.data, encode_buf.size);
+	*len = encode_buf.size;
+	return 0;
+}
+
 int
 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len)
 {
@@ -600,11 +611,7 @@ codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len)
 		msgpack_sbuffer_clear(&encode_buf);
 		return -1;
 	}
-	if ((*out = malloc(encode_buf.size ? encode_buf.size : 1)) == NULL)
-		return -1;
-	memcpy(*out, encode_buf.data, encode_buf.size);
-	*len = encode_buf.size;
-	return 0;
+	return encoded_copy(out, len);
 }
 
 /*
@@ -634,12 +641,11 @@ codec_encode_with(const json_t *v, const char *key, const char *enc, size_t encl
 		/* {...} becomes {...,"key":enc} */
 		if (codec_encode(v, fmt, &text, &tlen) != 0)
 			return -1;
-		if ((p = malloc(tlen + klen + enclen + 5)) == NULL) {
+		if ((p = realloc(text, tlen + klen + enclen + 5)) == NULL) {
 			free(text);
 			return -1;
 		}
-		memcpy(p, text, tlen - 1);
-		*len = tlen - 1;
+		*len = tlen - 1;	/* over the closing brace */
 		if (json_object_size(v) > 0)
 			p[(*len)++] = ',';
 		p[(*len)++] = '"';
@@ -651,7 +657,6 @@ codec_encode_with(const json_t *v, const char *key, const char *enc, size_t encl
 		*len += enclen;
 		p[(*len)++] = '}';
 		p[*len] = '\0';
-		free(text);
 		*out = p;
 		return 0;
 	}
@@ -666,11 +671,7 @@ codec_encode_with(const json_t *v, const char *key, const char *enc, size_t encl
 		msgpack_sbuffer_clear(&encode_buf);
 		return -1;
 	}
-	if ((*out = malloc(encode_buf.size)) == NULL)
-		return -1;
-	memcpy(*out, encode_buf.data, encode_buf.size);
-	*len = encode_buf.size;
-	return 0;
+	return encoded_copy(out, len);
 }
 
 /*
