@@ -114,12 +114,13 @@ void		 job_take(char *raw, size_t len, enum job_source source, long recoveries,
 		    struct intake_conn *conn, const char *request_id);
 /* A fresh unique request id (32 hex digits, malloc'd). */
 char		*job_new_request_id(void);
-/* Jobs alive in memory: at most twice max_inflight (job.c, HELD_PER_SLOT). */
+/* Jobs alive in memory: at most max_inflight + min(3 × max_inflight, 192)
+ * (job.c, HELD_EXTRA_PER_SLOT and HELD_EXTRA_MAX). */
 long		 job_count(void);
 /* Seconds since the oldest job in memory was taken (0 when none); part of
  * show queue's oldest_age_s. */
 double		 job_oldest_age(void);
-/* Room for more work: twice max_inflight minus jobs alive. */
+/* Room for more work: that bound minus jobs alive. */
 long		 job_room(void);
 /* A socket client went away: its jobs finish but answer nobody. */
 void		 job_forget_conn(struct intake_conn *conn);

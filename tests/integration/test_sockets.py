@@ -450,9 +450,9 @@ def test_clients_that_leave_at_once_leave_nothing_behind(stack):
 # ---------------------------------------------------------------- load
 
 def test_backpressure_bounds_inflight(env):
-    """max_inflight bounds the Twilio requests; as many requests again may
-    be held (taken, claimed, results being written), never more: the
-    processing list, read straight from Redis, stays at twice max_inflight."""
+    """max_inflight bounds the Twilio requests; three times as many requests
+    again may be held (taken, claimed, results being written), never more:
+    the processing list, read straight from Redis, stays at 2 + 6."""
     env.start_redis()
     env.start_twilio()
     d = env.daemon(extra={"twilio.max_inflight": 2}).wait_healthy()
@@ -488,12 +488,34 @@ def test_backpressure_bounds_inflight(env):
         sampler.join()
     assert samples, "no stats sampled"
     assert max(s[0] for s in samples) <= 2, samples
-    assert max(s[1] for s in samples) <= 4, samples
+    assert max(s[1] for s in samples) <= 8, samples
     assert max(s[0] for s in samples) == 2      # the sampler did see work
-    assert max(s[1] for s in samples) > 2       # and requests held beyond it
+    assert max(s[1] for s in samples) > 4       # and more than one held per slot
     # The fake saw at most two requests at a time.
     assert env.twilio.stats()["max_inflight"] <= 2
     assert d.stats()["created"] == 24
+
+
+def test_requests_held_beyond_max_inflight_are_capped(env):
+    """Beyond max_inflight at most 192 more requests are held, however
+    large max_inflight is (three per slot would be 210 here): with 400
+    queued and Twilio slow, the processing list holds exactly 70 + 192."""
+    env.start_redis()
+    env.start_twilio()
+    env.twilio.control(latency_ms=1000)
+    env.push(*[{"Identity": "cap-%d" % i} for i in range(400)])
+    d = env.daemon(extra={"twilio.max_inflight": 70}).wait_healthy()
+    r = env.r
+    samples = []
+    while r.llen("usergate:results") < 400:
+        s = d.stats()
+        samples.append((s["inflight"], r.llen("usergate:processing:ug")))
+        assert len(samples) < 20000, "400 results not written"
+        time.sleep(0.02)
+    assert max(s[0] for s in samples) == 70, samples
+    assert max(s[1] for s in samples) == 70 + 192, samples
+    assert env.twilio.stats()["max_inflight"] <= 70
+    assert d.stats()["created"] == 400
 
 
 def test_many_concurrent_clients(stack):
