@@ -128,6 +128,34 @@ from_cjson(const cJSON *c, enum fast *why)
 	return NULL;
 }
 
+#define NFIELDS	(sizeof(record_fields) / sizeof(record_fields[0]))
+
+/*
+ * Each kept field of a parsed answer, in one pass over its members: the
+ * last of a repeated key, as jansson keeps it.  Twilio sends the fields in
+ * record_fields' order, so the search starts at the field after the one
+ * found before and usually matches at once; in any other order the first
+ * byte rules out most names without a call.
+ */
+static void
+kept_fields(const cJSON *answer, const cJSON *found[NFIELDS])
+{
+	const cJSON	*c;
+	size_t		 next = 0, k, f;
+
+	memset(found, 0, NFIELDS * sizeof(found[0]));
+	cJSON_ArrayForEach(c, answer) {
+		for (k = 0, f = next; k < NFIELDS; k++, f = (f + 1) % NFIELDS)
+			if (c->string[0] == record_fields[f][0] &&
+			    strcmp(c->string, record_fields[f]) == 0)
+				break;
+		if (k < NFIELDS) {
+			found[f] = c;
+			next = (f + 1) % NFIELDS;
+		}
+	}
+}
+
 /*
  * The record from an answer parsed by cJSON, or NULL with *why set.
  * Trailing bytes other than whitespace are refused, as jansson does.
@@ -136,7 +164,7 @@ static json_t *
 record_fast(const char *body, size_t len, enum fast *why)
 {
 	const char	*end = NULL;
-	const cJSON	*sid, *c;
+	const cJSON	*found[NFIELDS], *sid;
 	cJSON		*answer;
 	json_t		*record, *v;
 	size_t		 i;
@@ -147,19 +175,22 @@ record_fast(const char *body, size_t len, enum fast *why)
 		return NULL;
 	while (end < body + len && strchr(" \t\r\n", *end) != NULL && *end)
 		end++;
-	sid = cJSON_GetObjectItemCaseSensitive(answer, "sid");
-	if (end != body + len || !cJSON_IsObject(answer) ||
-	    !cJSON_IsString(sid) || sid->valuestring[0] == '\0' ||
+	if (end != body + len || !cJSON_IsObject(answer)) {
+		cJSON_Delete(answer);
+		return NULL;
+	}
+	kept_fields(answer, found);
+	sid = found[0];		/* record_fields[0] */
+	if (!cJSON_IsString(sid) || sid->valuestring[0] == '\0' ||
 	    (record = json_object()) == NULL) {
 		cJSON_Delete(answer);
 		return NULL;
 	}
 	*why = FAST_OK;
-	for (i = 0; i < sizeof(record_fields) / sizeof(record_fields[0]); i++) {
-		if ((c = cJSON_GetObjectItemCaseSensitive(answer,
-		    record_fields[i])) == NULL)
+	for (i = 0; i < NFIELDS; i++) {
+		if (found[i] == NULL)
 			continue;
-		if ((v = from_cjson(c, why)) == NULL ||
+		if ((v = from_cjson(found[i], why)) == NULL ||
 		    json_object_set_new_nocheck(record, record_fields[i],
 		    v) == -1) {
 			if (v != NULL)

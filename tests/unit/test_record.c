@@ -274,6 +274,15 @@ test_parsers_agree(void)
 		{ "unterminated", "{\"sid\":\"US1\",\"links\":{", 0 },
 		{ "bad escape", "{\"sid\":\"US\\x1\"}", 0 },
 		{ "unquoted key", "{sid:\"US1\"}", 0 },
+		/* jansson keeps the last of a repeated key. */
+		{ "repeated key",
+		    "{\"sid\":\"US1\",\"identity\":\"a\",\"identity\":\"b\"}", 0 },
+		{ "repeated sid", "{\"sid\":\"US1\",\"x\":1,\"sid\":\"US2\"}", 0 },
+		{ "repeated sid, the last empty", "{\"sid\":\"US1\",\"sid\":\"\"}", 0 },
+		{ "fields in another order, unknown ones between",
+		    "{\"links\":{\"a\":\"b\"},\"new\":\"n\",\"identity\":\"i\","
+		    "\"sid\":\"US1\",\"role_sid\":\"RL1\",\"zz\":null,"
+		    "\"account_sid\":\"AC1\"}", 0 },
 	};
 	json_t	*got, *want;
 	size_t	 i, len;
