@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include <cjson/cJSON.h>
+#include <msgpack.h>
 
 #include "usergate.h"
 
@@ -49,6 +50,7 @@ static const char *const record_fields[] = {
 
 static json_t	*parse_body(const char *, size_t);
 static int	 string_equals(const json_t *, const char *);
+static int	 has_nul_escape(const char *, size_t);
 static int	 attributes_equal(const json_t *, const char *);
 
 /*
@@ -157,21 +159,17 @@ kept_fields(const cJSON *answer, const cJSON *found[NFIELDS])
 }
 
 /*
- * The record from an answer parsed by cJSON, or NULL with *why set.
- * Trailing bytes other than whitespace are refused, as jansson does.
+ * An answer parsed by cJSON with its kept fields in found[], or NULL when
+ * it is not a record: not one JSON object (trailing bytes other than
+ * whitespace are refused, as jansson does), or no non-empty string sid.
  */
-static json_t *
-record_fast(const char *body, size_t len, enum fast *why)
+static cJSON *
+parse_answer(const char *body, size_t len, const cJSON *found[NFIELDS])
 {
 	const char	*end = NULL;
-	const cJSON	*found[NFIELDS], *sid;
 	cJSON		*answer;
-	json_t		*record, *v;
-	size_t		 i;
 
-	*why = FAST_INVALID;
-	answer = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-	if (answer == NULL)
+	if ((answer = cJSON_ParseWithLengthOpts(body, len, &end, 0)) == NULL)
 		return NULL;
 	while (end < body + len && strchr(" \t\r\n", *end) != NULL && *end)
 		end++;
@@ -180,9 +178,27 @@ record_fast(const char *body, size_t len, enum fast *why)
 		return NULL;
 	}
 	kept_fields(answer, found);
-	sid = found[0];		/* record_fields[0] */
-	if (!cJSON_IsString(sid) || sid->valuestring[0] == '\0' ||
-	    (record = json_object()) == NULL) {
+	/* found[0] is record_fields[0], "sid". */
+	if (!cJSON_IsString(found[0]) || found[0]->valuestring[0] == '\0') {
+		cJSON_Delete(answer);
+		return NULL;
+	}
+	return answer;
+}
+
+/* The record from an answer parsed by cJSON, or NULL with *why set. */
+static json_t *
+record_fast(const char *body, size_t len, enum fast *why)
+{
+	const cJSON	*found[NFIELDS];
+	cJSON		*answer;
+	json_t		*record, *v;
+	size_t		 i;
+
+	*why = FAST_INVALID;
+	if ((answer = parse_answer(body, len, found)) == NULL)
+		return NULL;
+	if ((record = json_object()) == NULL) {
 		cJSON_Delete(answer);
 		return NULL;
 	}
@@ -202,6 +218,120 @@ record_fast(const char *body, size_t len, enum fast *why)
 	}
 	cJSON_Delete(answer);
 	return record;
+}
+
+/*
+ * 1 when a kept value packs straight from cJSON's tree to the bytes
+ * codec_encode gives for the json_t that from_cjson would build: strings
+ * that are UTF-8, true, false, null, and arrays and objects of those with
+ * UTF-8 keys and no key repeated (jansson would keep one of them).  A number is left to
+ * record_from_twilio, which knows when cJSON is not exact.
+ */
+static int
+packable(const cJSON *c)
+{
+	const cJSON	*a, *b;
+
+	if (cJSON_IsString(c))
+		return codec_utf8_valid(c->valuestring, strlen(c->valuestring));
+	if (cJSON_IsNull(c) || cJSON_IsBool(c))
+		return 1;
+	if (!cJSON_IsArray(c) && !cJSON_IsObject(c))
+		return 0;
+	cJSON_ArrayForEach(a, c) {
+		if (!packable(a))
+			return 0;
+		if (cJSON_IsObject(c) &&
+		    !codec_utf8_valid(a->string, strlen(a->string)))
+			return 0;	/* jansson refuses such a key */
+		if (cJSON_IsObject(c))
+			for (b = c->child; b != a; b = b->next)
+				if (strcmp(a->string, b->string) == 0)
+					return 0;
+	}
+	return 1;
+}
+
+/*
+ * codec.c's pack_value, over a cJSON tree that packable() accepted.  No
+ * depth bound is needed: cJSON's parser refuses nesting deeper than
+ * CJSON_NESTING_LIMIT (1000), below codec's encoding bound.
+ */
+static int
+pack_cjson(msgpack_packer *pk, const cJSON *c)
+{
+	const cJSON	*a;
+	size_t		 n;
+
+	if (cJSON_IsString(c)) {
+		n = strlen(c->valuestring);
+		return msgpack_pack_str(pk, n) != 0 ||
+		    msgpack_pack_str_body(pk, c->valuestring, n) != 0 ? -1 : 0;
+	}
+	if (cJSON_IsNull(c))
+		return msgpack_pack_nil(pk);
+	if (cJSON_IsTrue(c))
+		return msgpack_pack_true(pk);
+	if (cJSON_IsFalse(c))
+		return msgpack_pack_false(pk);
+	n = (size_t)cJSON_GetArraySize(c);
+	if ((cJSON_IsArray(c) ? msgpack_pack_array(pk, n) : msgpack_pack_map(pk, n)) != 0)
+		return -1;
+	cJSON_ArrayForEach(a, c) {
+		if (cJSON_IsObject(c) && (msgpack_pack_str(pk, strlen(a->string)) != 0 ||
+		    msgpack_pack_str_body(pk, a->string, strlen(a->string)) != 0))
+			return -1;
+		if (pack_cjson(pk, a) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+static msgpack_sbuffer record_buf;	/* reused; grows to the largest record */
+
+int
+record_msgpack_from_twilio(const char *body, size_t len, char **out, size_t *outlen)
+{
+	const cJSON	*found[NFIELDS];
+	cJSON		*answer;
+	msgpack_packer	 pk;
+	size_t		 i, n = 0;
+	int		 ok = 0;
+
+	*out = NULL;
+	*outlen = 0;
+	if (body == NULL || len == 0 || has_nul_escape(body, len) ||
+	    (answer = parse_answer(body, len, found)) == NULL)
+		return 0;
+	for (i = 0; i < NFIELDS; i++) {
+		if (found[i] == NULL)
+			continue;
+		if (!packable(found[i]))
+			goto done;
+		n++;
+	}
+	msgpack_sbuffer_clear(&record_buf);
+	msgpack_packer_init(&pk, &record_buf, msgpack_sbuffer_write);
+	if (msgpack_pack_map(&pk, n) != 0)
+		goto done;
+	for (i = 0; i < NFIELDS; i++) {
+		size_t klen = strlen(record_fields[i]);
+
+		if (found[i] == NULL)
+			continue;
+		if (msgpack_pack_str(&pk, klen) != 0 ||
+		    msgpack_pack_str_body(&pk, record_fields[i], klen) != 0 ||
+		    pack_cjson(&pk, found[i]) != 0)
+			goto done;
+	}
+	if ((*out = malloc(record_buf.size)) == NULL)
+		goto done;
+	memcpy(*out, record_buf.data, record_buf.size);
+	*outlen = record_buf.size;
+	ok = 1;
+done:
+	cJSON_Delete(answer);
+	return ok;
 }
 
 /*

@@ -293,6 +293,16 @@ void		 framing_state_free(struct framing_state *st);
  * when the body is not a JSON object with a string "sid".
  */
 json_t		*record_from_twilio(const char *body, size_t len);
+/*
+ * The same record straight as msgpack, the bytes codec_encode gives for
+ * record_from_twilio's record, without building it (the hot path when
+ * results are msgpack).  1 with *out (malloc'd) and *outlen; 0 when this
+ * answer must go through record_from_twilio: not a record, or a value
+ * only the json_t path carries exactly (a number, a "\u0000", a key
+ * repeated inside a kept object, a string that is not UTF-8).
+ */
+int		 record_msgpack_from_twilio(const char *body, size_t len, char **out,
+		    size_t *outlen);
 /* Parses a Twilio error body: code and message (either may be absent). */
 void		 record_twilio_error(const char *body, size_t len, long *code,
 		    char **message);

@@ -3,6 +3,7 @@ outages, hostile input, disconnects, backpressure, and the socket file
 itself (stale, owned by a live daemon, mode)."""
 import json
 import os
+import signal
 import socket
 import stat
 import threading
@@ -516,6 +517,50 @@ def test_requests_held_beyond_max_inflight_are_capped(env):
     assert max(s[1] for s in samples) == 70 + 192, samples
     assert env.twilio.stats()["max_inflight"] <= 70
     assert d.stats()["created"] == 400
+
+
+def test_a_duplicate_arriving_while_the_result_is_written(env):
+    """With msgpack results a created user's record is packed straight from
+    Twilio's answer, without a json_t.  A request for the same Identity
+    that arrives after that answer, while the result is still being
+    written, still gets the record (decoded from the packed bytes), not a
+    second claim.  Redis is held (SIGSTOP) so that the socket request's
+    LPUSH and the result transaction queue up on the one connection."""
+    env.start_redis()
+    env.start_twilio()
+    env.twilio.control(latency_ms=1500)
+    d = env.daemon(extra={"results.format": "msgpack"}).wait_healthy()
+    r = env.r
+    r.config_resetstat()
+    env.push({"Identity": "late", "RequestId": "first"})
+    wait_for(lambda: env.twilio.stats()["requests"] >= 1, what="the create at Twilio")
+    c = Client(d.socket, timeout=60)
+    try:
+        os.kill(env.redis.proc.pid, signal.SIGSTOP)
+        try:
+            c.send({"Identity": "late", "RequestId": "second"})
+            # The fake creates the user just before it answers; the
+            # answer then reaches usergated while Redis is held.
+            wait_for(lambda: env.twilio.stats()["creates_by_identity"].get("late") == 1,
+                     what="the user created at Twilio")
+            time.sleep(1)
+        finally:
+            os.kill(env.redis.proc.pid, signal.SIGCONT)
+        second = c.recv_n(1)[0]
+    finally:
+        c.close()
+    res = env.wait_results(2)
+    first = next(x for x in res if x["request_id"] == "first")
+    assert first["status"] == "created"
+    assert second["status"] == "duplicate"
+    assert second["user"] == first["user"]
+    assert first["user"]["links"] and first["user"]["identity"] == "late"
+    stored = msgpack.unpackb(r.get("usergate:user:late"), raw=False)
+    assert stored == first["user"]
+    assert env.twilio.stats()["requests"] == 1
+    # One claim (SET NX) and one "done" (SET EX): the second request never
+    # claimed; its record came from the first one's packed bytes.
+    assert r.info("commandstats")["cmdstat_set"]["calls"] == 2
 
 
 def test_many_concurrent_clients(stack):

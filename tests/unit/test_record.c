@@ -237,66 +237,127 @@ same_record(const json_t *a, const json_t *b)
  * cJSON cannot be exact; whichever way, the record is the one jansson
  * gives.  The rows are the shapes where the two parsers differ.
  */
+/* The shapes where cJSON and jansson differ, and repeated keys. */
+static const struct {
+	const char	*name;
+	const char	*body;
+	size_t		 len;	/* 0: strlen */
+} agree_rows[] = {
+	{ "full answer", full_answer, 0 },
+	{ "integer", "{\"sid\":\"US1\",\"friendly_name\":7}", 0 },
+	{ "real", "{\"sid\":\"US1\",\"friendly_name\":7.0}", 0 },
+	{ "big integer",
+	    "{\"sid\":\"US1\",\"friendly_name\":9007199254740993}", 0 },
+	{ "number deep in links",
+	    "{\"sid\":\"US1\",\"links\":{\"a\":[true,{\"b\":1e3}]}}", 0 },
+	{ "number in a dropped field",
+	    "{\"sid\":\"US1\",\"x\":1.5,\"identity\":\"i\"}", 0 },
+	{ "NUL escape in a value",
+	    "{\"sid\":\"US1\",\"friendly_name\":\"a\\u0000b\"}", 0 },
+	{ "NUL escape in sid", "{\"sid\":\"\\u0000\"}", 0 },
+	{ "escapes and non-ASCII",
+	    "{\"sid\":\"US1\",\"friendly_name\":\"\\u00e9\\ud83d\\ude00"
+	    "\\n\\\"\\\\\xc3\xa9\"}", 0 },
+	{ "lone surrogate",
+	    "{\"sid\":\"US1\",\"friendly_name\":\"\\ud83d\"}", 0 },
+	{ "invalid UTF-8 in a kept value",
+	    "{\"sid\":\"US1\",\"friendly_name\":\"\xff\"}", 0 },
+	{ "trailing whitespace", "{\"sid\":\"US1\"} \r\n\t", 0 },
+	{ "trailing garbage", "{\"sid\":\"US1\"}x", 0 },
+	{ "two values", "{\"sid\":\"US1\"}{}", 0 },
+	{ "trailing NUL", "{\"sid\":\"US1\"}\0", 14 },
+	{ "empty object", "{}", 0 },
+	{ "nested empties",
+	    "{\"sid\":\"US1\",\"links\":{},\"attributes\":[]}", 0 },
+	{ "unterminated", "{\"sid\":\"US1\",\"links\":{", 0 },
+	{ "bad escape", "{\"sid\":\"US\\x1\"}", 0 },
+	{ "unquoted key", "{sid:\"US1\"}", 0 },
+	/* jansson keeps the last of a repeated key. */
+	{ "repeated key",
+	    "{\"sid\":\"US1\",\"identity\":\"a\",\"identity\":\"b\"}", 0 },
+	{ "repeated sid", "{\"sid\":\"US1\",\"x\":1,\"sid\":\"US2\"}", 0 },
+	{ "repeated sid, the last empty", "{\"sid\":\"US1\",\"sid\":\"\"}", 0 },
+	{ "fields in another order, unknown ones between",
+	    "{\"links\":{\"a\":\"b\"},\"new\":\"n\",\"identity\":\"i\","
+	    "\"sid\":\"US1\",\"role_sid\":\"RL1\",\"zz\":null,"
+	    "\"account_sid\":\"AC1\"}", 0 },
+	{ "repeated key inside links",
+	    "{\"sid\":\"US1\",\"links\":{\"a\":\"1\",\"a\":\"2\"}}", 0 },
+	{ "key inside links not UTF-8",
+	    "{\"sid\":\"US1\",\"links\":{\"x\xff\":\"1\"}}", 0 },
+	{ "arrays, booleans and null kept",
+	    "{\"sid\":\"US1\",\"attributes\":[true,false,null,\"s\",[],{}],"
+	    "\"is_online\":null,\"is_notifiable\":false}", 0 },
+	{ "long strings",
+	    "{\"sid\":\"US1\",\"friendly_name\":\""
+	    "0123456789012345678901234567890123456789012345678901234567890123456789"
+	    "0123456789012345678901234567890123456789012345678901234567890123456789"
+	    "0123456789012345678901234567890123456789012345678901234567890123456789"
+	    "0123456789012345678901234567890123456789012345678901234567890123456789"
+	    "\"}", 0 },
+};
+
 static void
 test_parsers_agree(void)
 {
-	static const struct {
-		const char	*name;
-		const char	*body;
-		size_t		 len;	/* 0: strlen */
-	} rows[] = {
-		{ "full answer", full_answer, 0 },
-		{ "integer", "{\"sid\":\"US1\",\"friendly_name\":7}", 0 },
-		{ "real", "{\"sid\":\"US1\",\"friendly_name\":7.0}", 0 },
-		{ "big integer",
-		    "{\"sid\":\"US1\",\"friendly_name\":9007199254740993}", 0 },
-		{ "number deep in links",
-		    "{\"sid\":\"US1\",\"links\":{\"a\":[true,{\"b\":1e3}]}}", 0 },
-		{ "number in a dropped field",
-		    "{\"sid\":\"US1\",\"x\":1.5,\"identity\":\"i\"}", 0 },
-		{ "NUL escape in a value",
-		    "{\"sid\":\"US1\",\"friendly_name\":\"a\\u0000b\"}", 0 },
-		{ "NUL escape in sid", "{\"sid\":\"\\u0000\"}", 0 },
-		{ "escapes and non-ASCII",
-		    "{\"sid\":\"US1\",\"friendly_name\":\"\\u00e9\\ud83d\\ude00"
-		    "\\n\\\"\\\\\xc3\xa9\"}", 0 },
-		{ "lone surrogate",
-		    "{\"sid\":\"US1\",\"friendly_name\":\"\\ud83d\"}", 0 },
-		{ "invalid UTF-8 in a kept value",
-		    "{\"sid\":\"US1\",\"friendly_name\":\"\xff\"}", 0 },
-		{ "trailing whitespace", "{\"sid\":\"US1\"} \r\n\t", 0 },
-		{ "trailing garbage", "{\"sid\":\"US1\"}x", 0 },
-		{ "two values", "{\"sid\":\"US1\"}{}", 0 },
-		{ "trailing NUL", "{\"sid\":\"US1\"}\0", 14 },
-		{ "empty object", "{}", 0 },
-		{ "nested empties",
-		    "{\"sid\":\"US1\",\"links\":{},\"attributes\":[]}", 0 },
-		{ "unterminated", "{\"sid\":\"US1\",\"links\":{", 0 },
-		{ "bad escape", "{\"sid\":\"US\\x1\"}", 0 },
-		{ "unquoted key", "{sid:\"US1\"}", 0 },
-		/* jansson keeps the last of a repeated key. */
-		{ "repeated key",
-		    "{\"sid\":\"US1\",\"identity\":\"a\",\"identity\":\"b\"}", 0 },
-		{ "repeated sid", "{\"sid\":\"US1\",\"x\":1,\"sid\":\"US2\"}", 0 },
-		{ "repeated sid, the last empty", "{\"sid\":\"US1\",\"sid\":\"\"}", 0 },
-		{ "fields in another order, unknown ones between",
-		    "{\"links\":{\"a\":\"b\"},\"new\":\"n\",\"identity\":\"i\","
-		    "\"sid\":\"US1\",\"role_sid\":\"RL1\",\"zz\":null,"
-		    "\"account_sid\":\"AC1\"}", 0 },
-	};
 	json_t	*got, *want;
 	size_t	 i, len;
 
-	for (i = 0; i < NROWS(rows); i++) {
-		len = rows[i].len ? rows[i].len : strlen(rows[i].body);
-		got = record_from_twilio(rows[i].body, len);
-		want = jansson_record(rows[i].body, len);
+	for (i = 0; i < NROWS(agree_rows); i++) {
+		len = agree_rows[i].len ? agree_rows[i].len : strlen(agree_rows[i].body);
+		got = record_from_twilio(agree_rows[i].body, len);
+		want = jansson_record(agree_rows[i].body, len);
 		CHECK(same_record(got, want), "%s: %s, jansson %s",
-		    rows[i].name, got ? "a record" : "NULL",
+		    agree_rows[i].name, got ? "a record" : "NULL",
 		    want ? "a record" : "NULL");
 		json_decref(got);
 		json_decref(want);
 	}
+}
+
+/*
+ * record_msgpack_from_twilio gives exactly the bytes codec_encode gives for
+ * record_from_twilio's record, or declines (0) and leaves the answer to
+ * it; it declines only where the json_t path is needed.
+ */
+static void
+test_msgpack_straight(void)
+{
+	static const char *const must_decline[] = {
+		"integer", "real", "big integer", "number deep in links",
+		"NUL escape in a value", "NUL escape in sid", "repeated key inside links",
+		"key inside links not UTF-8",
+		"invalid UTF-8 in a kept value",
+	};
+	json_t	*rec;
+	char	*got, *want;
+	size_t	 i, k, len, glen, wlen;
+	int	 straight, declined;
+
+	for (i = 0; i < NROWS(agree_rows); i++) {
+		len = agree_rows[i].len ? agree_rows[i].len : strlen(agree_rows[i].body);
+		straight = record_msgpack_from_twilio(agree_rows[i].body, len, &got, &glen);
+		rec = record_from_twilio(agree_rows[i].body, len);
+		for (declined = 0, k = 0; k < NROWS(must_decline); k++)
+			if (strcmp(agree_rows[i].name, must_decline[k]) == 0)
+				declined = 1;
+		if (declined) {
+			CHECK(!straight && got == NULL, "%s: declined", agree_rows[i].name);
+		} else if (rec == NULL) {
+			CHECK(!straight, "%s: not a record either way", agree_rows[i].name);
+		} else {
+			CHECK(straight, "%s: packed straight", agree_rows[i].name);
+			CU_ASSERT_FATAL(codec_encode(rec, FORMAT_MSGPACK, &want, &wlen) == 0);
+			CHECK(straight && glen == wlen && memcmp(got, want, wlen) == 0,
+			    "%s: the same bytes as codec_encode", agree_rows[i].name);
+			free(want);
+		}
+		free(got);
+		json_decref(rec);
+	}
+	CU_ASSERT(record_msgpack_from_twilio(NULL, 0, &got, &glen) == 0 && got == NULL);
+	/* The length is honoured. */
+	CU_ASSERT(record_msgpack_from_twilio(full_answer, 40, &got, &glen) == 0);
 }
 
 /*
@@ -489,6 +550,7 @@ main(void)
 		{ "partial answers", test_partial_answer },
 		{ "not a record", test_not_a_record },
 		{ "cJSON and jansson agree", test_parsers_agree },
+		{ "msgpack straight from cJSON", test_msgpack_straight },
 		{ "a dropped field that is not UTF-8", test_dropped_field_not_utf8 },
 		{ "Twilio error bodies", test_twilio_error },
 		{ "record_differs", test_differs },
