@@ -57,6 +57,7 @@ static enum codec_status decode(const void *, size_t, int, json_t **, char *,
 			    size_t);
 static int		 pack_value(msgpack_packer *, const json_t *, int);
 static int		 pack_members(msgpack_packer *, const json_t *, int);
+static int		 pack_root(msgpack_packer *, const void *);
 static int		 json_keys_ok(const json_t *, int);
 
 /*
@@ -582,7 +583,6 @@ encoded_copy(char **out, size_t *len)
 int
 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len)
 {
-	msgpack_packer	 pk;
 	char		*text;
 
 	*out = NULL;
@@ -603,11 +603,29 @@ codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len)
 		return 0;
 	}
 
+	return codec_msgpack_packed(pack_root, v, out, len);
+}
+
+/* A whole value for codec_msgpack_packed. */
+static int
+pack_root(msgpack_packer *pk, const void *v)
+{
+	return pack_value(pk, v, 1);
+}
+
+int
+codec_msgpack_packed(int (*pack)(struct msgpack_packer *, const void *), const void *arg,
+    char **out, size_t *len)
+{
+	msgpack_packer	 pk;
+
+	*out = NULL;
+	*len = 0;
 	/* One buffer for every encode (it grows to the largest message and
 	 * stays); the caller gets an exact-size copy. */
 	msgpack_sbuffer_clear(&encode_buf);
 	msgpack_packer_init(&pk, &encode_buf, msgpack_sbuffer_write);
-	if (pack_value(&pk, v, 1) != 0) {
+	if (pack(&pk, arg) != 0) {
 		msgpack_sbuffer_clear(&encode_buf);
 		return -1;
 	}

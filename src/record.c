@@ -221,51 +221,24 @@ record_fast(const char *body, size_t len, enum fast *why)
 }
 
 /*
- * 1 when a kept value packs straight from cJSON's tree to the bytes
- * codec_encode gives for the json_t that from_cjson would build: strings
- * that are UTF-8, true, false, null, and arrays and objects of those with
- * UTF-8 keys and no key repeated (jansson would keep one of them).  A number is left to
- * record_from_twilio, which knows when cJSON is not exact.
- */
-static int
-packable(const cJSON *c)
-{
-	const cJSON	*a, *b;
-
-	if (cJSON_IsString(c))
-		return codec_utf8_valid(c->valuestring, strlen(c->valuestring));
-	if (cJSON_IsNull(c) || cJSON_IsBool(c))
-		return 1;
-	if (!cJSON_IsArray(c) && !cJSON_IsObject(c))
-		return 0;
-	cJSON_ArrayForEach(a, c) {
-		if (!packable(a))
-			return 0;
-		if (cJSON_IsObject(c) &&
-		    !codec_utf8_valid(a->string, strlen(a->string)))
-			return 0;	/* jansson refuses such a key */
-		if (cJSON_IsObject(c))
-			for (b = c->child; b != a; b = b->next)
-				if (strcmp(a->string, b->string) == 0)
-					return 0;
-	}
-	return 1;
-}
-
-/*
- * codec.c's pack_value, over a cJSON tree that packable() accepted.  No
- * depth bound is needed: cJSON's parser refuses nesting deeper than
- * CJSON_NESTING_LIMIT (1000), below codec's encoding bound.
+ * A kept value packed straight from cJSON's tree, as codec.c's pack_value
+ * packs the json_t that from_cjson would build; -1 for what only that path
+ * gives exactly: a number (record_from_twilio knows when cJSON is not
+ * exact), a string or key that is not UTF-8 (jansson refuses it), a key
+ * repeated inside an object (jansson keeps one).  No depth bound is
+ * needed: cJSON's parser refuses nesting deeper than CJSON_NESTING_LIMIT
+ * (1000), below codec's encoding bound.
  */
 static int
 pack_cjson(msgpack_packer *pk, const cJSON *c)
 {
-	const cJSON	*a;
+	const cJSON	*a, *b;
 	size_t		 n;
 
 	if (cJSON_IsString(c)) {
 		n = strlen(c->valuestring);
-		return msgpack_pack_str(pk, n) != 0 ||
+		return !codec_utf8_valid(c->valuestring, n) ||
+		    msgpack_pack_str(pk, n) != 0 ||
 		    msgpack_pack_str_body(pk, c->valuestring, n) != 0 ? -1 : 0;
 	}
 	if (cJSON_IsNull(c))
@@ -274,62 +247,64 @@ pack_cjson(msgpack_packer *pk, const cJSON *c)
 		return msgpack_pack_true(pk);
 	if (cJSON_IsFalse(c))
 		return msgpack_pack_false(pk);
+	if (!cJSON_IsArray(c) && !cJSON_IsObject(c))
+		return -1;
 	n = (size_t)cJSON_GetArraySize(c);
 	if ((cJSON_IsArray(c) ? msgpack_pack_array(pk, n) : msgpack_pack_map(pk, n)) != 0)
 		return -1;
 	cJSON_ArrayForEach(a, c) {
-		if (cJSON_IsObject(c) && (msgpack_pack_str(pk, strlen(a->string)) != 0 ||
-		    msgpack_pack_str_body(pk, a->string, strlen(a->string)) != 0))
-			return -1;
+		if (cJSON_IsObject(c)) {
+			n = strlen(a->string);
+			for (b = c->child; b != a; b = b->next)
+				if (strcmp(a->string, b->string) == 0)
+					return -1;
+			if (!codec_utf8_valid(a->string, n) ||
+			    msgpack_pack_str(pk, n) != 0 ||
+			    msgpack_pack_str_body(pk, a->string, n) != 0)
+				return -1;
+		}
 		if (pack_cjson(pk, a) != 0)
 			return -1;
 	}
 	return 0;
 }
 
-static msgpack_sbuffer record_buf;	/* reused; grows to the largest record */
+/* The record's map: the kept fields found, in record_fields' order. */
+static int
+pack_record(msgpack_packer *pk, const void *arg)
+{
+	const cJSON *const *found = arg;
+	size_t		 i, n = 0, klen;
+
+	for (i = 0; i < NFIELDS; i++)
+		n += found[i] != NULL;
+	if (msgpack_pack_map(pk, n) != 0)
+		return -1;
+	for (i = 0; i < NFIELDS; i++) {
+		if (found[i] == NULL)
+			continue;
+		klen = strlen(record_fields[i]);
+		if (msgpack_pack_str(pk, klen) != 0 ||
+		    msgpack_pack_str_body(pk, record_fields[i], klen) != 0 ||
+		    pack_cjson(pk, found[i]) != 0)
+			return -1;
+	}
+	return 0;
+}
 
 int
 record_msgpack_from_twilio(const char *body, size_t len, char **out, size_t *outlen)
 {
 	const cJSON	*found[NFIELDS];
 	cJSON		*answer;
-	msgpack_packer	 pk;
-	size_t		 i, n = 0;
-	int		 ok = 0;
+	int		 ok;
 
 	*out = NULL;
 	*outlen = 0;
 	if (body == NULL || len == 0 || has_nul_escape(body, len) ||
 	    (answer = parse_answer(body, len, found)) == NULL)
 		return 0;
-	for (i = 0; i < NFIELDS; i++) {
-		if (found[i] == NULL)
-			continue;
-		if (!packable(found[i]))
-			goto done;
-		n++;
-	}
-	msgpack_sbuffer_clear(&record_buf);
-	msgpack_packer_init(&pk, &record_buf, msgpack_sbuffer_write);
-	if (msgpack_pack_map(&pk, n) != 0)
-		goto done;
-	for (i = 0; i < NFIELDS; i++) {
-		size_t klen = strlen(record_fields[i]);
-
-		if (found[i] == NULL)
-			continue;
-		if (msgpack_pack_str(&pk, klen) != 0 ||
-		    msgpack_pack_str_body(&pk, record_fields[i], klen) != 0 ||
-		    pack_cjson(&pk, found[i]) != 0)
-			goto done;
-	}
-	if ((*out = malloc(record_buf.size)) == NULL)
-		goto done;
-	memcpy(*out, record_buf.data, record_buf.size);
-	*outlen = record_buf.size;
-	ok = 1;
-done:
+	ok = codec_msgpack_packed(pack_record, found, out, outlen) == 0;
 	cJSON_Delete(answer);
 	return ok;
 }

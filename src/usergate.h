@@ -188,6 +188,12 @@ int		 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t 
  * two messages.  -1 when key is not plain or already in v. */
 int		 codec_encode_with(const json_t *v, const char *key, const char *enc,
 		    size_t enclen, enum results_format fmt, char **out, size_t *len);
+/* msgpack bytes that pack() writes with the packer it is given, -1 when it
+ * fails; codec's encode buffer is reused and *out is an exact-size copy.
+ * For values that are not json_t (record.c packs cJSON's tree). */
+struct msgpack_packer;
+int		 codec_msgpack_packed(int (*pack)(struct msgpack_packer *, const void *),
+		    const void *arg, char **out, size_t *len);
 /* 1 when s[0..len) is valid UTF-8. */
 int		 codec_utf8_valid(const char *s, size_t len);
 /* Number of code points in a valid UTF-8 string. */
