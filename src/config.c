@@ -107,6 +107,11 @@ static const struct config_key config_table[] = {
 	    results_max),
 	KEY_LONG("results", "reply_ttl_s", "3600", 1, 31536000, RELOAD,
 	    reply_ttl_s),
+	/* Outside the default [redis] prefix "usergate:" ('-' is not ':'). */
+	KEY_STRING("results", "reply_prefix", "usergate-reply:", RELOAD,
+	    reply_prefix),
+	KEY_LONG("results", "dead_max", "10000", 1, 100000000, RELOAD,
+	    dead_max),
 
 	KEY_STRING("socket", "path", "/run/usergate/usergate.sock", RESTART,
 	    socket_path),
@@ -149,6 +154,7 @@ static int	 check_service_sid(const char *);
 static int	 check_api_key(const char *);
 static int	 check_account_sid(const char *);
 static int	 check_not_empty(const char *);
+static int	 check_prefix_list(const char *);
 static int	 check_socket_path(const char *);
 
 /* Checks of string values beyond their type; empty means "not set". */
@@ -166,6 +172,8 @@ static const struct config_rule string_rules[] = {
 	    "expected empty or AC followed by 32 hex digits" },
 	{ offsetof(struct config, prefix), check_not_empty,
 	    "must not be empty" },
+	{ offsetof(struct config, reply_prefix), check_prefix_list,
+	    "expected one or more non-empty prefixes separated by commas" },
 	{ offsetof(struct config, socket_path), check_socket_path,
 	    "expected a path of 1 to 107 bytes (the limit of a Unix socket)" },
 	{ offsetof(struct config, status_path), check_socket_path,
@@ -366,6 +374,15 @@ static int
 check_not_empty(const char *s)
 {
 	return *s != '\0';
+}
+
+/* One or more non-empty entries separated by commas: an empty entry would
+ * be a prefix of every key. */
+static int
+check_prefix_list(const char *s)
+{
+	return *s != '\0' && *s != ',' && s[strlen(s) - 1] != ',' &&
+	    strstr(s, ",,") == NULL;
 }
 
 static int

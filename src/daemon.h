@@ -31,7 +31,8 @@ struct intake_conn;
 	X(retries, "HTTP attempts beyond a request's first")		\
 	X(http_requests, "HTTP requests sent to Twilio")		\
 	X(recovered, "Requests taken back from a processing list after a crash") \
-	X(rate_limited, "429 answers from Twilio")
+	X(rate_limited, "429 answers from Twilio")			\
+	X(dead_dropped, "Oldest dead entries dropped to keep dead_max")
 
 struct stats {
 #define STATS_FIELD(name, help) unsigned long long name;

@@ -162,7 +162,8 @@ submit(struct intake_conn *c, const char *data, size_t len)
 	char err[256];
 
 	memset(&req, 0, sizeof(req));
-	(void)request_parse(data, len, &req, err, sizeof(err));
+	/* Only RequestId and Wait are read here: no scope for ReplyTo. */
+	(void)request_parse(data, len, NULL, &req, err, sizeof(err));
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		goto oom;
 	p->conn = c;

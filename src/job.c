@@ -283,6 +283,7 @@ void
 job_take(char *raw, size_t len, enum job_source source, long recoveries,
     struct intake_conn *conn, const char *request_id)
 {
+	struct reply_scope scope;
 	struct job *j;
 
 	stats.received++;
@@ -305,7 +306,9 @@ job_take(char *raw, size_t len, enum job_source source, long recoveries,
 	j->received_mono = now_monotonic();
 	j->state = JOB_PARSED;
 
-	j->err = request_parse(raw, len, &j->req, j->errmsg, sizeof(j->errmsg));
+	scope.allowed = ug.cfg->reply_prefix;
+	scope.own = ug.cfg->prefix;
+	j->err = request_parse(raw, len, &scope, &j->req, j->errmsg, sizeof(j->errmsg));
 	if (j->req.request_id != NULL)
 		j->request_id = strdup(j->req.request_id);
 	else if (request_id != NULL)

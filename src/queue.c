@@ -100,6 +100,22 @@ static const char claim_lua[] =
 	"return out\n";
 
 /*
+ * Pushes a reply (ARGV[1]) to its ReplyTo list (KEYS[1]) and sets the
+ * list's expiry (ARGV[2]) only when the list is ours: created by this push,
+ * or given an expiry by an earlier reply.  A list that already existed
+ * without one belongs to someone else, and must not vanish because we wrote
+ * to it.  (EXPIRE NX would say it in one command, but needs Redis 7; the
+ * floor is 6.2.)  Sent with EVAL, not EVALSHA: it runs inside the result
+ * transaction, where a NOSCRIPT error would lose the reply.
+ */
+static const char reply_lua[] =
+	"local n = redis.call('LPUSH', KEYS[1], ARGV[1])\n"
+	"if n == 1 or redis.call('PTTL', KEYS[1]) > 0 then\n"
+	"  redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
+	"end\n"
+	"return n\n";
+
+/*
  * The shared sliding window of SPEC §5.3: a sorted set of grant times (ms,
  * Redis' own clock so instances agree).  Grants up to ARGV[3] slots while
  * fewer than ARGV[1] were granted in the last ARGV[2] ms; returns {granted,
@@ -991,6 +1007,9 @@ queue_rate_acquire(long want, queue_rate_cb *cb, void *arg)
 struct done_call {
 	queue_done_cb	*cb;
 	void		*arg;
+	int		 dead_pushed;	/* the EXEC's second-to-last reply is the
+					 * dead list's LPUSH */
+	long long	 dead_max;	/* what its LTRIM kept */
 };
 
 static void
@@ -1009,6 +1028,13 @@ on_exec(redisAsyncContext *ac, void *reply, void *priv)
 			if (r->element[i]->type == REDIS_REPLY_ERROR)
 				log_warn("redis: a command of the result transaction failed",
 				    "error", r->element[i]->str);
+		/* The LTRIM after the LPUSH kept dead_max entries: the rest
+		 * of the length the LPUSH answered was dropped. */
+		if (c->dead_pushed && r->elements >= 2 &&
+		    r->element[r->elements - 2]->type == REDIS_REPLY_INTEGER &&
+		    r->element[r->elements - 2]->integer > c->dead_max)
+			stats.dead_dropped += (unsigned long long)
+			    (r->element[r->elements - 2]->integer - c->dead_max);
 	}
 	c->cb(ok, c->arg);
 	free(c);
@@ -1028,8 +1054,9 @@ call_done_later(struct done_call *c, redisAsyncContext *ac, int rv)
  * leaves either the request in processing or its result in Redis, never
  * neither.  What can be one command for the whole batch is: the records
  * go in one MSET and the results in one LPUSH (same order as one LPUSH
- * each), leaving three commands per result (the Identity's dedup state,
- * PUBLISH, LREM).  Fewer commands cost Redis less, which matters more than
+ * each), as do the dead entries (then trimmed to dead_max, oldest at the
+ * tail dropped), leaving three commands per result (the Identity's dedup
+ * state, PUBLISH, LREM), plus reply_lua for a ReplyTo.  Fewer commands cost Redis less, which matters more than
  * the daemon's own CPU: one Redis serves every instance.  (A Lua script
  * taking the batch as arguments was tried: 11 % less CPU here, 15 % more in
  * Redis; see docs/performance.md.)
@@ -1038,9 +1065,9 @@ int
 queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void *arg)
 {
 	struct done_call *c;
-	char ttl[32], reply_ttl[32], trim[32];
-	const char **mv = NULL, **lv = NULL;
-	size_t *mlens = NULL, *llens = NULL, nm = 1, nl = 2, i;
+	char ttl[32], reply_ttl[32], trim[32], dead_trim[32];
+	const char **mv = NULL, **lv = NULL, **dv = NULL;
+	size_t *mlens = NULL, *llens = NULL, *dlens = NULL, nm = 1, nl = 2, nd = 2, i;
 	char **kusers = NULL;
 	int rv = 0;
 
@@ -1048,21 +1075,29 @@ queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void 
 		return -1;
 	c->cb = cb;
 	c->arg = arg;
+	c->dead_pushed = 0;
+	c->dead_max = ug.cfg->dead_max;
 	mv = malloc((1 + 2 * n) * sizeof(*mv));
 	mlens = malloc((1 + 2 * n) * sizeof(*mlens));
 	lv = malloc((2 + n) * sizeof(*lv));
 	llens = malloc((2 + n) * sizeof(*llens));
+	dv = malloc((2 + n) * sizeof(*dv));
+	dlens = malloc((2 + n) * sizeof(*dlens));
 	kusers = calloc(n, sizeof(*kusers));
-	if (mv == NULL || mlens == NULL || lv == NULL || llens == NULL || kusers == NULL) {
+	if (mv == NULL || mlens == NULL || lv == NULL || llens == NULL || dv == NULL ||
+	    dlens == NULL || kusers == NULL) {
 		rv = -1;
 		goto done;
 	}
 	snprintf(ttl, sizeof(ttl), "%ld", ug.cfg->dedup_ttl_s);
 	snprintf(reply_ttl, sizeof(reply_ttl), "%ld", ug.cfg->reply_ttl_s);
 	snprintf(trim, sizeof(trim), "%ld", ug.cfg->results_max - 1);
+	snprintf(dead_trim, sizeof(dead_trim), "%ld", ug.cfg->dead_max - 1);
 	mv[0] = "MSET"; mlens[0] = 4;
 	lv[0] = "LPUSH"; llens[0] = 5;
 	lv[1] = k_results; llens[1] = strlen(k_results);
+	dv[0] = "LPUSH"; dlens[0] = 5;
+	dv[1] = k_dead; dlens[1] = strlen(k_dead);
 
 	rv |= send_strings(cmd, NULL, NULL, 1, "MULTI");
 	for (i = 0; i < n && rv == 0; i++) {
@@ -1097,16 +1132,15 @@ queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void 
 		argv[2] = it->result; lens[2] = it->resultlen;
 		rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
 		if (it->reply_to != NULL) {
-			argv[0] = "LPUSH"; lens[0] = 5;
-			argv[1] = it->reply_to; lens[1] = strlen(it->reply_to);
-			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
-			rv |= send_strings(cmd, NULL, NULL, 3, "EXPIRE", it->reply_to, reply_ttl);
+			const char *ev[6] = { "EVAL", reply_lua, "1", it->reply_to, it->result,
+			    reply_ttl };
+			size_t evlens[6] = { 4, sizeof(reply_lua) - 1, 1, strlen(it->reply_to),
+			    it->resultlen, strlen(reply_ttl) };
+
+			rv |= send_argv(cmd, NULL, NULL, 6, ev, evlens);
 		}
 		if (it->dead != NULL) {
-			argv[0] = "LPUSH"; lens[0] = 5;
-			argv[1] = k_dead; lens[1] = strlen(k_dead);
-			argv[2] = it->dead; lens[2] = it->deadlen;
-			rv |= send_argv(cmd, NULL, NULL, 3, argv, lens);
+			dv[nd] = it->dead; dlens[nd++] = it->deadlen;
 		}
 		if (it->recovered) {
 			argv[0] = "HDEL"; lens[0] = 4;
@@ -1128,6 +1162,13 @@ queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void 
 		rv |= send_argv(cmd, NULL, NULL, (int)nl, lv, llens);
 	if (rv == 0)
 		rv |= send_strings(cmd, NULL, NULL, 4, "LTRIM", k_results, "0", trim);
+	/* Last before EXEC, so on_exec finds the LPUSH's answer (the new
+	 * length) second to last and counts what the LTRIM dropped. */
+	if (rv == 0 && nd > 2) {
+		rv |= send_argv(cmd, NULL, NULL, (int)nd, dv, dlens);
+		rv |= send_strings(cmd, NULL, NULL, 4, "LTRIM", k_dead, "0", dead_trim);
+		c->dead_pushed = 1;
+	}
 	if (rv == 0)
 		rv = send_strings(cmd, on_exec, c, 1, "EXEC");
 	else if (cmd != NULL)
@@ -1142,6 +1183,8 @@ done:
 	free(mlens);
 	free(lv);
 	free(llens);
+	free(dv);
+	free(dlens);
 	return call_done_later(c, cmd, rv);
 }
 

@@ -16,6 +16,10 @@
  *   5. types of all given fields (bad_type);
  *   6. the value rules: Identity, FriendlyName, RoleSid, RequestId,
  *      ReplyTo, and Attributes last, as the only check that parses.
+ *
+ * ReplyTo is the one field whose rule depends on the configuration: the
+ * caller passes the key space it may name (struct reply_scope), so that a
+ * producer cannot make usergated push to, and expire, keys it does not own.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -93,6 +97,7 @@ static const char *const error_codes[] = {
 	[REQ_ATTRIBUTES_TOO_LONG] = "attributes_too_long",
 	[REQ_BAD_ROLE_SID] = "bad_role_sid",
 	[REQ_BAD_REQUEST_ID] = "bad_request_id",
+	[REQ_REPLY_TO_FORBIDDEN] = "reply_to_forbidden",
 };
 
 static enum request_error reject(char *, size_t, enum request_error,
@@ -113,14 +118,17 @@ static enum request_error check_identity(const struct fields *, char *,
 			    size_t);
 static enum request_error check_request_id(const struct fields *, char *,
 			    size_t);
-static enum request_error check_reply_to(const struct fields *, char *,
-			    size_t);
+static int		 has_prefix(const char *, size_t, const char *, size_t);
+static int		 in_scope(const char *, size_t, const struct reply_scope *);
+static enum request_error check_reply_to(const struct fields *,
+			    const struct reply_scope *, char *, size_t);
 static enum request_error check_attributes(const json_t *, const char *,
 			    char **, char *, size_t);
 static enum request_error copy_echo_fields(const struct fields *,
-			    struct request *);
-static enum request_error validate(const struct fields *, struct request *,
-			    char *, size_t);
+			    const struct reply_scope *, struct request *);
+static enum request_error validate(const struct fields *,
+			    const struct reply_scope *, struct request *, char *,
+			    size_t);
 
 /*
  * Writes the message (when the caller wants one) and returns e.  The
@@ -498,13 +506,48 @@ check_request_id(const struct fields *f, char *err, size_t errlen)
 	return REQ_OK;
 }
 
+/* 1 when s[0..len) begins with p[0..plen). */
+static int
+has_prefix(const char *s, size_t len, const char *p, size_t plen)
+{
+	return len >= plen && memcmp(s, p, plen) == 0;
+}
+
+/*
+ * 1 when the key s[0..len) may receive replies: it begins with one of the
+ * comma-separated prefixes of scope->allowed and not with scope->own.  The
+ * daemon's own keys are refused even under an allowed prefix that overlaps
+ * them: a reply pushed to (and expiring) the request list or the rate
+ * window would lose requests or stop every create.
+ */
+static int
+in_scope(const char *s, size_t len, const struct reply_scope *scope)
+{
+	const char	*p, *end;
+
+	if (scope->own != NULL && has_prefix(s, len, scope->own,
+	    strlen(scope->own)))
+		return 0;
+	for (p = scope->allowed; p != NULL && *p != '\0'; p = end + 1) {
+		if ((end = strchr(p, ',')) == NULL)
+			end = p + strlen(p);
+		if (end > p && has_prefix(s, len, p, (size_t)(end - p)))
+			return 1;
+		if (*end == '\0')
+			break;
+	}
+	return 0;
+}
+
 /*
  * ReplyTo is a Redis key: any bytes but NUL (struct request holds a C
- * string), 1 to REPLY_TO_MAX of them.  SPEC gives it no code of its own, so
- * every failure is bad_type.
+ * string), 1 to REPLY_TO_MAX of them; SPEC gives these failures no code of
+ * their own, so they are bad_type.  Then the key must be in scope (when the
+ * caller gives one): reply_to_forbidden.
  */
 static enum request_error
-check_reply_to(const struct fields *f, char *err, size_t errlen)
+check_reply_to(const struct fields *f, const struct reply_scope *scope,
+    char *err, size_t errlen)
 {
 	const json_t	*v = f->value[FIELD_REPLY_TO];
 	const char	*name = f->name[FIELD_REPLY_TO];
@@ -525,6 +568,11 @@ check_reply_to(const struct fields *f, char *err, size_t errlen)
 	if (memchr(json_string_value(v), '\0', len) != NULL)
 		return reject(err, errlen, REQ_BAD_TYPE,
 		    "%s contains a NUL character", name);
+	/* The key is not quoted: it may be any bytes. */
+	if (scope != NULL && !in_scope(json_string_value(v), len, scope))
+		return reject(err, errlen, REQ_REPLY_TO_FORBIDDEN,
+		    "%s is outside the keys replies may go to "
+		    "([results] reply_prefix)", name);
 	return REQ_OK;
 }
 
@@ -610,10 +658,13 @@ check_attributes(const json_t *v, const char *name, char **out, char *err,
  * a RequestId or ReplyTo that passes its own rule, an Identity that is
  * non-empty UTF-8 text (even too long or SID-like: the producer needs to
  * see which of its requests that was).  A field given twice is ambiguous
- * and not echoed.  Returns REQ_MALFORMED only when memory ran out.
+ * and not echoed.  A ReplyTo out of scope is never copied, so no reply is
+ * written to it whatever else is wrong with the request.  Returns
+ * REQ_MALFORMED only when memory ran out.
  */
 static enum request_error
-copy_echo_fields(const struct fields *f, struct request *req)
+copy_echo_fields(const struct fields *f, const struct reply_scope *scope,
+    struct request *req)
 {
 	enum request_error	 e;
 
@@ -622,7 +673,7 @@ copy_echo_fields(const struct fields *f, struct request *req)
 	    (req->request_id = copy_string(f->value[FIELD_REQUEST_ID])) == NULL)
 		return REQ_MALFORMED;
 	if (f->value[FIELD_REPLY_TO] != NULL && !f->twice[FIELD_REPLY_TO] &&
-	    check_reply_to(f, NULL, 0) == REQ_OK &&
+	    check_reply_to(f, scope, NULL, 0) == REQ_OK &&
 	    (req->reply_to = copy_string(f->value[FIELD_REPLY_TO])) == NULL)
 		return REQ_MALFORMED;
 	if (f->value[FIELD_IDENTITY] != NULL && !f->twice[FIELD_IDENTITY]) {
@@ -642,8 +693,8 @@ copy_echo_fields(const struct fields *f, struct request *req)
  * its echo fields.
  */
 static enum request_error
-validate(const struct fields *f, struct request *req, char *err,
-    size_t errlen)
+validate(const struct fields *f, const struct reply_scope *scope,
+    struct request *req, char *err, size_t errlen)
 {
 	const json_t		*v;
 	enum request_error	 e;
@@ -668,7 +719,7 @@ validate(const struct fields *f, struct request *req, char *err,
 		    f->name[FIELD_ROLE_SID]);
 	if ((e = check_request_id(f, err, errlen)) != REQ_OK)
 		return e;
-	if ((e = check_reply_to(f, err, errlen)) != REQ_OK)
+	if ((e = check_reply_to(f, scope, err, errlen)) != REQ_OK)
 		return e;
 	/* Last of the checks: the only one that allocates. */
 	if ((v = f->value[FIELD_ATTRIBUTES]) != NULL) {
@@ -711,8 +762,8 @@ request_error_code(enum request_error e)
 }
 
 enum request_error
-request_parse(const void *buf, size_t len, struct request *req, char *err,
-    size_t errlen)
+request_parse(const void *buf, size_t len, const struct reply_scope *scope,
+    struct request *req, char *err, size_t errlen)
 {
 	struct fields		 f;
 	enum request_error	 e;
@@ -757,10 +808,10 @@ request_parse(const void *buf, size_t len, struct request *req, char *err,
 
 	memset(&f, 0, sizeof(f));
 	e = find_fields(map, &f, err, errlen);
-	if (copy_echo_fields(&f, req) != REQ_OK)
+	if (copy_echo_fields(&f, scope, req) != REQ_OK)
 		e = reject(err, errlen, REQ_MALFORMED, "out of memory");
 	else if (e == REQ_OK)
-		e = validate(&f, req, err, errlen);
+		e = validate(&f, scope, req, err, errlen);
 	json_decref(map);
 	return e;
 }

@@ -108,6 +108,8 @@ struct config {
 	enum results_format format;
 	long	 results_max;
 	long	 reply_ttl_s;
+	char	*reply_prefix;		/* comma-separated; see struct reply_scope */
+	long	 dead_max;
 
 	/* [socket] */
 	char	*socket_path;
@@ -222,6 +224,7 @@ enum request_error {
 	REQ_ATTRIBUTES_TOO_LONG,
 	REQ_BAD_ROLE_SID,
 	REQ_BAD_REQUEST_ID,
+	REQ_REPLY_TO_FORBIDDEN,
 };
 
 struct request {
@@ -235,17 +238,30 @@ struct request {
 	int	 wait;			/* socket only: 0 when "Wait": false */
 };
 
+/*
+ * The keys a ReplyTo may name: those beginning with one of the
+ * comma-separated prefixes of allowed ([results] reply_prefix; empty
+ * entries are skipped) and not with own ([redis] prefix, may be NULL).
+ */
+struct reply_scope {
+	const char	*allowed;
+	const char	*own;
+};
+
 /* The SPEC's error.code for e ("malformed", ...). */
 const char	*request_error_code(enum request_error e);
 /*
  * Decodes and validates one raw request.  On any error fills err with a
  * precise message (naming the field and what was wrong) and returns the
  * error; even then req->request_id, req->identity and req->reply_to are set
- * when they could be read, so the result can echo them.  req must be freed
+ * when they could be read, so the result can echo them.  A ReplyTo outside
+ * scope is reply_to_forbidden and never set; a NULL scope checks ReplyTo's
+ * form only (for callers that never write a reply).  req must be freed
  * with request_free in every case.
  */
-enum request_error request_parse(const void *buf, size_t len, struct request *req,
-		    char *err, size_t errlen);
+enum request_error request_parse(const void *buf, size_t len,
+		    const struct reply_scope *scope, struct request *req, char *err,
+		    size_t errlen);
 void		 request_free(struct request *req);
 
 /* ------------------------------------------------------------------ */

@@ -75,7 +75,7 @@ submit(struct outcome *o, const char *frame, size_t len, enum framing framing)
 		    MSGPACK_UNPACK_SUCCESS && off == len);
 		msgpack_unpacked_destroy(&u);
 	}
-	(void)request_parse(frame, len, &req, err, sizeof(err));
+	(void)request_parse(frame, len, NULL, &req, err, sizeof(err));
 	request_free(&req);
 	o->frames[o->n++] = frame_token(frame, len);
 }

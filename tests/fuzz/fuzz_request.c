@@ -81,7 +81,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char		*form;
 
 	memset(err, 'x', sizeof(err));
-	e = request_parse(data, size, &req, err, sizeof(err));
+	e = request_parse(data, size, NULL, &req, err, sizeof(err));
 	check_message(err);
 	/* Echo fields, set even for a refused request. */
 	if (req.request_id != NULL) {

@@ -1,10 +1,12 @@
 """The pipeline end to end: intake from Redis, validation, dedup, results."""
 import json
+import socket
+import time
 
 import msgpack
 import pytest
 
-from conftest import wait_for, decode
+from conftest import SLOW, wait_for, decode
 
 USER_FIELDS = {"sid", "account_sid", "chat_service_sid", "role_sid", "identity",
                "friendly_name", "attributes", "is_online", "is_notifiable",
@@ -144,29 +146,102 @@ def test_reply_to_and_events(stack):
     sub = stack.r.pubsub()
     sub.subscribe("usergate:events")
     wait_for(lambda: sub.get_message(timeout=0.1), what="subscribe confirmation")
-    stack.push({"Identity": "frank", "ReplyTo": "replies:frank"})
+    stack.push({"Identity": "frank", "ReplyTo": "usergate-reply:frank"})
     msg = wait_for(lambda: sub.get_message(timeout=0.1), what="event")
     ev = decode(msg["data"])
     assert ev["identity"] == "frank" and ev["status"] == "created"
-    assert 3500 < stack.r.ttl("replies:frank") <= 3600
-    reply = decode(stack.r.brpop("replies:frank", 10)[1])
+    assert 3500 < stack.r.ttl("usergate-reply:frank") <= 3600
+    reply = decode(stack.r.brpop("usergate-reply:frank", 10)[1])
     assert reply == ev
     sub.close()
+
+
+def test_reply_to_outside_the_reply_prefix_is_forbidden(stack):
+    """A ReplyTo naming usergated's own keys or another application's key
+    is invalid (reply_to_forbidden) and nothing is written to that key: no
+    element, no expiry, also when the request is invalid for another
+    reason.  The request list keeps no expiry and receives no result."""
+    r = stack.r
+    r.set("app:session:1", "v")
+    r.rpush("app:list", "mine")
+    stack.push({"Identity": "rt1", "ReplyTo": "usergate:requests"},
+               {"Identity": "rt2", "ReplyTo": "usergate:rate"},
+               {"Identity": "rt3", "ReplyTo": "app:session:1"},
+               {"Identity": "rt4", "ReplyTo": "app:list"},
+               {"ReplyTo": "usergate:recoveries"})
+    res = stack.wait_results(5)
+    by_id = {x.get("identity"): x for x in res}
+    for i in ("rt1", "rt2", "rt3", "rt4"):
+        assert by_id[i]["status"] == "invalid", by_id[i]
+        assert by_id[i]["error"]["code"] == "reply_to_forbidden", by_id[i]
+    assert by_id[None]["error"]["code"] == "missing_identity"
+    # Nothing arrived on the request list: no sixth result, ever.
+    time.sleep(0.5 * SLOW)
+    assert r.llen("usergate:results") == 5
+    assert r.ttl("usergate:requests") == -2 or r.ttl("usergate:requests") == -1
+    assert r.ttl("usergate:rate") == -2 and r.ttl("usergate:recoveries") == -2
+    assert r.get("app:session:1") == b"v" and r.ttl("app:session:1") == -1
+    assert r.lrange("app:list", 0, -1) == [b"mine"] and r.ttl("app:list") == -1
+
+
+def test_reply_list_that_existed_without_expiry_keeps_none(stack):
+    """A reply list under the prefix that existed without an expiry is not
+    usergated's: it gets the reply but no TTL.  One with a TTL (an earlier
+    reply's) has it refreshed, and a new one gets it."""
+    r = stack.r
+    r.rpush("usergate-reply:kept", "old")
+    r.rpush("usergate-reply:ours", "old")
+    r.expire("usergate-reply:ours", 100)
+    stack.push({"Identity": "rk1", "ReplyTo": "usergate-reply:kept"},
+               {"Identity": "rk2", "ReplyTo": "usergate-reply:ours"},
+               {"Identity": "rk3", "ReplyTo": "usergate-reply:new"})
+    stack.wait_results(3)
+    assert decode(r.lindex("usergate-reply:kept", 0))["identity"] == "rk1"
+    assert r.llen("usergate-reply:kept") == 2 and r.ttl("usergate-reply:kept") == -1
+    assert decode(r.lindex("usergate-reply:ours", 0))["identity"] == "rk2"
+    assert 3500 < r.ttl("usergate-reply:ours") <= 3600
+    assert decode(r.lindex("usergate-reply:new", 0))["identity"] == "rk3"
+    assert 3500 < r.ttl("usergate-reply:new") <= 3600
+
+
+def test_reply_prefix_is_configurable(env):
+    """Several prefixes; an entry overlapping [redis] prefix does not open
+    usergated's own keys.  Over the request socket too."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(extra={"results.reply_prefix": "app-a:,usergate:"}).wait_healthy()
+    env.push({"Identity": "rp1", "ReplyTo": "app-a:1"},
+             {"Identity": "rp2", "ReplyTo": "usergate:results"},
+             {"Identity": "rp3", "ReplyTo": "usergate-reply:3"})
+    res = {x["identity"]: x for x in env.wait_results(3)}
+    assert res["rp1"]["status"] == "created"
+    assert decode(env.r.lindex("app-a:1", 0))["identity"] == "rp1"
+    assert res["rp2"]["error"]["code"] == "reply_to_forbidden"
+    assert res["rp3"]["error"]["code"] == "reply_to_forbidden"
+    assert env.r.ttl("usergate:results") == -1 and not env.r.exists("usergate-reply:3")
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10 * SLOW)
+    s.connect(d.socket)
+    s.sendall(json.dumps({"Identity": "rp4", "ReplyTo": "usergate:events"}).encode() + b"\n")
+    answer = json.loads(s.makefile().readline())
+    s.close()
+    assert answer["status"] == "invalid" and answer["error"]["code"] == "reply_to_forbidden"
+    assert not env.r.exists("usergate:events")
 
 
 def test_a_failing_command_spares_the_rest_of_the_batch(stack):
     """A ReplyTo key of the wrong type fails its own LPUSH and nothing else:
     the result is still stored, published and pushed, the request leaves
     the processing list, and the other results of the batch are whole."""
-    stack.r.set("replies:notalist", "a string")
-    stack.push({"Identity": "wt1", "ReplyTo": "replies:notalist"},
-               {"Identity": "wt2", "ReplyTo": "replies:wt2"})
+    stack.r.set("usergate-reply:notalist", "a string")
+    stack.push({"Identity": "wt1", "ReplyTo": "usergate-reply:notalist"},
+               {"Identity": "wt2", "ReplyTo": "usergate-reply:wt2"})
     res = {r["identity"]: r for r in stack.wait_results(2)}
     assert res["wt1"]["status"] == "created" and res["wt2"]["status"] == "created"
     assert stack.r.get("usergate:identity:wt1") == b"done"
     assert stack.r.get("usergate:user:wt1") is not None
-    assert decode(stack.r.rpop("replies:wt2"))["identity"] == "wt2"
-    assert stack.r.get("replies:notalist") == b"a string"
+    assert decode(stack.r.rpop("usergate-reply:wt2"))["identity"] == "wt2"
+    assert stack.r.get("usergate-reply:notalist") == b"a string"
     wait_for(lambda: stack.r.llen("usergate:processing:" + stack.daemons[0].instance_id) == 0,
              what="processing list empty")
     wait_for(lambda: "WRONGTYPE" in stack.daemons[0].log(), what="the failure logged")

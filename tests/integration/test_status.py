@@ -15,7 +15,8 @@ from conftest import SLOW, wait_for, run_clients
 STATS_KEYS = ["version", "uptime_s", "instance_id", "health", "redis_connected", "paused",
               "inflight", "max_inflight", "queue_depth", "processing", "dead",
               "received", "invalid", "duplicate", "created", "exists", "updated", "failed",
-              "retries", "http_requests", "recovered", "rate_limited"]
+              "retries", "http_requests", "recovered", "rate_limited",
+              "dead_dropped"]
 COUNTERS = STATS_KEYS[11:]
 COMMANDS = ["show stats", "show metrics", "show queue", "health", "pause", "resume",
             "reload", "dead list [N]", "dead retry [N|all]", "help"]
@@ -204,7 +205,7 @@ def test_counters_are_exact(env):
     s = stats(d)
     want = {"received": 9, "invalid": 1, "duplicate": 1, "created": 4, "exists": 1,
             "updated": 1, "failed": 1, "retries": 1, "http_requests": 11, "recovered": 1,
-            "rate_limited": 1}
+            "rate_limited": 1, "dead_dropped": 0}
     assert {k: s[k] for k in COUNTERS} == want
     assert env.twilio.stats()["requests"] == 11
     assert (s["queue_depth"], s["processing"], s["dead"]) == (0, 0, 2)

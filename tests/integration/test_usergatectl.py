@@ -14,7 +14,8 @@ from conftest import SLOW, USERGATECTL, wait_for
 STATS_KEYS = ["version", "uptime_s", "instance_id", "health", "redis_connected", "paused",
               "inflight", "max_inflight", "queue_depth", "processing", "dead",
               "received", "invalid", "duplicate", "created", "exists", "updated", "failed",
-              "retries", "http_requests", "recovered", "rate_limited"]
+              "retries", "http_requests", "recovered", "rate_limited",
+              "dead_dropped"]
 
 
 def ctl(*args, d=None, timeout=60):
@@ -280,9 +281,9 @@ def test_create_statuses_and_exit_codes(stack):
                    what="the no-wait result")
     assert res[0]["request_id"] == ack["request_id"] and res[0]["status"] == "created"
     # --reply-to: the result also goes there.
-    rc, out, _ = ctl("create", "ctl-reply", "--reply-to", "replies:ctl", d=d)
+    rc, out, _ = ctl("create", "ctl-reply", "--reply-to", "usergate-reply:ctl", d=d)
     assert rc == 0
-    assert json.loads(stack.r.lindex("replies:ctl", 0)) == json.loads(out)
+    assert json.loads(stack.r.lindex("usergate-reply:ctl", 0)) == json.loads(out)
 
 
 def test_create_updated_exits_0(env):

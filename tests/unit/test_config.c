@@ -193,6 +193,8 @@ static const struct default_case {
 	{ "results", "format", "msgpack", 1 },
 	{ "results", "results_max", "100000", 1 },
 	{ "results", "reply_ttl_s", "3600", 1 },
+	{ "results", "reply_prefix", "usergate-reply:", 1 },
+	{ "results", "dead_max", "10000", 1 },
 	{ "socket", "path", "/run/usergate/usergate.sock", 0 },
 	{ "socket", "mode", "0660", 0 },
 	{ "status", "path", "/run/usergate/status.sock", 0 },
@@ -544,6 +546,19 @@ static const struct error_case {
 	    "followed by 32 hex digits", 0 },
 	{ "empty prefix", "[redis]\nprefix =\n",
 	    "%s:2: key \"prefix\" in [redis]: must not be empty", 0 },
+	{ "reply_prefix with an empty entry",
+	    "[results]\nreply_prefix = a:,,b:\n",
+	    "%s:2: key \"reply_prefix\" in [results]: expected one or more "
+	    "non-empty prefixes separated by commas", 0 },
+	{ "reply_prefix ending in a comma", "[results]\nreply_prefix = a:,\n",
+	    "%s:2: key \"reply_prefix\" in [results]: expected one or more "
+	    "non-empty prefixes separated by commas", 0 },
+	{ "empty reply_prefix", "[results]\nreply_prefix =\n",
+	    "%s:2: key \"reply_prefix\" in [results]: expected one or more "
+	    "non-empty prefixes separated by commas", 0 },
+	{ "dead_max 0", "[results]\ndead_max = 0\n",
+	    "%s:2: key \"dead_max\" in [results]: 0 is out of range "
+	    "(1..100000000)", 0 },
 	{ "empty socket path", "[socket]\npath =\n",
 	    "%s:2: key \"path\" in [socket]: expected a path of 1 to 107 bytes "
 	    "(the limit of a Unix socket)", 0 },

@@ -528,11 +528,11 @@ test_differs_parsed(void)
 	json_t		*record;
 
 	record = parse_record(full_answer);
-	CU_ASSERT_FATAL(request_parse(same, strlen(same), &req, NULL, 0) ==
+	CU_ASSERT_FATAL(request_parse(same, strlen(same), NULL, &req, NULL, 0) ==
 	    REQ_OK);
 	CU_ASSERT(record_differs(record, &req) == 0);
 	request_free(&req);
-	CU_ASSERT_FATAL(request_parse(other, strlen(other), &req, NULL, 0) ==
+	CU_ASSERT_FATAL(request_parse(other, strlen(other), NULL, &req, NULL, 0) ==
 	    REQ_OK);
 	CU_ASSERT(record_differs(record, &req) == 1);
 	request_free(&req);

@@ -77,6 +77,15 @@ is_clean(const char *s)
 	return 1;
 }
 
+/*
+ * Where every row's ReplyTo may point.  "usergate:replies:" overlaps the
+ * daemon's own prefix, which still wins.
+ */
+static const struct reply_scope scope = {
+	.allowed = "q,replies:,usergate:replies:",
+	.own = "usergate:",
+};
+
 /* Parses buf and checks the outcome against r (whose text is ignored). */
 static void
 expect(const struct row *r, const char *how, const void *buf, size_t len)
@@ -88,7 +97,7 @@ expect(const struct row *r, const char *how, const void *buf, size_t len)
 
 	memset(&req, 0x5a, sizeof(req));	/* request_parse must reset it */
 	strcpy(err, "(untouched)");
-	e = request_parse(buf, len, &req, err, sizeof(err));
+	e = request_parse(buf, len, &scope, &req, err, sizeof(err));
 	CHECK(e == r->want, "%s (%s): got %s \"%s\", want %s", r->name, how,
 	    e == REQ_OK ? "ok" : request_error_code(e), err,
 	    r->want == REQ_OK ? "ok" : request_error_code(r->want));
@@ -390,6 +399,33 @@ test_errors(void)
 		{ .name = "ReplyTo with NUL", .modes = BOTH,
 		    .text = "{\"Identity\":\"a\",\"ReplyTo\":\"q\\u0000\"}",
 		    .want = REQ_BAD_TYPE, .err = "NUL", .identity = "a" },
+
+		/* reply_to_forbidden: never echoed, so never written to */
+		{ .name = "ReplyTo the request list", .modes = BOTH,
+		    .text = "{\"Identity\":\"a\",\"ReplyTo\":"
+		    "\"usergate:requests\"}",
+		    .want = REQ_REPLY_TO_FORBIDDEN, .err = "ReplyTo is outside",
+		    .identity = "a" },
+		{ .name = "own prefix wins over an allowed one", .modes = BOTH,
+		    .text = "{\"Identity\":\"a\",\"reply_to\":"
+		    "\"usergate:replies:1\"}",
+		    .want = REQ_REPLY_TO_FORBIDDEN, .err = "reply_to is outside",
+		    .identity = "a" },
+		{ .name = "ReplyTo another application's key", .modes = BOTH,
+		    .text = "{\"Identity\":\"a\",\"ReplyTo\":"
+		    "\"app:session:1\"}",
+		    .want = REQ_REPLY_TO_FORBIDDEN, .identity = "a" },
+		{ .name = "ReplyTo a prefix of an allowed prefix", .modes = BOTH,
+		    .text = "{\"Identity\":\"a\",\"ReplyTo\":\"replies\"}",
+		    .want = REQ_REPLY_TO_FORBIDDEN, .identity = "a" },
+		{ .name = "ReplyTo under the last allowed prefix", .modes = BOTH,
+		    .text = "{\"Identity\":\"a\",\"ReplyTo\":"
+		    "\"replies:9\"}",
+		    .identity = "a", .reply_to = "replies:9" },
+		{ .name = "forbidden ReplyTo not echoed on another error",
+		    .modes = BOTH,
+		    .text = "{\"ReplyTo\":\"usergate:rate\"}",
+		    .want = REQ_MISSING_IDENTITY },
 		{ .name = "type errors come before value errors", .modes = BOTH,
 		    .text = "{\"Identity\":\"US" HEX32 "\",\"Wait\":1}",
 		    .want = REQ_BAD_TYPE, .err = "Wait",
@@ -911,6 +947,7 @@ test_error_codes(void)
 		{ REQ_ATTRIBUTES_TOO_LONG, "attributes_too_long" },
 		{ REQ_BAD_ROLE_SID, "bad_role_sid" },
 		{ REQ_BAD_REQUEST_ID, "bad_request_id" },
+		{ REQ_REPLY_TO_FORBIDDEN, "reply_to_forbidden" },
 	};
 	size_t	 i;
 
@@ -931,12 +968,12 @@ test_free(void)
 
 	struct request	 req;
 
-	CU_ASSERT(request_parse(text, strlen(text), &req, NULL, 0) == REQ_OK);
+	CU_ASSERT(request_parse(text, strlen(text), &scope, &req, NULL, 0) == REQ_OK);
 	CU_ASSERT_STRING_EQUAL(req.attributes, "{}");
 	request_free(&req);
 	CU_ASSERT(req.identity == NULL && req.attributes == NULL);
 	request_free(&req);
-	CU_ASSERT(request_parse("{}", 2, &req, NULL, 0) ==
+	CU_ASSERT(request_parse("{}", 2, &scope, &req, NULL, 0) ==
 	    REQ_MISSING_IDENTITY);
 	request_free(&req);
 	request_free(NULL);

@@ -43,6 +43,7 @@ static const char *const stats_keys[] = {
 	"http_requests",
 	"recovered",
 	"rate_limited",
+	"dead_dropped",
 };
 static const char *const counter_keys[] = {
 	"received",
@@ -56,6 +57,7 @@ static const char *const counter_keys[] = {
 	"http_requests",
 	"recovered",
 	"rate_limited",
+	"dead_dropped",
 };
 
 static struct stats_gauges
