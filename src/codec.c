@@ -632,6 +632,61 @@ codec_msgpack_packed(int (*pack)(struct msgpack_packer *, const void *), const v
 	return encoded_copy(out, len);
 }
 
+/* Bytes for pack_bin. */
+struct codec_bytes {
+	const void	*buf;
+	size_t		 len;
+};
+
+static int
+pack_bin(msgpack_packer *pk, const void *arg)
+{
+	const struct codec_bytes *b = arg;
+
+	if (msgpack_pack_bin(pk, b->len) != 0)
+		return -1;
+	return msgpack_pack_bin_body(pk, b->buf, b->len);
+}
+
+int
+codec_encode_bin(const void *buf, size_t len, char **out, size_t *outlen)
+{
+	struct codec_bytes b = { buf, len };
+
+	return codec_msgpack_packed(pack_bin, &b, out, outlen);
+}
+
+int
+codec_text_valid(const json_t *v)
+{
+	const char	*key;
+	json_t		*child;
+	void		*iter;
+	size_t		 i;
+
+	switch (json_typeof(v)) {
+	case JSON_STRING:
+		return codec_utf8_valid(json_string_value(v),
+		    json_string_length(v));
+	case JSON_ARRAY:
+		json_array_foreach(v, i, child)
+			if (!codec_text_valid(child))
+				return 0;
+		return 1;
+	case JSON_OBJECT:
+		for (iter = json_object_iter((json_t *)v); iter != NULL;
+		    iter = json_object_iter_next((json_t *)v, iter)) {
+			key = json_object_iter_key(iter);
+			if (!codec_utf8_valid(key, json_object_iter_key_len(iter)) ||
+			    !codec_text_valid(json_object_iter_value(iter)))
+				return 0;
+		}
+		return 1;
+	default:
+		return 1;
+	}
+}
+
 /*
  * The object v with one more member, key, whose value is enc: bytes that
  * codec_encode made in the same format.  Two well-formed encodings are

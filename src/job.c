@@ -137,6 +137,15 @@ static long auth_probe_ms = AUTH_PROBE_MIN_MS;
 static struct event *auth_ev;
 static int auth_probe_outstanding;
 
+/* Warnings about one request each: a flood of bad requests must not flood
+ * the log (held-back lines are counted, see log_limit_allow). */
+static struct log_limit invalid_limit = LOG_LIMIT("request not done", LOG_LIMIT_PER_SECOND);
+static struct log_limit failed_limit = LOG_LIMIT("request not done", LOG_LIMIT_PER_SECOND);
+static struct log_limit unreadable_limit =
+    LOG_LIMIT("stored user record unreadable; asking Twilio", LOG_LIMIT_PER_SECOND);
+static struct log_limit unexpected_limit =
+    LOG_LIMIT("unexpected twilio answer body; fetching the user", LOG_LIMIT_PER_SECOND);
+
 static char *users_url;			/* api_base + /v1/Users (service) */
 
 static void	 identity_enter(struct job *);
@@ -400,8 +409,9 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 		}
 		json_decref(user);
 		/* An unreadable stored record: let Twilio decide. */
-		log_warn("stored user record unreadable; asking Twilio",
-		    "request_id", j->request_id);
+		if (log_limit_allow(&unreadable_limit, now_monotonic()))
+			log_warn("stored user record unreadable; asking Twilio",
+			    "request_id", j->request_id);
 		j->owns_claim = 1;
 		j->phase = PHASE_CREATE;
 		start_attempt(j);
@@ -776,8 +786,9 @@ on_http(const struct http_result *res, void *arg)
 		if (rec == NULL) {
 			/* Twilio answered but the body is not a user: the
 			 * user may exist now, so look it up by Identity. */
-			log_warn("unexpected twilio answer body; fetching the user",
-			    "request_id", j->request_id);
+			if (log_limit_allow(&unexpected_limit, now_monotonic()))
+				log_warn("unexpected twilio answer body; fetching the user",
+				    "request_id", j->request_id);
 			j->phase = PHASE_FETCH;
 			retry_or_fail(j);
 			break;
@@ -865,8 +876,11 @@ is_success(const char *status)
 	return strcmp(status, "invalid") != 0 && strcmp(status, "failed") != 0;
 }
 
-/* The dead-list copy of the request: decoded when it decodes, so an
- * operator can read and replay it; otherwise the raw bytes as a string. */
+/*
+ * The dead-list copy of the request: decoded when it decodes to text that
+ * is all UTF-8, so an operator can read and replay it.  NULL otherwise
+ * (and when memory ran out): the caller keeps the raw bytes.
+ */
 static json_t *
 dead_request(const struct job *j)
 {
@@ -874,13 +888,11 @@ dead_request(const struct job *j)
 	char err[64];
 
 	if (j->rawlen <= UG_FRAME_MAX &&
-	    codec_decode(j->raw, j->rawlen, &v, err, sizeof(err)) == CODEC_OK)
+	    codec_decode(j->raw, j->rawlen, &v, err, sizeof(err)) == CODEC_OK &&
+	    codec_text_valid(v))
 		return v;
-	if (codec_utf8_valid(j->raw, j->rawlen))
-		return json_stringn(j->raw, j->rawlen);
-	if (ug.cfg->format == FORMAT_MSGPACK)
-		return json_stringn_nocheck(j->raw, j->rawlen);
-	return json_sprintf("<%zu bytes, not UTF-8>", j->rawlen);
+	json_decref(v);
+	return NULL;
 }
 
 /*
@@ -925,19 +937,38 @@ abandon(struct job *j)
 }
 
 /*
- * {request, result} for the dead list.  A request that decodes but cannot
- * be written in the configured format (a msgpack string that is not UTF-8,
- * for JSON output) is kept as a description instead.
+ * {request, result} for the dead list.  A request that did not decode to
+ * text is kept as its raw bytes: a msgpack bin (after the result, as
+ * codec_encode_with adds it), or with JSON results the text itself when it
+ * is UTF-8, else a description.  A request that decodes but cannot be
+ * written in the configured format is kept as a description too.
  */
 static int
 dead_entry(struct job *j)
 {
-	json_t *d = json_object();
+	json_t *d = json_object(), *req = dead_request(j);
+	char *bin = NULL;
+	size_t binlen;
 	int rv;
 
-	if (d == NULL)
+	if (d == NULL) {
+		json_decref(req);
 		return -1;
-	json_object_set_new(d, "request", dead_request(j));
+	}
+	if (req == NULL && ug.cfg->format == FORMAT_MSGPACK) {
+		json_object_set(d, "result", j->result);
+		rv = codec_encode_bin(j->raw, j->rawlen, &bin, &binlen);
+		if (rv == 0)
+			rv = codec_encode_with(d, "request", bin, binlen, FORMAT_MSGPACK,
+			    &j->enc_dead, &j->enc_dead_len);
+		free(bin);
+		json_decref(d);
+		return rv;
+	}
+	if (req == NULL)
+		req = codec_utf8_valid(j->raw, j->rawlen) ? json_stringn(j->raw, j->rawlen) :
+		    json_sprintf("<%zu bytes, not UTF-8>", j->rawlen);
+	json_object_set_new(d, "request", req);
 	json_object_set(d, "result", j->result);
 	rv = codec_encode(d, ug.cfg->format, &j->enc_dead, &j->enc_dead_len);
 	if (rv != 0) {
@@ -1010,7 +1041,8 @@ finish(struct job *j, const char *status)
 	stats_observe(&stats_result_seconds, now_monotonic() - j->received_mono);
 	/* Identities (often e-mail addresses) and messages that may quote
 	 * them are logged at debug level only. */
-	if (!is_success(status)) {
+	if (!is_success(status) && log_limit_allow(strcmp(status, "invalid") == 0 ?
+	    &invalid_limit : &failed_limit, now_monotonic())) {
 		char tcode[32] = "";
 
 		if (j->last_code)

@@ -476,3 +476,56 @@ log_kv(enum log_level level, const char *msg, ...)
 	line_write(&l);
 	errno = saved_errno;
 }
+
+/*
+ * Limiters that have been used, for log_limits_report.  A limiter joins
+ * the list on its first use and stays: they are static objects.
+ */
+static struct log_limit *log_limits;
+
+int
+log_limit_allow(struct log_limit *l, double now)
+{
+	if (!l->listed) {
+		l->listed = 1;
+		l->next = log_limits;
+		log_limits = l;
+	}
+	if (now >= l->second + 1 || now < l->second) {
+		l->second = now;
+		l->used = 0;
+	}
+	if (l->used < l->per_second) {
+		l->used++;
+		return 1;
+	}
+	l->held++;
+	return 0;
+}
+
+unsigned long long
+log_limit_held(struct log_limit *l, double now)
+{
+	unsigned long long held = l->held;
+
+	/* Within the second the held lines are still being counted. */
+	if (held == 0 || (now < l->second + 1 && now >= l->second))
+		return 0;
+	l->held = 0;
+	return held;
+}
+
+void
+log_limits_report(double now)
+{
+	struct log_limit *l;
+	unsigned long long held;
+	char count[32];
+
+	for (l = log_limits; l != NULL; l = l->next) {
+		if ((held = log_limit_held(l, now)) == 0)
+			continue;
+		snprintf(count, sizeof(count), "%llu", held);
+		log_warn("suppressed similar lines", "like", l->msg, "count", count);
+	}
+}

@@ -258,6 +258,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	queue_lengths(NULL, NULL);
 	job_tick();
 	daemon_notify_status();
+	log_limits_report(now_monotonic());
 	if (++ticks % STATS_LOG_EVERY_S == 0)
 		stats_log();
 }

@@ -1004,6 +1004,11 @@ queue_rate_acquire(long want, queue_rate_cb *cb, void *arg)
 	return rv;
 }
 
+/* One failing command per result can come with every transaction (a
+ * ReplyTo list of the wrong type). */
+static struct log_limit command_failed_limit =
+    LOG_LIMIT("redis: a command of the result transaction failed", LOG_LIMIT_PER_SECOND);
+
 struct done_call {
 	queue_done_cb	*cb;
 	void		*arg;
@@ -1025,7 +1030,8 @@ on_exec(redisAsyncContext *ac, void *reply, void *priv)
 		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
 	if (ok) {
 		for (i = 0; i < r->elements; i++)
-			if (r->element[i]->type == REDIS_REPLY_ERROR)
+			if (r->element[i]->type == REDIS_REPLY_ERROR &&
+			    log_limit_allow(&command_failed_limit, now_monotonic()))
 				log_warn("redis: a command of the result transaction failed",
 				    "error", r->element[i]->str);
 		/* The LTRIM after the LPUSH kept dead_max entries: the rest
@@ -1327,6 +1333,38 @@ struct lines_call {
 	void		*arg;
 };
 
+/*
+ * A dead entry as one line of JSON for `dead list`.  A request kept as raw
+ * bytes (a msgpack bin, decoded as a string) is shown as that string when
+ * it is UTF-8; otherwise JSON text cannot hold it, and it is shown as
+ * "request_hex", its bytes in hexadecimal.  NULL when out of memory.
+ */
+static char *
+dead_line(json_t *v)
+{
+	static const char digits[] = "0123456789abcdef";
+	const json_t *req = json_object_get(v, "request");
+	const unsigned char *p;
+	size_t len, i;
+	char *hex;
+
+	if (json_is_string(req) && !codec_utf8_valid(json_string_value(req),
+	    json_string_length(req))) {
+		p = (const unsigned char *)json_string_value(req);
+		len = json_string_length(req);
+		if ((hex = malloc(2 * len + 1)) == NULL)
+			return NULL;
+		for (i = 0; i < len; i++) {
+			hex[2 * i] = digits[p[i] >> 4];
+			hex[2 * i + 1] = digits[p[i] & 0xf];
+		}
+		json_object_set_new_nocheck(v, "request_hex", json_stringn_nocheck(hex, 2 * len));
+		free(hex);
+		json_object_del(v, "request");
+	}
+	return json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII);
+}
+
 static void
 on_dead_range(redisAsyncContext *ac, void *reply, void *priv)
 {
@@ -1347,7 +1385,7 @@ on_dead_range(redisAsyncContext *ac, void *reply, void *priv)
 			if (codec_decode_any(r->element[i]->str, r->element[i]->len, &v, err,
 			    sizeof(err)) != CODEC_OK)
 				continue;
-			lines[n] = json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII);
+			lines[n] = dead_line(v);
 			json_decref(v);
 			if (lines[n] != NULL)
 				n++;

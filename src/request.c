@@ -107,7 +107,6 @@ static const char	*type_name(const json_t *);
 static void		 quote_key(const char *, size_t, char *, size_t);
 static int		 is_sid(const char *, size_t, const char *);
 static char		*copy_string(const json_t *);
-static int		 has_invalid_utf8(const json_t *);
 static int		 has_nul_key(const json_t *);
 static enum request_error find_fields(json_t *, struct fields *, char *,
 			    size_t);
@@ -236,42 +235,6 @@ copy_string(const json_t *v)
 	memcpy(s, json_string_value(v), len);
 	s[len] = '\0';
 	return s;
-}
-
-/*
- * 1 when a string or key anywhere in v is not UTF-8.  Called on an
- * Attributes map before json_dumps, which does not check keys (see
- * check_attributes).  Depth is bounded by the codec.
- */
-static int
-has_invalid_utf8(const json_t *v)
-{
-	const char	*key;
-	json_t		*child;
-	void		*iter;
-	size_t		 i;
-
-	switch (json_typeof(v)) {
-	case JSON_STRING:
-		return !codec_utf8_valid(json_string_value(v),
-		    json_string_length(v));
-	case JSON_ARRAY:
-		json_array_foreach(v, i, child)
-			if (has_invalid_utf8(child))
-				return 1;
-		return 0;
-	case JSON_OBJECT:
-		for (iter = json_object_iter((json_t *)v); iter != NULL;
-		    iter = json_object_iter_next((json_t *)v, iter)) {
-			key = json_object_iter_key(iter);
-			if (!codec_utf8_valid(key, json_object_iter_key_len(iter)) ||
-			    has_invalid_utf8(json_object_iter_value(iter)))
-				return 1;
-		}
-		return 0;
-	default:
-		return 0;
-	}
 }
 
 /*
@@ -603,7 +566,7 @@ check_attributes(const json_t *v, const char *name, char **out, char *err,
 		 * ({":1}).  A NUL in a key is refused as it would be in the
 		 * string form.
 		 */
-		if (has_invalid_utf8(v))
+		if (!codec_text_valid(v))
 			return reject(err, errlen, REQ_BAD_UTF8,
 			    "%s holds text that is not valid UTF-8", name);
 		if (has_nul_key(v))

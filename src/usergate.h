@@ -61,6 +61,33 @@ void		 log_kv(enum log_level level, const char *msg, ...);
  * to size).  Exposed for tests. */
 void		 log_escape(const char *value, char *buf, size_t size);
 
+/*
+ * A budget for a line that every request can cause (a warning about one
+ * request), so that a flood of bad requests cannot flood the log: at most
+ * per_second such lines in any one second, counting from the first.  The
+ * lines held back are counted, and log_limits_report (called every second)
+ * writes one "suppressed similar lines" line for them once their second is
+ * over.  Declare each as a static object with LOG_LIMIT.
+ */
+struct log_limit {
+	const char	*msg;		/* of the lines limited, for the summary */
+	long		 per_second;
+	double		 second;	/* when the current second began */
+	long		 used;		/* lines written in it */
+	unsigned long long held;	/* lines held back, not yet reported */
+	int		 listed;
+	struct log_limit *next;
+};
+#define LOG_LIMIT(msg, per_second)	{ (msg), (per_second), 0, 0, 0, 0, NULL }
+#define LOG_LIMIT_PER_SECOND	10
+/* 1 when one more line may be written at now (seconds, monotonic); 0 when it
+ * is held back (and counted).  Pure but for joining the report list. */
+int		 log_limit_allow(struct log_limit *l, double now);
+/* The count of held lines once their second is over (then forgotten), 0
+ * before that or when none were held.  Pure. */
+unsigned long long log_limit_held(struct log_limit *l, double now);
+void		 log_limits_report(double now);
+
 /* ------------------------------------------------------------------ */
 /* config.c */
 
@@ -196,6 +223,12 @@ int		 codec_encode_with(const json_t *v, const char *key, const char *enc,
 struct msgpack_packer;
 int		 codec_msgpack_packed(int (*pack)(struct msgpack_packer *, const void *),
 		    const void *arg, char **out, size_t *len);
+/* buf[0..len) as one msgpack bin; *out is malloc'd.  For bytes that are not
+ * text (a str must be UTF-8, and strict decoders refuse one that is not). */
+int		 codec_encode_bin(const void *buf, size_t len, char **out, size_t *outlen);
+/* 1 when every string and key in v is valid UTF-8 (v was decoded from
+ * msgpack, which keeps a str that is not: see codec_decode). */
+int		 codec_text_valid(const json_t *v);
 /* 1 when s[0..len) is valid UTF-8. */
 int		 codec_utf8_valid(const char *s, size_t len);
 /* Number of code points in a valid UTF-8 string. */

@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 
+import msgpack
 import pytest
 
 from conftest import SLOW, wait_for, run_clients
@@ -502,6 +503,58 @@ def test_dead_retry_n_moves_the_newest_n(stack):
     assert sorted(r["identity"] for r in res[3:] if r["status"] == "created") == ["n1", "n2"]
     for bad in ("dead retry 0", "dead retry none", "dead retry 1 2"):
         assert ask1(stack.d, bad) == "error: dead retry takes a count from 1 to 10000, or all"
+
+
+def test_dead_list_is_capped_and_the_flood_log_bounded(env):
+    """3000 invalid requests with dead_max = 100: the dead list keeps the
+    newest 100, dead_dropped counts the 2900 others, and the per-request
+    warnings are rate-limited, the rest counted in summary lines."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(extra={"results.dead_max": "100", "log.level": "info"}).wait_healthy()
+    n = 3000
+    for i in range(0, n, 500):
+        env.r.lpush("usergate:requests",
+                    *[json.dumps({"Identity": "f%d" % k, "Bogus": 1}) for k in range(i, i + 500)])
+    env.wait_results(n, timeout=120)
+    assert env.r.llen("usergate:dead") == 100
+    s = stats(d)
+    assert (s["dead"], s["dead_dropped"], s["invalid"]) == (100, 2900, n)
+    # The newest survive: the last pushed is at the head.
+    assert json.loads(env.r.lindex("usergate:dead", 0))["request"]["Identity"] == "f%d" % (n - 1)
+    assert json.loads(env.r.lindex("usergate:dead", -1))["request"]["Identity"] == "f%d" % (n - 100)
+
+    def accounted():
+        lines = d.log().splitlines()
+        written = sum('msg="request not done"' in x for x in lines)
+        held = sum(int(re.search(r" count=(\d+)", x).group(1)) for x in lines
+                   if 'msg="suppressed similar lines"' in x and 'like="request not done"' in x)
+        return (written, held) if written + held == n else None
+    written, held = wait_for(accounted, timeout=10 * SLOW, what="every warning written or counted")
+    assert written <= 300, written
+
+
+def test_dead_entry_of_raw_bytes_is_msgpack_bin(env):
+    """A request that does not decode to text is kept as msgpack bin, which
+    strict decoders (Python's msgpack with raw=False) read; dead list shows
+    it as text when it is UTF-8 and in hexadecimal otherwise, and dead retry
+    leaves it be."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(extra={"results.format": "msgpack"}).wait_healthy()
+    not_utf8 = b"\xc1\xff\xfe garbage"
+    bad_str = msgpack.packb({"Identity": "x"})[:-1] + b"\xff"   # a str of byte ff
+    env.push(not_utf8, bad_str, b"plain text")
+    env.wait_results(3)
+    entries = [msgpack.unpackb(x, raw=False) for x in env.r.lrange("usergate:dead", 0, -1)]
+    assert [e["request"] for e in entries] == [b"plain text", bad_str, not_utf8]
+    assert [e["result"]["error"]["code"] for e in entries] == ["malformed", "bad_utf8", "malformed"]
+    lines = [json.loads(x) for x in ask(d, "dead list")]
+    assert lines[0]["request"] == "plain text"
+    assert lines[1]["request_hex"] == bad_str.hex() and "request" not in lines[1]
+    assert lines[2]["request_hex"] == not_utf8.hex()
+    assert json.loads(ask1(d, "dead retry all")) == {"moved": 0}
+    assert env.r.llen("usergate:dead") == 3
 
 
 # ---------------------------------------------------------------- the protocol

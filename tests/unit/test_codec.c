@@ -829,6 +829,42 @@ test_error_text_is_clean(void)
 	CHECK(strstr(err, "\xe2\x82\xac") != NULL, "quoted: %s", err);
 }
 
+/* Raw bytes as bin (c4 / c5 headers), and the text check that decides. */
+static void
+test_bin_and_text(void)
+{
+	static const char raw[] = "\xc1\xff";
+	json_t		*v;
+	char		*out, *big;
+	size_t		 len;
+
+	CHECK(codec_encode_bin(raw, 2, &out, &len) == 0 && len == 4 &&
+	    memcmp(out, "\xc4\x02\xc1\xff", 4) == 0, "bin 8");
+	free(out);
+	CU_ASSERT_FATAL((big = calloc(1, 300)) != NULL);
+	CHECK(codec_encode_bin(big, 300, &out, &len) == 0 && len == 303 &&
+	    memcmp(out, "\xc5\x01\x2c", 3) == 0, "bin 16");
+	free(out);
+	free(big);
+	CHECK(codec_encode_bin("", 0, &out, &len) == 0 && len == 2 &&
+	    memcmp(out, "\xc4\x00", 2) == 0, "empty bin");
+	free(out);
+
+	/* {"a": ["x", str ff]} and {str ff: 1} from msgpack: not text. */
+	CU_ASSERT_FATAL(codec_decode("\x81\xa1" "a\x92\xa1x\xa1\xff", 8, &v,
+	    NULL, 0) == CODEC_OK);
+	CHECK(!codec_text_valid(v), "a value that is not UTF-8");
+	json_decref(v);
+	CU_ASSERT_FATAL(codec_decode("\x81\xa1\xff\x01", 4, &v, NULL, 0) ==
+	    CODEC_OK);
+	CHECK(!codec_text_valid(v), "a key that is not UTF-8");
+	json_decref(v);
+	v = json_pack("{s:[s,i,n],s:{s:s}}", "a", "\xc3\xa9", 1, "b", "c",
+	    "d");
+	CHECK(codec_text_valid(v), "all text");
+	json_decref(v);
+}
+
 int
 main(void)
 {
@@ -849,6 +885,7 @@ main(void)
 		{ "UTF-8 validator", test_utf8_valid },
 		{ "sanitising text", test_sanitize },
 		{ "error messages are clean", test_error_text_is_clean },
+		{ "bin and the text check", test_bin_and_text },
 	};
 	CU_pSuite	 suite;
 	unsigned int	 failures;

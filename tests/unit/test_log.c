@@ -456,6 +456,75 @@ test_errno_kept(void)
 	free(out);
 }
 
+/*
+ * A limiter's life, step by step: (time, lines asked for at that time,
+ * how many of them it allows, what log_limit_held then says).
+ */
+static const struct limit_step {
+	double		 now;
+	int		 ask;
+	int		 allowed;
+	unsigned long long held;
+} limit_steps[] = {
+	{ 100.0, 3, 3, 0 },	/* within the budget of 3 */
+	{ 100.5, 5, 0, 0 },	/* held back, still counting */
+	{ 100.99, 1, 0, 0 },
+	{ 101.0, 0, 0, 6 },	/* the second is over: 6 to report, once */
+	{ 101.2, 0, 0, 0 },
+	{ 101.3, 4, 3, 0 },	/* a new second, a new budget */
+	{ 102.4, 0, 0, 1 },
+	{ 50.0, 2, 2, 0 },	/* a clock that went back starts afresh */
+};
+
+static void
+test_limit(void)
+{
+	static struct log_limit l = LOG_LIMIT("request not done", 3);
+	char		 what[128];
+	size_t		 i;
+	int		 k, allowed;
+	unsigned long long held;
+
+	for (i = 0; i < NELEM(limit_steps); i++) {
+		const struct limit_step *st = &limit_steps[i];
+
+		for (k = allowed = 0; k < st->ask; k++)
+			allowed += log_limit_allow(&l, st->now);
+		held = log_limit_held(&l, st->now);
+		snprintf(what, sizeof(what), "step %zu: allowed %d (want %d), "
+		    "held %llu (want %llu)", i, allowed, st->allowed, held,
+		    st->held);
+		check_true(what, allowed == st->allowed && held == st->held,
+		    __LINE__);
+	}
+}
+
+/* The report is one warning line naming the lines held back. */
+static void
+test_limit_report(void)
+{
+	static struct log_limit l = LOG_LIMIT("request not done", 1);
+	char		*out;
+	int		 i;
+
+	if (unsetenv("JOURNAL_STREAM") == -1 || capture_start() == -1) {
+		CU_FAIL_FATAL("cannot redirect stderr");
+		return;
+	}
+	log_init(LOG_LEVEL_INFO);
+	for (i = 0; i < 1000; i++)
+		(void)log_limit_allow(&l, 10.0);
+	log_limits_report(10.5);	/* the second is not over */
+	log_limits_report(11.0);
+	log_limits_report(12.0);	/* nothing more to say */
+	out = capture_end();
+	check_true("one summary line",
+	    out != NULL && strstr(out, "level=warning msg=\"suppressed similar "
+	    "lines\" like=\"request not done\" count=999\n") != NULL &&
+	    strchr(out, '\n') == out + strlen(out) - 1, __LINE__);
+	free(out);
+}
+
 int
 main(void)
 {
@@ -474,7 +543,9 @@ main(void)
 	    CU_add_test(suite, "hostile values", test_hostile_values) == NULL ||
 	    CU_add_test(suite, "long line", test_long_line) == NULL ||
 	    CU_add_test(suite, "journald", test_journald) == NULL ||
-	    CU_add_test(suite, "errno kept", test_errno_kept) == NULL) {
+	    CU_add_test(suite, "errno kept", test_errno_kept) == NULL ||
+	    CU_add_test(suite, "limit", test_limit) == NULL ||
+	    CU_add_test(suite, "limit report", test_limit_report) == NULL) {
 		CU_cleanup_registry();
 		return 1;
 	}
