@@ -742,7 +742,7 @@ record_straight(struct job *j, const struct http_result *res)
 
 	if (j->phase != PHASE_CREATE || j->conn != NULL || j->user != NULL ||
 	    ug.cfg->format != FORMAT_MSGPACK || !TAILQ_EMPTY(&j->waiters) ||
-	    !record_msgpack_from_twilio(res->body, res->len, &enc, &len))
+	    !record_msgpack_from_twilio(res->body, res->len, j->req.identity, &enc, &len))
 		return 0;
 	free(j->enc_record);
 	j->enc_record = enc;
@@ -755,6 +755,7 @@ on_http(const struct http_result *res, void *arg)
 {
 	struct job *j = arg;
 	enum twilio_outcome o;
+	enum record_answer what;
 	long code = 0;
 	char *message = NULL;
 	json_t *rec;
@@ -782,7 +783,16 @@ on_http(const struct http_result *res, void *arg)
 			finish(j, "created");
 			break;
 		}
-		rec = record_from_twilio(res->body, res->len);
+		rec = record_from_twilio(res->body, res->len, j->req.identity, &what);
+		if (what == RECORD_WRONG_USER) {
+			/* Not a hiccup a retry fixes: something between us
+			 * and Twilio is broken.  Nothing is stored, and the
+			 * Identity is free again (fail releases it). */
+			fail(j, "twilio_invalid_answer", "Twilio's answer is not this "
+			    "Identity's user: a sid that is not US followed by 32 hex "
+			    "digits, or another identity");
+			break;
+		}
 		if (rec == NULL) {
 			/* Twilio answered but the body is not a user: the
 			 * user may exist now, so look it up by Identity. */

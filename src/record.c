@@ -47,7 +47,11 @@ static const char *const record_fields[] = {
 	"url",
 	"links",
 };
+/* Where check_user's two fields are in record_fields (and found[]). */
+enum { KEPT_SID = 0, KEPT_IDENTITY = 4 };
 
+static enum record_answer check_user(const char *, size_t, const char *,
+		    size_t, const char *);
 static json_t	*parse_body(const char *, size_t);
 static int	 string_equals(const json_t *, const char *);
 static int	 has_nul_escape(const char *, size_t);
@@ -74,6 +78,26 @@ parse_body(const char *body, size_t len)
 		return NULL;
 	}
 	return v;
+}
+
+/*
+ * Whether an answer with this sid and identity (NULL when absent or not a
+ * string) may be stored as want's user.  A 2xx that is not (a SID of
+ * another shape, another Identity) comes from something broken between us
+ * and Twilio, or from a Twilio we do not understand; storing it would hand
+ * every later duplicate the wrong user.  The one check for all three
+ * parsing paths.
+ */
+static enum record_answer
+check_user(const char *sid, size_t sidlen, const char *identity,
+    size_t identitylen, const char *want)
+{
+	if (want == NULL)
+		return RECORD_USER;
+	if (!twilio_is_sid(sid, sidlen, "US") || identity == NULL ||
+	    identitylen != strlen(want) || memcmp(identity, want, identitylen) != 0)
+		return RECORD_WRONG_USER;
+	return RECORD_USER;
 }
 
 enum fast { FAST_OK, FAST_INVALID, FAST_INEXACT };
@@ -159,13 +183,16 @@ kept_fields(const cJSON *answer, const cJSON *found[NFIELDS])
 }
 
 /*
- * An answer parsed by cJSON with its kept fields in found[], or NULL when
- * it is not a record: not one JSON object (trailing bytes other than
- * whitespace are refused, as jansson does), or no non-empty string sid.
+ * An answer parsed by cJSON with its kept fields in found[], or NULL with
+ * *what set when it is not a record: not one JSON object (trailing bytes
+ * other than whitespace are refused, as jansson does), no non-empty string
+ * sid, or not identity's user (check_user).
  */
 static cJSON *
-parse_answer(const char *body, size_t len, const cJSON *found[NFIELDS])
+parse_answer(const char *body, size_t len, const char *identity,
+    const cJSON *found[NFIELDS], enum record_answer *what)
 {
+	const cJSON	*id;
 	const char	*end = NULL;
 	cJSON		*answer;
 
@@ -178,8 +205,16 @@ parse_answer(const char *body, size_t len, const cJSON *found[NFIELDS])
 		return NULL;
 	}
 	kept_fields(answer, found);
-	/* found[0] is record_fields[0], "sid". */
-	if (!cJSON_IsString(found[0]) || found[0]->valuestring[0] == '\0') {
+	if (!cJSON_IsString(found[KEPT_SID]) ||
+	    found[KEPT_SID]->valuestring[0] == '\0') {
+		cJSON_Delete(answer);
+		return NULL;
+	}
+	id = cJSON_IsString(found[KEPT_IDENTITY]) ? found[KEPT_IDENTITY] : NULL;
+	*what = check_user(found[KEPT_SID]->valuestring,
+	    strlen(found[KEPT_SID]->valuestring),
+	    id ? id->valuestring : NULL, id ? strlen(id->valuestring) : 0, identity);
+	if (*what != RECORD_USER) {
 		cJSON_Delete(answer);
 		return NULL;
 	}
@@ -188,7 +223,8 @@ parse_answer(const char *body, size_t len, const cJSON *found[NFIELDS])
 
 /* The record from an answer parsed by cJSON, or NULL with *why set. */
 static json_t *
-record_fast(const char *body, size_t len, enum fast *why)
+record_fast(const char *body, size_t len, const char *identity, enum fast *why,
+    enum record_answer *what)
 {
 	const cJSON	*found[NFIELDS];
 	cJSON		*answer;
@@ -196,7 +232,7 @@ record_fast(const char *body, size_t len, enum fast *why)
 	size_t		 i;
 
 	*why = FAST_INVALID;
-	if ((answer = parse_answer(body, len, found)) == NULL)
+	if ((answer = parse_answer(body, len, identity, found, what)) == NULL)
 		return NULL;
 	if ((record = json_object()) == NULL) {
 		cJSON_Delete(answer);
@@ -293,8 +329,10 @@ pack_record(msgpack_packer *pk, const void *arg)
 }
 
 int
-record_msgpack_from_twilio(const char *body, size_t len, char **out, size_t *outlen)
+record_msgpack_from_twilio(const char *body, size_t len, const char *identity,
+    char **out, size_t *outlen)
 {
+	enum record_answer what = RECORD_NOT_USER;
 	const cJSON	*found[NFIELDS];
 	cJSON		*answer;
 	int		 ok;
@@ -302,7 +340,7 @@ record_msgpack_from_twilio(const char *body, size_t len, char **out, size_t *out
 	*out = NULL;
 	*outlen = 0;
 	if (body == NULL || len == 0 || has_nul_escape(body, len) ||
-	    (answer = parse_answer(body, len, found)) == NULL)
+	    (answer = parse_answer(body, len, identity, found, &what)) == NULL)
 		return 0;
 	ok = codec_msgpack_packed(pack_record, found, out, outlen) == 0;
 	cJSON_Delete(answer);
@@ -317,15 +355,25 @@ record_msgpack_from_twilio(const char *body, size_t len, char **out, size_t *out
  * user wrong.
  */
 static json_t *
-record_exact(const char *body, size_t len)
+record_exact(const char *body, size_t len, const char *identity,
+    enum record_answer *what)
 {
-	json_t		*answer, *record, *sid, *v;
+	json_t		*answer, *record, *sid, *id, *v;
 	size_t		 i;
 
+	*what = RECORD_NOT_USER;
 	if ((answer = parse_body(body, len)) == NULL)
 		return NULL;
 	sid = json_object_get(answer, "sid");
 	if (!json_is_string(sid) || json_string_length(sid) == 0) {
+		json_decref(answer);
+		return NULL;
+	}
+	id = json_object_get(answer, "identity");
+	*what = check_user(json_string_value(sid), json_string_length(sid),
+	    json_is_string(id) ? json_string_value(id) : NULL,
+	    json_is_string(id) ? json_string_length(id) : 0, identity);
+	if (*what != RECORD_USER) {
 		json_decref(answer);
 		return NULL;
 	}
@@ -365,18 +413,28 @@ has_nul_escape(const char *body, size_t len)
 }
 
 json_t *
-record_from_twilio(const char *body, size_t len)
+record_from_twilio(const char *body, size_t len, const char *identity,
+    enum record_answer *what)
 {
+	enum record_answer ignored;
 	enum fast	 why;
 	json_t		*record;
 
+	if (what == NULL)
+		what = &ignored;
+	*what = RECORD_NOT_USER;
 	if (body == NULL || len == 0)
 		return NULL;
 	if (has_nul_escape(body, len))
-		return record_exact(body, len);
-	if ((record = record_fast(body, len, &why)) != NULL)
-		return record;
-	return why == FAST_INEXACT ? record_exact(body, len) : NULL;
+		record = record_exact(body, len, identity, what);
+	else if ((record = record_fast(body, len, identity, &why, what)) == NULL &&
+	    why == FAST_INEXACT)
+		record = record_exact(body, len, identity, what);
+	/* The right user in an answer that is no record (a value that is
+	 * not UTF-8, no memory): no record all the same. */
+	if (record == NULL && *what == RECORD_USER)
+		*what = RECORD_NOT_USER;
+	return record;
 }
 
 /*

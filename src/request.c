@@ -32,8 +32,6 @@
 #define REPLY_TO_MAX		1024
 /* How many bytes of an unknown key the error message quotes. */
 #define KEY_QUOTE_MAX		64
-/* "US" or "RL" followed by 32 hexadecimal digits. */
-#define SID_HEX_DIGITS		32
 
 enum field {
 	FIELD_IDENTITY = 0,
@@ -105,7 +103,6 @@ static enum request_error reject(char *, size_t, enum request_error,
 			    __attribute__((format(printf, 4, 5)));
 static const char	*type_name(const json_t *);
 static void		 quote_key(const char *, size_t, char *, size_t);
-static int		 is_sid(const char *, size_t, const char *);
 static char		*copy_string(const json_t *);
 static int		 has_nul_key(const json_t *);
 static enum request_error find_fields(json_t *, struct fields *, char *,
@@ -204,23 +201,6 @@ quote_key(const char *key, size_t keylen, char *buf, size_t size)
 	}
 	if (keylen > KEY_QUOTE_MAX && used + 4 <= size)
 		memcpy(buf + used, "...", 4);
-}
-
-/* prefix followed by exactly SID_HEX_DIGITS hex digits, case-sensitive
- * prefix, either case of hex: Twilio's ^XX[0-9a-fA-F]{32}$. */
-static int
-is_sid(const char *s, size_t len, const char *prefix)
-{
-	size_t	 i, plen = strlen(prefix);
-
-	if (len != plen + SID_HEX_DIGITS || memcmp(s, prefix, plen) != 0)
-		return 0;
-	for (i = plen; i < len; i++)
-		if (!((s[i] >= '0' && s[i] <= '9') ||
-		    (s[i] >= 'a' && s[i] <= 'f') ||
-		    (s[i] >= 'A' && s[i] <= 'F')))
-			return 0;
-	return 1;
 }
 
 /* A NUL-terminated malloc'd copy of a string value known to hold no NUL. */
@@ -422,7 +402,7 @@ check_identity(const struct fields *f, char *err, size_t errlen)
 	if (e != REQ_OK)
 		return e;
 	/* Twilio would read it as the SID of another user on fetch/update. */
-	if (is_sid(json_string_value(v), json_string_length(v), "US"))
+	if (twilio_is_sid(json_string_value(v), json_string_length(v), "US"))
 		return reject(err, errlen, REQ_IDENTITY_IS_SID,
 		    "%s must not look like a User SID (US + 32 hex digits)",
 		    name);
@@ -676,7 +656,7 @@ validate(const struct fields *f, const struct reply_scope *scope,
 			return e;
 	}
 	if ((v = f->value[FIELD_ROLE_SID]) != NULL &&
-	    !is_sid(json_string_value(v), json_string_length(v), "RL"))
+	    !twilio_is_sid(json_string_value(v), json_string_length(v), "RL"))
 		return reject(err, errlen, REQ_BAD_ROLE_SID,
 		    "%s must be RL followed by 32 hex digits",
 		    f->name[FIELD_ROLE_SID]);

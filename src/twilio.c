@@ -27,6 +27,8 @@
 /* product.edge.region.twilio.com: the most labels a Twilio host can have. */
 #define TWILIO_HOST_MAX_LABELS	5
 #define DNS_LABEL_MAX		63
+/* After a SID's two-letter prefix. */
+#define SID_HEX_DIGITS		32
 
 static char	*join(const char *, ...);
 static int	 is_set(const char *);
@@ -464,4 +466,19 @@ twilio_classify(long status, long code)
 		return r->outcome;
 	}
 	return TWILIO_RETRY;
+}
+
+int
+twilio_is_sid(const char *s, size_t len, const char *prefix)
+{
+	size_t	 i, plen = strlen(prefix);
+
+	if (len != plen + SID_HEX_DIGITS || memcmp(s, prefix, plen) != 0)
+		return 0;
+	for (i = plen; i < len; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') ||
+		    (s[i] >= 'a' && s[i] <= 'f') ||
+		    (s[i] >= 'A' && s[i] <= 'F')))
+			return 0;
+	return 1;
 }

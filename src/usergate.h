@@ -342,22 +342,34 @@ void		 framing_state_free(struct framing_state *st);
 /* ------------------------------------------------------------------ */
 /* record.c: Twilio answers -> user records; result maps.  Pure. */
 
+/* What a Twilio answer holds, for the record functions below. */
+enum record_answer {
+	RECORD_USER = 0,	/* the user asked for */
+	RECORD_NOT_USER,	/* not a JSON object with a non-empty string sid */
+	RECORD_WRONG_USER,	/* a sid that is not US + 32 hex digits, or an
+				 * identity other than the request's */
+};
 /*
  * Parses a Twilio user resource (JSON text) into a record object holding
  * exactly the fields of SPEC §4.3 that the answer had, types kept.  NULL
- * when the body is not a JSON object with a string "sid".
+ * when the body is not a JSON object with a string "sid", and when
+ * identity is not NULL, also when the answer is not that identity's user
+ * with a well-formed sid; *what (may be NULL) says which.  A NULL identity
+ * checks nothing beyond the sid's presence (tests of parsing alone).
  */
-json_t		*record_from_twilio(const char *body, size_t len);
+json_t		*record_from_twilio(const char *body, size_t len, const char *identity,
+		    enum record_answer *what);
 /*
  * The same record straight as msgpack, the bytes codec_encode gives for
  * record_from_twilio's record, without building it (the hot path when
  * results are msgpack).  1 with *out (malloc'd) and *outlen; 0 when this
- * answer must go through record_from_twilio: not a record, or a value
- * only the json_t path carries exactly (a number, a "\u0000", a key
- * repeated inside a kept object, a string that is not UTF-8).
+ * answer must go through record_from_twilio: not a record (or not
+ * identity's, as above), or a value only the json_t path carries exactly
+ * (a number, a "\u0000", a key repeated inside a kept object, a string
+ * that is not UTF-8).
  */
-int		 record_msgpack_from_twilio(const char *body, size_t len, char **out,
-		    size_t *outlen);
+int		 record_msgpack_from_twilio(const char *body, size_t len,
+		    const char *identity, char **out, size_t *outlen);
 /* Parses a Twilio error body: code and message (either may be absent). */
 void		 record_twilio_error(const char *body, size_t len, long *code,
 		    char **message);
@@ -391,6 +403,9 @@ enum twilio_outcome {
 /* Classifies an answer: status is the HTTP status (0 for a transport
  * failure), code Twilio's error code (0 when none). */
 enum twilio_outcome twilio_classify(long status, long code);
+/* 1 when s[0..len) is prefix followed by exactly 32 hex digits, either case
+ * (Twilio's ^XX[0-9a-fA-F]{32}$; the prefix is case-sensitive). */
+int		 twilio_is_sid(const char *s, size_t len, const char *prefix);
 
 /* ------------------------------------------------------------------ */
 /* pace.c: backoff, rate window, adaptive concurrency.  Pure arithmetic. */

@@ -65,6 +65,11 @@
  *   reserved_prefix [null]  identities starting with it: 400 50203
  *   seed            [null]  an integer; setting it reseeds the random number
  *                           generator now, for repeatable runs
+ *   bad_answer      [null]  "sid" or "identity": every user record answered
+ *                           (201, 200 of a fetch or an update) has a sid
+ *                           that is not US + 32 hex digits ("US123"), or
+ *                           another identity (the real one + "-other"); the
+ *                           stored user is not changed
  *   next            [[]]    fault names applied in order to the next creates,
  *                           one each, before any fraction: "503", "500",
  *                           "502", "504", "429", "50063", "drop", "lost",
@@ -274,6 +279,7 @@ enum fault_kind {
 	KIND_STRING_OR_NULL,
 	KIND_INTEGER_OR_NULL,
 	KIND_FAULT_NAMES,	/* array of faults_table names */
+	KIND_ANSWER_FIELD,	/* null, "sid" or "identity" */
 };
 
 static const struct fault_key {
@@ -293,6 +299,7 @@ static const struct fault_key {
 	{ "reserved_prefix", KIND_STRING_OR_NULL },
 	{ "seed", KIND_INTEGER_OR_NULL },
 	{ "next", KIND_FAULT_NAMES },
+	{ "bad_answer", KIND_ANSWER_FIELD },
 };
 
 #define NELEM(a)	(sizeof(a) / sizeof((a)[0]))
@@ -704,6 +711,12 @@ fault_check(const struct fault_key *key, json_t *v)
 	case KIND_INTEGER_OR_NULL:
 		if (!json_is_null(v) && !json_is_integer(v))
 			return "must be null or an integer";
+		return NULL;
+	case KIND_ANSWER_FIELD:
+		if (!json_is_null(v) && (!json_is_string(v) ||
+		    (strcmp(json_string_value(v), "sid") != 0 &&
+		    strcmp(json_string_value(v), "identity") != 0)))
+			return "must be null, \"sid\" or \"identity\"";
 		return NULL;
 	case KIND_FAULT_NAMES:
 		if (!json_is_array(v))
@@ -1607,6 +1620,28 @@ api_route(struct evhttp_request *req, struct answer *a)
 	json_decref(form);
 }
 
+/* The bad_answer fault: a user record that is not the one asked for. */
+static void
+spoil_answer(struct answer *a)
+{
+	const char	*field = json_string_value(json_object_get(state.faults,
+			    "bad_answer"));
+	const char	*identity;
+	char		 other[1024];
+
+	if (field == NULL || (a->status != 200 && a->status != 201) ||
+	    json_object_get(a->body, "sid") == NULL)
+		return;
+	if (strcmp(field, "sid") == 0) {
+		json_object_set_new(a->body, "sid", json_string("US123"));
+		return;
+	}
+	identity = json_string_value(json_object_get(a->body, "identity"));
+	(void)snprintf(other, sizeof(other), "%s-other",
+	    identity != NULL ? identity : "");
+	json_object_set_new(a->body, "identity", json_string(other));
+}
+
 /* The end of every API request: count it, then answer or drop. */
 static void
 api_process(struct evhttp_request *req)
@@ -1619,6 +1654,7 @@ api_process(struct evhttp_request *req)
 	state.inflight--;
 	switch (a.outcome) {
 	case OUTCOME_ANSWER:
+		spoil_answer(&a);
 		(void)snprintf(key, sizeof(key), "%s %d", method_name(req),
 		    a.status);
 		json_count(state.counts, key, 1);

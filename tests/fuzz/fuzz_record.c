@@ -52,8 +52,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t		 len, slen;
 	int		 packed;
 
-	packed = record_msgpack_from_twilio((const char *)data, size, &straight, &slen);
-	r = record_from_twilio((const char *)data, size);
+	packed = record_msgpack_from_twilio((const char *)data, size, NULL, &straight, &slen);
+	r = record_from_twilio((const char *)data, size, NULL, NULL);
 	CHECK(r != NULL || !packed);
 	if (r == NULL)
 		return 0;

@@ -79,6 +79,39 @@ def test_twilio_validation_error_is_rejected(stack):
     assert r["status"] == "failed" and r["error"]["twilio_code"] == 50203
 
 
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+@pytest.mark.parametrize("field", ["sid", "identity"])
+def test_a_record_that_is_not_the_user_is_not_stored(env, field, fmt):
+    """A 201 (or a fetched 200) whose sid is not US + 32 hex digits, or
+    whose identity is another, is failed/twilio_invalid_answer at once:
+    no retry, no user record stored, the Identity free again."""
+    env.start_redis()
+    env.start_twilio()
+    env.daemon(extra={"results.format": fmt}).wait_healthy()
+    env.twilio.control(bad_answer=field)
+    env.push({"Identity": "spoiled"})
+    r = env.wait_results(1)[0]
+    assert r["status"] == "failed", r
+    assert r["error"]["code"] == "twilio_invalid_answer" and r["error"]["http_status"] == 201
+    assert r["attempts"] == 1 and "user" not in r
+    assert not env.r.exists("usergate:user:spoiled")
+    assert not env.r.exists("usergate:identity:spoiled")
+    assert env.r.llen("usergate:dead") == 1
+    # The user exists at Twilio now: the next request fetches it, and
+    # the fetched record is checked the same way.
+    env.push({"Identity": "spoiled"})
+    r = env.wait_results(2)[1]
+    assert r["status"] == "failed" and r["error"]["code"] == "twilio_invalid_answer", r
+    assert r["error"]["http_status"] == 200 and r["attempts"] == 2
+    assert not env.r.exists("usergate:user:spoiled")
+    env.twilio.control(bad_answer=None)
+    env.push({"Identity": "spoiled"})
+    r = env.wait_results(3)[2]
+    assert r["status"] == "exists" and r["user"]["identity"] == "spoiled"
+    assert r["user"]["sid"].startswith("US") and len(r["user"]["sid"]) == 34
+    assert env.r.exists("usergate:user:spoiled")
+
+
 def test_retries_exhausted(env):
     env.start_redis()
     env.start_twilio()

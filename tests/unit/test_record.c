@@ -67,7 +67,7 @@ streq(const char *a, const char *b)
 static json_t *
 parse_record(const char *text)
 {
-	json_t	*r = record_from_twilio(text, strlen(text));
+	json_t	*r = record_from_twilio(text, strlen(text), NULL, NULL);
 
 	CU_ASSERT_FATAL(r != NULL);
 	return r;
@@ -177,13 +177,86 @@ test_not_a_record(void)
 	size_t	 i;
 
 	for (i = 0; i < NROWS(rows); i++) {
-		r = record_from_twilio(rows[i].body, strlen(rows[i].body));
+		r = record_from_twilio(rows[i].body, strlen(rows[i].body), NULL, NULL);
 		CHECK(r == NULL, "%s is not a record", rows[i].name);
 		json_decref(r);
 	}
-	CU_ASSERT(record_from_twilio(NULL, 0) == NULL);
+	CU_ASSERT(record_from_twilio(NULL, 0, NULL, NULL) == NULL);
 	/* The length is honoured: a valid answer cut short is refused. */
-	CU_ASSERT(record_from_twilio(full_answer, 40) == NULL);
+	CU_ASSERT(record_from_twilio(full_answer, 40, NULL, NULL) == NULL);
+}
+
+/*
+ * An answer must be the request's user with a well-formed sid, on every
+ * path: cJSON (plain text), jansson (a "\u0000" or a number sends it
+ * there) and the msgpack shortcut, which declines what the others refuse.
+ */
+static void
+test_wrong_user(void)
+{
+	static const struct {
+		const char		*name;
+		const char		*body;
+		const char		*identity;
+		enum record_answer	 want;
+	} rows[] = {
+		{ "the user", "{\"sid\":\"US" SID_HEX "\",\"identity\":\"a\"}",
+		    "a", RECORD_USER },
+		{ "upper-case hex", "{\"sid\":\"US" "ABCDEF0123456789ABCDEF0123456789"
+		    "\",\"identity\":\"a\"}", "a", RECORD_USER },
+		{ "a number sends it to jansson", "{\"sid\":\"US" SID_HEX "\","
+		    "\"identity\":\"a\",\"friendly_name\":7}", "a", RECORD_USER },
+		{ "short sid", "{\"sid\":\"US1\",\"identity\":\"a\"}", "a",
+		    RECORD_WRONG_USER },
+		{ "sid of a role", "{\"sid\":\"RL" SID_HEX "\",\"identity\":"
+		    "\"a\"}", "a", RECORD_WRONG_USER },
+		{ "sid with a non-hex digit", "{\"sid\":\"US" "g" SID_HEX "\","
+		    "\"identity\":\"a\"}", "a", RECORD_WRONG_USER },
+		{ "sid too long", "{\"sid\":\"US" SID_HEX "0\",\"identity\":"
+		    "\"a\"}", "a", RECORD_WRONG_USER },
+		{ "another identity", "{\"sid\":\"US" SID_HEX "\",\"identity\":"
+		    "\"b\"}", "a", RECORD_WRONG_USER },
+		{ "identity differs in case", "{\"sid\":\"US" SID_HEX "\","
+		    "\"identity\":\"A\"}", "a", RECORD_WRONG_USER },
+		{ "identity longer", "{\"sid\":\"US" SID_HEX "\",\"identity\":"
+		    "\"ab\"}", "a", RECORD_WRONG_USER },
+		{ "identity cut at a NUL (jansson)", "{\"sid\":\"US" SID_HEX "\","
+		    "\"identity\":\"a\\u0000b\"}", "a", RECORD_WRONG_USER },
+		{ "another identity, with a number (jansson)", "{\"sid\":\"US"
+		    SID_HEX "\",\"identity\":\"b\",\"is_online\":1}", "a",
+		    RECORD_WRONG_USER },
+		{ "no identity", "{\"sid\":\"US" SID_HEX "\"}", "a",
+		    RECORD_WRONG_USER },
+		{ "identity not a string", "{\"sid\":\"US" SID_HEX "\","
+		    "\"identity\":null}", "a", RECORD_WRONG_USER },
+		{ "no sid is no record", "{\"identity\":\"a\"}", "a",
+		    RECORD_NOT_USER },
+		{ "not JSON is no record", "<html>", "a", RECORD_NOT_USER },
+	};
+	enum record_answer what;
+	json_t		*r;
+	char		*out;
+	size_t		 i, len;
+	int		 straight;
+
+	for (i = 0; i < NROWS(rows); i++) {
+		what = (enum record_answer)99;
+		r = record_from_twilio(rows[i].body, strlen(rows[i].body),
+		    rows[i].identity, &what);
+		CHECK(what == rows[i].want && (r != NULL) ==
+		    (rows[i].want == RECORD_USER), "%s: got %d, want %d",
+		    rows[i].name, (int)what, (int)rows[i].want);
+		json_decref(r);
+		straight = record_msgpack_from_twilio(rows[i].body,
+		    strlen(rows[i].body), rows[i].identity, &out, &len);
+		CHECK(rows[i].want == RECORD_USER || !straight,
+		    "%s: the msgpack shortcut declines", rows[i].name);
+		free(out);
+	}
+	/* Without an identity, parsing alone: the short sid is a record. */
+	r = record_from_twilio(rows[3].body, strlen(rows[3].body), NULL, &what);
+	CU_ASSERT(r != NULL && what == RECORD_USER);
+	json_decref(r);
 }
 
 /*
@@ -305,7 +378,7 @@ test_parsers_agree(void)
 
 	for (i = 0; i < NROWS(agree_rows); i++) {
 		len = agree_rows[i].len ? agree_rows[i].len : strlen(agree_rows[i].body);
-		got = record_from_twilio(agree_rows[i].body, len);
+		got = record_from_twilio(agree_rows[i].body, len, NULL, NULL);
 		want = jansson_record(agree_rows[i].body, len);
 		CHECK(same_record(got, want), "%s: %s, jansson %s",
 		    agree_rows[i].name, got ? "a record" : "NULL",
@@ -336,8 +409,9 @@ test_msgpack_straight(void)
 
 	for (i = 0; i < NROWS(agree_rows); i++) {
 		len = agree_rows[i].len ? agree_rows[i].len : strlen(agree_rows[i].body);
-		straight = record_msgpack_from_twilio(agree_rows[i].body, len, &got, &glen);
-		rec = record_from_twilio(agree_rows[i].body, len);
+		straight = record_msgpack_from_twilio(agree_rows[i].body, len, NULL, &got,
+		    &glen);
+		rec = record_from_twilio(agree_rows[i].body, len, NULL, NULL);
 		for (declined = 0, k = 0; k < NROWS(must_decline); k++)
 			if (strcmp(agree_rows[i].name, must_decline[k]) == 0)
 				declined = 1;
@@ -355,9 +429,9 @@ test_msgpack_straight(void)
 		free(got);
 		json_decref(rec);
 	}
-	CU_ASSERT(record_msgpack_from_twilio(NULL, 0, &got, &glen) == 0 && got == NULL);
+	CU_ASSERT(record_msgpack_from_twilio(NULL, 0, NULL, &got, &glen) == 0 && got == NULL);
 	/* The length is honoured. */
-	CU_ASSERT(record_msgpack_from_twilio(full_answer, 40, &got, &glen) == 0);
+	CU_ASSERT(record_msgpack_from_twilio(full_answer, 40, NULL, &got, &glen) == 0);
 }
 
 /*
@@ -372,7 +446,7 @@ test_dropped_field_not_utf8(void)
 	    "{\"sid\":\"US1\",\"web_page\":\"\xff\",\"identity\":\"i\"}";
 	json_t	*r;
 
-	r = record_from_twilio(body, strlen(body));
+	r = record_from_twilio(body, strlen(body), NULL, NULL);
 	CU_ASSERT_FATAL(r != NULL);
 	CU_ASSERT(json_object_size(r) == 2);
 	CU_ASSERT(streq(json_string_value(json_object_get(r, "identity")),
@@ -549,6 +623,7 @@ main(void)
 		{ "full Twilio answer", test_full_answer },
 		{ "partial answers", test_partial_answer },
 		{ "not a record", test_not_a_record },
+		{ "not the request's user", test_wrong_user },
 		{ "cJSON and jansson agree", test_parsers_agree },
 		{ "msgpack straight from cJSON", test_msgpack_straight },
 		{ "a dropped field that is not UTF-8", test_dropped_field_not_utf8 },
