@@ -1062,8 +1062,9 @@ call_done_later(struct done_call *c, redisAsyncContext *ac, int rv)
  * go in one MSET and the results in one LPUSH (same order as one LPUSH
  * each), as do the dead entries (then trimmed to dead_max, oldest at the
  * tail dropped), leaving three commands per result (the Identity's dedup
- * state, PUBLISH, LREM), plus reply_lua for a ReplyTo.  Fewer commands cost Redis less, which matters more than
- * the daemon's own CPU: one Redis serves every instance.  (A Lua script
+ * state, PUBLISH, LREM), plus reply_lua for a ReplyTo.  Fewer commands
+ * cost Redis less, which matters more than the daemon's own CPU: one Redis
+ * serves every instance.  (A Lua script
  * taking the batch as arguments was tried: 11 % less CPU here, 15 % more in
  * Redis; see docs/performance.md.)
  */
@@ -1358,7 +1359,8 @@ dead_line(json_t *v)
 			hex[2 * i] = digits[p[i] >> 4];
 			hex[2 * i + 1] = digits[p[i] & 0xf];
 		}
-		json_object_set_new_nocheck(v, "request_hex", json_stringn_nocheck(hex, 2 * len));
+		json_object_set_new_nocheck(v, "request_hex",
+		    json_stringn_nocheck(hex, 2 * len));
 		free(hex);
 		json_object_del(v, "request");
 	}
