@@ -128,6 +128,38 @@ def test_credentials_refused_pauses_then_resumes(stack, switch, reason):
     assert_once(stack, ["waits-1", "waits-2", "waits-3"])
 
 
+def test_refusal_sends_nothing_but_the_probe(env):
+    """Refused mid-backlog, the daemon sends only what was already on the
+    wire (at most max_inflight requests) and its probes: every request it
+    holds waits, and none is failed or dead-lettered."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(extra={"twilio.max_inflight": 16})
+    d.wait_healthy()
+    env.twilio.control(latency_ms=20)
+    ids = ["refused-%03d" % i for i in range(500)]
+    env.push(*[{"Identity": i} for i in ids])
+    wait_for(lambda: env.r.llen("usergate:results") >= 50, timeout=30,
+             what="the backlog under way")
+    env.twilio.control(auth_down=True)
+    wait_for(lambda: d.status("health").startswith("degraded"), what="degraded")
+    time.sleep(5)
+    # While auth_down is set the fake answers every API request 401.
+    refused = sum(n for k, n in env.twilio.stats()["counts"].items() if k.endswith(" 401"))
+    assert refused <= 16 + 5, (refused, env.twilio.stats()["counts"])
+    assert env.r.llen("usergate:dead") == 0
+    assert d.stats()["failed"] == 0
+    env.twilio.control(auth_down=False)
+    res = env.wait_results(500, timeout=60)
+    assert len(res) == 500
+    assert all(r["status"] == "created" for r in res), \
+        [r for r in res if r["status"] != "created"][:3]
+    assert sorted(r["identity"] for r in res) == ids
+    assert env.r.llen("usergate:dead") == 0 and d.stats()["failed"] == 0
+    assert d.status("health") == "ok"
+    assert_once(env, ids)
+
+
 def test_wrong_secret_is_refused_and_never_logged(env):
     env.start_redis()
     env.start_twilio()
