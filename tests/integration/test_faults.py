@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import wait_for, API_SECRET
+from conftest import wait_for, API_SECRET, SLOW
 
 
 def assert_once(env, identities):
@@ -251,3 +251,23 @@ def test_fixed_secret_takes_effect_on_reload(env):
     assert r["status"] == "created"
     assert d.status("health") == "ok"
     assert "stale-secret" not in d.log()
+
+
+def test_reload_probes_at_once(env):
+    """Refused long enough for the probe interval to reach 8 s (probes at
+    1, 3 and 7 s): a reload that fixes the secret is tried at once, not at
+    the end of that interval."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(secret="stale-secret")
+    env.push({"Identity": "probed-now"})
+    wait_for(lambda: "401" in d.status("health"), what="degraded")
+    time.sleep(7.5)
+    with open(d.secret_file, "w") as f:
+        f.write(API_SECRET + "\n")
+    t0 = time.monotonic()
+    assert d.status("reload") == "ok"
+    r = env.wait_results(1, timeout=30)[0]
+    assert r["status"] == "created"
+    assert time.monotonic() - t0 < 3 * SLOW
+    assert d.status("health") == "ok"
