@@ -232,7 +232,8 @@ static int	 apply_environment(struct config_load *);
 static int	 derive_instance_id(struct config_load *);
 static int	 check_combinations(struct config_load *);
 static int	 derive_api_base(struct config_load *);
-static int	 read_secret(const char *, char **, char *, size_t);
+static int	 read_secret(const char *, const char *, char **, char *,
+		    size_t);
 static int	 resolve_secret(struct config_load *, const char *, size_t,
 		    const char *, char **);
 static int	 resolve_credentials(struct config_load *, int);
@@ -392,7 +393,13 @@ check_socket_path(const char *s)
 	    strlen(s) < sizeof(((struct sockaddr_un *)NULL)->sun_path);
 }
 
-/* Decimal only: a leading 0 must not silently switch to octal. */
+/*
+ * Decimal only: a leading 0 must not silently switch to octal.  Here and
+ * in the other parsers a value that is refused is never quoted: it may be
+ * a secret pasted into the wrong key, and the message goes to the log, to
+ * the journal and to `systemctl reload`.  The key, the line and what was
+ * expected are enough to find and fix it.
+ */
 static int
 parse_long(struct config_load *ld, size_t i, const char *value, long *out)
 {
@@ -402,17 +409,19 @@ parse_long(struct config_load *ld, size_t i, const char *value, long *out)
 
 	if (!isdigit((unsigned char)value[0]) &&
 	    !(value[0] == '-' && isdigit((unsigned char)value[1]))) {
-		key_fail(ld, i, "bad number \"%s\"", value);
+		key_fail(ld, i, "not a decimal integer (expected %ld..%ld)",
+		    k->min, k->max);
 		return -1;
 	}
 	errno = 0;
 	v = strtol(value, &end, 10);
 	if (*end != '\0') {
-		key_fail(ld, i, "bad number \"%s\"", value);
+		key_fail(ld, i, "not a decimal integer (expected %ld..%ld)",
+		    k->min, k->max);
 		return -1;
 	}
 	if (errno == ERANGE || v < k->min || v > k->max) {
-		key_fail(ld, i, "%s is out of range (%ld..%ld)", value, k->min,
+		key_fail(ld, i, "out of range (expected %ld..%ld)", k->min,
 		    k->max);
 		return -1;
 	}
@@ -429,8 +438,8 @@ parse_mode(struct config_load *ld, size_t i, const char *value, long *out)
 
 	if (n == 0 || n > 4 || strspn(value, "01234567") != n ||
 	    (v = strtol(value, NULL, 8)) > 0777) {
-		key_fail(ld, i, "bad mode \"%s\" (expected octal 0000..0777, "
-		    "e.g. 0660)", value);
+		key_fail(ld, i, "not a file mode (expected octal 0000..0777, "
+		    "e.g. 0660)");
 		return -1;
 	}
 	*out = v;
@@ -503,8 +512,7 @@ key_set(struct config_load *ld, size_t i, const char *value)
 			(void)snprintf(expected + n, sizeof(expected) - n,
 			    "%s%s", sep, c->names[j]);
 		}
-		key_fail(ld, i, "bad value \"%s\" (expected %s)", value,
-		    expected);
+		key_fail(ld, i, "unknown value (expected %s)", expected);
 		return -1;
 	}
 	key_fail(ld, i, "internal error: unknown type");
@@ -750,49 +758,63 @@ derive_api_base(struct config_load *ld)
 /*
  * Reads a secret file into *out: refuses anything but a regular file that
  * only its owner can access, strips trailing white space (editors add a
- * newline), refuses an empty result.  Messages name the file and its mode,
- * never a byte of its content.
+ * newline), refuses an empty result.  Messages never hold a byte of the
+ * content, and name the file only when shown is given: the path of a
+ * *_file key is not quoted, since it may be the secret itself, pasted
+ * where its file's name belongs (the key and line say which file).
+ *
+ * The file is opened without blocking: a FIFO or a device named by
+ * mistake would otherwise wait for a writer forever, at start or, on
+ * reload, inside the event loop.  It is then refused as not a regular
+ * file.  Symbolic links are followed: systemd credentials and secret
+ * stores are often links.
  */
 static int
-read_secret(const char *path, char **out, char *msg, size_t msglen)
+read_secret(const char *path, const char *shown, char **out, char *msg,
+    size_t msglen)
 {
+	const char	*what = shown != NULL ? "secret file " : "the secret file";
 	struct stat	 st;
 	char		*buf;
 	size_t		 len = 0;
 	ssize_t		 n;
 	int		 fd, saved;
 
+	if (shown == NULL)
+		shown = "";
 	*out = NULL;
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) == -1) {
-		(void)snprintf(msg, msglen, "cannot open secret file %s: %s",
-		    path, strerror(errno));
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) ==
+	    -1) {
+		(void)snprintf(msg, msglen, "cannot open %s%s: %s", what, shown,
+		    strerror(errno));
 		return -1;
 	}
 	if (fstat(fd, &st) == -1) {
 		saved = errno;
 		(void)close(fd);
-		(void)snprintf(msg, msglen, "cannot stat secret file %s: %s",
-		    path, strerror(saved));
+		(void)snprintf(msg, msglen, "cannot stat %s%s: %s", what, shown,
+		    strerror(saved));
 		return -1;
 	}
 	if (!S_ISREG(st.st_mode)) {
 		(void)close(fd);
-		(void)snprintf(msg, msglen, "secret file %s is not a regular "
-		    "file", path);
+		(void)snprintf(msg, msglen, "%s%s is not a regular file (a "
+		    "FIFO, socket, device or directory cannot hold a secret)",
+		    what, shown);
 		return -1;
 	}
 	if ((st.st_mode & 077) != 0) {
 		(void)close(fd);
-		(void)snprintf(msg, msglen, "secret file %s has mode %04o: "
-		    "group and others must have no access (chmod 600 it)",
-		    path, (unsigned int)(st.st_mode & 07777));
+		(void)snprintf(msg, msglen, "%s%s has mode %04o: group and "
+		    "others must have no access (chmod 600 it)", what, shown,
+		    (unsigned int)(st.st_mode & 07777));
 		return -1;
 	}
 	if ((buf = malloc(SECRET_MAX + 1)) == NULL) {
 		saved = errno;
 		(void)close(fd);
-		(void)snprintf(msg, msglen, "cannot read secret file %s: %s",
-		    path, strerror(saved));
+		(void)snprintf(msg, msglen, "cannot read %s%s: %s", what, shown,
+		    strerror(saved));
 		return -1;
 	}
 	/* One byte more than allowed tells a too large file. */
@@ -805,8 +827,8 @@ read_secret(const char *path, char **out, char *msg, size_t msglen)
 			explicit_bzero(buf, SECRET_MAX + 1);
 			free(buf);
 			(void)close(fd);
-			(void)snprintf(msg, msglen, "cannot read secret file "
-			    "%s: %s", path, strerror(saved));
+			(void)snprintf(msg, msglen, "cannot read %s%s: %s",
+			    what, shown, strerror(saved));
 			return -1;
 		}
 		if (n == 0)
@@ -817,8 +839,8 @@ read_secret(const char *path, char **out, char *msg, size_t msglen)
 	if (len > SECRET_MAX) {
 		explicit_bzero(buf, SECRET_MAX + 1);
 		free(buf);
-		(void)snprintf(msg, msglen, "secret file %s is larger than %d "
-		    "bytes", path, SECRET_MAX);
+		(void)snprintf(msg, msglen, "%s%s is larger than %d bytes",
+		    what, shown, SECRET_MAX);
 		return -1;
 	}
 	while (len > 0 && isspace((unsigned char)buf[len - 1]))
@@ -827,7 +849,7 @@ read_secret(const char *path, char **out, char *msg, size_t msglen)
 	if (len == 0 || memchr(buf, '\0', len) != NULL) {
 		explicit_bzero(buf, SECRET_MAX + 1);
 		free(buf);
-		(void)snprintf(msg, msglen, "secret file %s is %s", path,
+		(void)snprintf(msg, msglen, "%s%s is %s", what, shown,
 		    len == 0 ? "empty" : "not text (it holds a NUL byte)");
 		return -1;
 	}
@@ -862,7 +884,8 @@ resolve_secret(struct config_load *ld, const char *variable, size_t file_key,
 	}
 	file = *(char **)key_field(ld->cfg, file_key);
 	if (*file != '\0') {
-		if (read_secret(file, out, message, sizeof(message)) == -1) {
+		if (read_secret(file, NULL, out, message, sizeof(message)) ==
+		    -1) {
 			key_fail(ld, file_key, "%s", message);
 			return -1;
 		}
@@ -879,7 +902,7 @@ resolve_secret(struct config_load *ld, const char *variable, size_t file_key,
 		free(path);
 		return 0;
 	}
-	r = read_secret(path, out, message, sizeof(message));
+	r = read_secret(path, path, out, message, sizeof(message));
 	free(path);
 	if (r == -1) {
 		fail(ld, 0, "$CREDENTIALS_DIRECTORY: %s", message);

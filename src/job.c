@@ -132,10 +132,15 @@ static struct event *flush_ev;
 static struct event *commit_retry_ev;
 static int commit_outstanding;		/* result transactions on the wire */
 
+/*
+ * While Twilio refuses us (auth_blocked), every job that would go to
+ * Twilio waits in auth_q, and only auth_probe_job, one job at a time, is
+ * sent: its answer tells whether we are accepted again.
+ */
 static int auth_blocked;
 static long auth_probe_ms = AUTH_PROBE_MIN_MS;
 static struct event *auth_ev;
-static int auth_probe_outstanding;
+static struct job *auth_probe_job;	/* NULL: no probe under way */
 
 /* Warnings about one request each: a flood of bad requests must not flood
  * the log (held-back lines are counted, see log_limit_allow). */
@@ -157,6 +162,9 @@ static void	 rate_pump(void);
 static void	 finish(struct job *, const char *status);
 static void	 fail(struct job *, const char *code, const char *message);
 static void	 schedule_flush(void);
+static int	 auth_park(struct job *);
+static void	 auth_clear(void);
+static void	 auth_probe_done(struct job *);
 
 /* ------------------------------------------------------------------ */
 /* helpers */
@@ -471,6 +479,8 @@ needs_rate_slot(const struct job *j)
 static void
 start_attempt(struct job *j)
 {
+	if (auth_park(j))
+		return;
 	if (needs_rate_slot(j)) {
 		j->state = JOB_RATE_WAIT;
 		TAILQ_INSERT_TAIL(&rate_q, j, link);
@@ -536,6 +546,8 @@ static void	 http_start(struct job *);
 static void
 send_enter(struct job *j)
 {
+	if (auth_park(j))
+		return;
 	if (TAILQ_EMPTY(&send_q) && http_inflight() < pace_window_limit(&window)) {
 		http_start(j);
 		return;
@@ -552,7 +564,8 @@ send_pump(void)
 	while ((j = TAILQ_FIRST(&send_q)) != NULL &&
 	    http_inflight() < pace_window_limit(&window)) {
 		TAILQ_REMOVE(&send_q, j, link);
-		http_start(j);
+		if (!auth_park(j))
+			http_start(j);
 	}
 }
 
@@ -654,9 +667,37 @@ auth_arm_probe(void)
 }
 
 /*
+ * While Twilio refuses us, a job on its way to Twilio waits in auth_q
+ * instead (all but the probe).  Returns 1 when it parked the job.
+ */
+static int
+auth_park(struct job *j)
+{
+	if (!auth_blocked || j == auth_probe_job)
+		return 0;
+	j->state = JOB_AUTH_WAIT;
+	TAILQ_INSERT_TAIL(&auth_q, j, link);
+	return 1;
+}
+
+static void
+auth_park_queue(struct job_list *q)
+{
+	struct job *j;
+
+	while ((j = TAILQ_FIRST(q)) != NULL) {
+		TAILQ_REMOVE(q, j, link);
+		(void)auth_park(j);
+	}
+}
+
+/*
  * The fault is ours, not the request's: nothing is failed or dead-lettered.
- * Intake stops, the job waits, and one job at a time probes Twilio with
- * backoff until it answers something else.
+ * Intake stops, and every job we hold that has not reached Twilio yet
+ * (rate and send queues now; those in backoff or claiming when they next
+ * move) waits in auth_q, so that a refusal costs at most the requests
+ * already on the wire.  One job at a time then probes Twilio with backoff
+ * until it answers something else.
  */
 static void
 auth_wait(struct job *j, const char *reason)
@@ -664,16 +705,19 @@ auth_wait(struct job *j, const char *reason)
 	j->tries--;		/* not the request's fault: not counted */
 	j->state = JOB_AUTH_WAIT;
 	TAILQ_INSERT_HEAD(&auth_q, j, link);
-	auth_probe_outstanding = 0;
+	if (j == auth_probe_job)
+		auth_probe_job = NULL;
 	if (!auth_blocked) {
 		auth_blocked = 1;
 		snprintf(ug.auth_reason, sizeof(ug.auth_reason), "%s", reason);
 		log_error("twilio refuses this daemon; intake paused, probing with backoff",
 		    "reason", reason);
+		auth_park_queue(&rate_q);
+		auth_park_queue(&send_q);
 		queue_unblock();
 		daemon_notify_status();
 	}
-	if (!evtimer_pending(auth_ev, NULL))
+	if (auth_probe_job == NULL && !evtimer_pending(auth_ev, NULL))
 		auth_arm_probe();
 }
 
@@ -682,11 +726,28 @@ auth_probe_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct job *j = TAILQ_FIRST(&auth_q);
 
-	if (j == NULL)
+	if (j == NULL || auth_probe_job != NULL)
 		return;
 	TAILQ_REMOVE(&auth_q, j, link);
-	auth_probe_outstanding = 1;
-	send_enter(j);
+	auth_probe_job = j;
+	start_attempt(j);
+}
+
+/*
+ * The probe ended without an answer from Twilio (it failed before it was
+ * sent, or for good): the next job in auth_q probes, or with none left
+ * there is nobody to ask and intake resumes, which finds out again.
+ */
+static void
+auth_probe_done(struct job *j)
+{
+	if (j != auth_probe_job)
+		return;
+	auth_probe_job = NULL;
+	if (TAILQ_EMPTY(&auth_q))
+		auth_clear();
+	else if (!evtimer_pending(auth_ev, NULL))
+		auth_arm_probe();
 }
 
 static void
@@ -698,7 +759,7 @@ auth_clear(void)
 		return;
 	auth_blocked = 0;
 	auth_probe_ms = AUTH_PROBE_MIN_MS;
-	auth_probe_outstanding = 0;
+	auth_probe_job = NULL;
 	ug.auth_reason[0] = '\0';
 	evtimer_del(auth_ev);
 	log_info("twilio accepts this daemon again; intake resumed");
@@ -773,7 +834,9 @@ on_http(const struct http_result *res, void *arg)
 	} else if (o == TWILIO_CREATED || o == TWILIO_OK || o == TWILIO_EXISTS) {
 		pace_window_success(&window);
 	}
-	if (o != TWILIO_AUTH && auth_blocked)
+	/* Only the probe's answer tells: an answer to a request sent
+	 * before the refusal may have been made before it. */
+	if (o != TWILIO_AUTH && j == auth_probe_job)
 		auth_clear();
 
 	switch (o) {
@@ -1003,6 +1066,7 @@ finish(struct job *j, const char *status)
 
 	if (j->timer)
 		evtimer_del(j->timer);
+	auth_probe_done(j);
 	j->status = status;
 	format_time(j->received_wall, received, sizeof(received));
 	format_time(now_wall(), completed, sizeof(completed));
@@ -1290,6 +1354,15 @@ job_reconfigure(void)
 		users_url = url;
 	}
 	pace_window_set_max(&window, ug.cfg->max_inflight);
+	/* New credentials or a new CA file may be what Twilio waited for:
+	 * probe now rather than at the end of the backoff. */
+	if (auth_blocked) {
+		auth_probe_ms = AUTH_PROBE_MIN_MS;
+		if (auth_probe_job == NULL) {
+			evtimer_del(auth_ev);
+			event_active(auth_ev, EV_TIMEOUT, 0);
+		}
+	}
 	send_pump();
 	queue_pump();
 }
@@ -1325,6 +1398,7 @@ job_abandon_all(void)
 	}
 	tdestroy(identities, free_nothing);
 	identities = NULL;
+	auth_probe_job = NULL;
 }
 
 void

@@ -8,6 +8,8 @@
  */
 #include "config.h"
 
+#include <sys/prctl.h>
+
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -309,6 +311,19 @@ main(int argc, char **argv)
 	char err[1024];
 	uint64_t wd_usec = 0;
 	int ch, check_only = 0;
+
+	/*
+	 * Before any secret is read: a core dump (or a ptrace attach or
+	 * /proc/PID/mem read by another process of our user) would hold the
+	 * API secret, the Basic header built from it and the Redis password.
+	 * A non-dumpable process leaves no core file and its /proc entries
+	 * belong to root.  systemd's LimitCORE=0 says the same for the unit.
+	 */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == -1) {
+		fprintf(stderr, "usergated: cannot disable core dumps: %s\n",
+		    strerror(errno));
+		return 1;
+	}
 
 	while ((ch = getopt(argc, argv, "c:nvVh")) != -1) {
 		switch (ch) {

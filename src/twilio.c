@@ -140,13 +140,13 @@ apply_edge_region(const char *host, const char *edge, const char *region,
 	size_t		 nlabels = 0, hostlen, suffixlen, i;
 
 	if (is_set(edge) && !is_dns_label(edge)) {
-		snprintf(err, errlen, "edge \"%s\" is not a host name label "
-		    "(letters, digits, '-')", edge);
+		snprintf(err, errlen, "edge is not a host name label "
+		    "(expected letters, digits, '-')");
 		return NULL;
 	}
 	if (is_set(region) && !is_dns_label(region)) {
-		snprintf(err, errlen, "region \"%s\" is not a host name label "
-		    "(letters, digits, '-')", region);
+		snprintf(err, errlen, "region is not a host name label "
+		    "(expected letters, digits, '-')");
 		return NULL;
 	}
 

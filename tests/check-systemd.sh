@@ -6,7 +6,8 @@
 #     binary exists) and whose Documentation= pages are looked up in the
 #     man pages of docs/;
 #  2. `systemd-analyze security --offline=yes`: the overall exposure level
-#     must not exceed MAX_EXPOSURE.
+#     must not exceed MAX_EXPOSURE;
+#  3. lines the unit must hold (LimitCORE=0).
 #
 # Exit status: 0 pass, 1 fail, 77 skip (only when systemd-analyze is not
 # installed).  top_srcdir and top_builddir come from the test harness; when
@@ -100,5 +101,17 @@ elif awk -v l="$level" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(l + 0 > m + 0) }'; t
 else
 	echo "ok: overall exposure level $level <= $MAX_EXPOSURE"
 fi
+
+# ---- 3. settings the daemon relies on
+# LimitCORE=0: a core dump would hold the Twilio secret and the Redis
+# password (usergated also makes itself non-dumpable).
+for setting in LimitCORE=0; do
+	if grep -qx "$setting" "$unit"; then
+		echo "ok: $setting"
+	else
+		echo "FAIL: $unit lacks the line $setting"
+		status=1
+	fi
+done
 
 exit $status

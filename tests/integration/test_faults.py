@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import wait_for, API_SECRET
+from conftest import wait_for, API_SECRET, SLOW
 
 
 def assert_once(env, identities):
@@ -161,6 +161,38 @@ def test_credentials_refused_pauses_then_resumes(stack, switch, reason):
     assert_once(stack, ["waits-1", "waits-2", "waits-3"])
 
 
+def test_refusal_sends_nothing_but_the_probe(env):
+    """Refused mid-backlog, the daemon sends only what was already on the
+    wire (at most max_inflight requests) and its probes: every request it
+    holds waits, and none is failed or dead-lettered."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(extra={"twilio.max_inflight": 16})
+    d.wait_healthy()
+    env.twilio.control(latency_ms=20)
+    ids = ["refused-%03d" % i for i in range(500)]
+    env.push(*[{"Identity": i} for i in ids])
+    wait_for(lambda: env.r.llen("usergate:results") >= 50, timeout=30,
+             what="the backlog under way")
+    env.twilio.control(auth_down=True)
+    wait_for(lambda: d.status("health").startswith("degraded"), what="degraded")
+    time.sleep(5)
+    # While auth_down is set the fake answers every API request 401.
+    refused = sum(n for k, n in env.twilio.stats()["counts"].items() if k.endswith(" 401"))
+    assert refused <= 16 + 5, (refused, env.twilio.stats()["counts"])
+    assert env.r.llen("usergate:dead") == 0
+    assert d.stats()["failed"] == 0
+    env.twilio.control(auth_down=False)
+    res = env.wait_results(500, timeout=60)
+    assert len(res) == 500
+    assert all(r["status"] == "created" for r in res), \
+        [r for r in res if r["status"] != "created"][:3]
+    assert sorted(r["identity"] for r in res) == ids
+    assert env.r.llen("usergate:dead") == 0 and d.stats()["failed"] == 0
+    assert d.status("health") == "ok"
+    assert_once(env, ids)
+
+
 def test_wrong_secret_is_refused_and_never_logged(env):
     env.start_redis()
     env.start_twilio()
@@ -252,3 +284,23 @@ def test_fixed_secret_takes_effect_on_reload(env):
     assert r["status"] == "created"
     assert d.status("health") == "ok"
     assert "stale-secret" not in d.log()
+
+
+def test_reload_probes_at_once(env):
+    """Refused long enough for the probe interval to reach 8 s (probes at
+    1, 3 and 7 s): a reload that fixes the secret is tried at once, not at
+    the end of that interval."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(secret="stale-secret")
+    env.push({"Identity": "probed-now"})
+    wait_for(lambda: "401" in d.status("health"), what="degraded")
+    time.sleep(7.5)
+    with open(d.secret_file, "w") as f:
+        f.write(API_SECRET + "\n")
+    t0 = time.monotonic()
+    assert d.status("reload") == "ok"
+    r = env.wait_results(1, timeout=30)[0]
+    assert r["status"] == "created"
+    assert time.monotonic() - t0 < 3 * SLOW
+    assert d.status("health") == "ok"

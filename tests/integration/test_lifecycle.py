@@ -3,12 +3,15 @@ guarantees, each ending with "every request has a result and every
 identity was created exactly once"."""
 import json
 import os
+import pwd
 import random
 import signal
 import subprocess
 import time
 
-from conftest import wait_for, USERGATED, SLOW, API_KEY
+import pytest
+
+from conftest import wait_for, USERGATED, SLOW, API_KEY, WRAP
 
 
 def assert_exactly_once(env, identities, results):
@@ -51,6 +54,63 @@ def test_config_check(tmp_path):
     assert p.returncode == 2
     p = subprocess.run([USERGATED, "-V"], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.startswith("usergated ")
+
+
+def test_fifo_secret_file_is_refused_at_once(tmp_path):
+    """A FIFO named as the secret file: opened blocking it would wait for a
+    writer forever; it is refused at once as not a regular file."""
+    fifo = tmp_path / "secret-fifo"
+    os.mkfifo(fifo, 0o600)
+    t0 = time.monotonic()
+    p = run_check("[twilio]\napi_key = %s\napi_secret_file = %s\n" % (API_KEY, fifo),
+                  tmp_path)
+    assert time.monotonic() - t0 < 10 * SLOW
+    assert p.returncode == 2, p.stderr
+    assert "u.conf:3" in p.stderr and "api_secret_file" in p.stderr
+    assert "not a regular file" in p.stderr, p.stderr
+
+
+def test_reload_to_a_fifo_secret_keeps_the_daemon_responsive(stack):
+    """The same FIFO given on reload: refused with its reason while the
+    loop goes on, the old credentials stay."""
+    d = stack.d
+    fifo = os.path.join(d.dir, "secret-fifo")
+    os.mkfifo(fifo, 0o600)
+    d.extra["twilio.api_secret_file"] = fifo
+    d.write_config()
+    answer = d.status("reload", timeout=10)
+    assert answer.startswith("error: ") and "api_secret_file" in answer, answer
+    assert "not a regular file" in answer, answer
+    assert d.status("health") == "ok"
+    assert "reload refused" in d.log()
+    stack.push({"Identity": "after-fifo"})
+    assert stack.wait_results(1)[0]["status"] == "created"
+
+
+def test_daemon_is_not_dumpable(env):
+    """No core dump, ptrace or /proc/PID/mem of the daemon's own user may
+    read its secrets.  Seen from outside, a process that made itself
+    non-dumpable has its /proc/PID files owned by root instead of its user
+    (proc(5)); core_pattern is global and is not touched.  So the daemon
+    runs here as nobody, and its /proc/PID/environ must belong to root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start the daemon as another user")
+    nobody = pwd.getpwnam("nobody")
+    env.start_redis()
+    d = env.daemon(start=False)
+    for path in (env.dir, d.dir, d.conf, d.secret_file):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    d.logf = open(d.log_path, "a")
+    d.proc = subprocess.Popen(WRAP + [USERGATED, "-c", d.conf], stdout=d.logf, stderr=d.logf,
+                              env=d.env, user=nobody.pw_uid, group=nobody.pw_gid,
+                              extra_groups=[])
+    d.procs.append(d.proc)
+    wait_for(lambda: d.health_or_none() is not None or d.proc.poll() is not None,
+             what="usergated status socket")
+    assert d.proc.poll() is None, "usergated exited: " + d.log()
+    st = os.stat("/proc/%d/environ" % d.proc.pid)
+    assert (st.st_uid, st.st_gid) == (0, 0), \
+        "/proc/PID/environ belongs to %d:%d: the daemon is dumpable" % (st.st_uid, st.st_gid)
 
 
 # ------------------------------------------------------------------ signals

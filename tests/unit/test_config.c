@@ -455,57 +455,62 @@ static const struct error_case {
 	{ "key outside a section", "; comment\nfoo = 1\n",
 	    "%s:2: key \"foo\" outside any section", 0 },
 	{ "bad number", "[redis]\nport = abc\n",
-	    "%s:2: key \"port\" in [redis]: bad number \"abc\"", 0 },
+	    "%s:2: key \"port\" in [redis]: not a decimal integer "
+	    "(expected 1..65535)", 0 },
 	{ "number with a unit", "[twilio]\nconnect_timeout_ms = 5s\n",
-	    "%s:2: key \"connect_timeout_ms\" in [twilio]: bad number \"5s\"", 0 },
+	    "%s:2: key \"connect_timeout_ms\" in [twilio]: not a decimal integer "
+	    "(expected 1..300000)", 0 },
 	{ "empty number", "[twilio]\nrequest_timeout_ms =\n",
-	    "%s:2: key \"request_timeout_ms\" in [twilio]: bad number \"\"", 0 },
+	    "%s:2: key \"request_timeout_ms\" in [twilio]: not a decimal integer "
+	    "(expected 1..3600000)", 0 },
 	{ "hex number", "[twilio]\nrate_limit = 0x10\n",
-	    "%s:2: key \"rate_limit\" in [twilio]: bad number \"0x10\"", 0 },
+	    "%s:2: key \"rate_limit\" in [twilio]: not a decimal integer "
+	    "(expected 0..100000)", 0 },
 	{ "plus sign", "[twilio]\nrate_limit = +5\n",
-	    "%s:2: key \"rate_limit\" in [twilio]: bad number \"+5\"", 0 },
+	    "%s:2: key \"rate_limit\" in [twilio]: not a decimal integer "
+	    "(expected 0..100000)", 0 },
 	{ "port too large", "[redis]\nport = 70000\n",
-	    "%s:2: key \"port\" in [redis]: 70000 is out of range (1..65535)", 0 },
+	    "%s:2: key \"port\" in [redis]: out of range (expected 1..65535)", 0 },
 	{ "port 0", "[redis]\nport = 0\n",
-	    "%s:2: key \"port\" in [redis]: 0 is out of range (1..65535)", 0 },
+	    "%s:2: key \"port\" in [redis]: out of range (expected 1..65535)", 0 },
 	{ "max_inflight 0", "[twilio]\nmax_inflight = 0\n",
-	    "%s:2: key \"max_inflight\" in [twilio]: 0 is out of range "
-	    "(1..10000)", 0 },
+	    "%s:2: key \"max_inflight\" in [twilio]: out of range "
+	    "(expected 1..10000)", 0 },
 	{ "negative", "[twilio]\nmax_inflight = -1\n",
-	    "%s:2: key \"max_inflight\" in [twilio]: -1 is out of range "
-	    "(1..10000)", 0 },
+	    "%s:2: key \"max_inflight\" in [twilio]: out of range "
+	    "(expected 1..10000)", 0 },
 	{ "rate_limit too high", "[twilio]\nrate_limit = 100001\n",
-	    "%s:2: key \"rate_limit\" in [twilio]: 100001 is out of range "
-	    "(0..100000)", 0 },
+	    "%s:2: key \"rate_limit\" in [twilio]: out of range "
+	    "(expected 0..100000)", 0 },
 	{ "overflows long", "[retry]\nmax_attempts = 99999999999999999999999\n",
-	    "%s:2: key \"max_attempts\" in [retry]: 99999999999999999999999 is "
-	    "out of range (1..100)", 0 },
+	    "%s:2: key \"max_attempts\" in [retry]: out of range (expected "
+	    "1..100)", 0 },
 	{ "timeout 0", "[twilio]\nconnect_timeout_ms = 0\n",
-	    "%s:2: key \"connect_timeout_ms\" in [twilio]: 0 is out of range "
-	    "(1..300000)", 0 },
+	    "%s:2: key \"connect_timeout_ms\" in [twilio]: out of range "
+	    "(expected 1..300000)", 0 },
 	{ "bad on_exists", "[twilio]\non_exists = maybe\n",
-	    "%s:2: key \"on_exists\" in [twilio]: bad value \"maybe\" (expected "
+	    "%s:2: key \"on_exists\" in [twilio]: unknown value (expected "
 	    "fetch or update)", 0 },
 	{ "bad format", "[results]\nformat = xml\n",
-	    "%s:2: key \"format\" in [results]: bad value \"xml\" (expected "
+	    "%s:2: key \"format\" in [results]: unknown value (expected "
 	    "msgpack or json)", 0 },
 	{ "bad log level", "[log]\nlevel = verbose\n",
-	    "%s:2: key \"level\" in [log]: bad value \"verbose\" (expected "
+	    "%s:2: key \"level\" in [log]: unknown value (expected "
 	    "error, warning, info or debug)", 0 },
 	{ "enum is case-sensitive", "[log]\nlevel = INFO\n",
-	    "%s:2: key \"level\" in [log]: bad value \"INFO\" (expected "
+	    "%s:2: key \"level\" in [log]: unknown value (expected "
 	    "error, warning, info or debug)", 0 },
 	{ "mode not octal", "[socket]\nmode = 0999\n",
-	    "%s:2: key \"mode\" in [socket]: bad mode \"0999\" (expected octal "
+	    "%s:2: key \"mode\" in [socket]: not a file mode (expected octal "
 	    "0000..0777, e.g. 0660)", 0 },
 	{ "mode with sticky bit", "[status]\nmode = 1777\n",
-	    "%s:2: key \"mode\" in [status]: bad mode \"1777\" (expected octal "
+	    "%s:2: key \"mode\" in [status]: not a file mode (expected octal "
 	    "0000..0777, e.g. 0660)", 0 },
 	{ "symbolic mode", "[status]\nmode = rw\n",
-	    "%s:2: key \"mode\" in [status]: bad mode \"rw\" (expected octal "
+	    "%s:2: key \"mode\" in [status]: not a file mode (expected octal "
 	    "0000..0777, e.g. 0660)", 0 },
 	{ "empty mode", "[status]\nmode =\n",
-	    "%s:2: key \"mode\" in [status]: bad mode \"\" (expected octal "
+	    "%s:2: key \"mode\" in [status]: not a file mode (expected octal "
 	    "0000..0777, e.g. 0660)", 0 },
 	{ "key given twice", "[redis]\nhost = a\nport = 1\nhost = b\n",
 	    "%s:4: key \"host\" in [redis] given twice (first on line 2)", 0 },
@@ -725,6 +730,68 @@ test_environment(void)
 	clear_env();
 }
 
+/*
+ * A secret pasted into the wrong key must not be copied into the error,
+ * which goes to the log and to `systemctl reload`: every key is given
+ * values it may refuse, in the file and through the environment, and no
+ * message may quote them.
+ */
+static void
+test_refused_value_not_quoted(void)
+{
+	static const char *const values[] = {
+		"s3cr3t", "s3cr3t/%+ x", "9s3cr3t", "-s3cr3t",
+	};
+	static const struct {
+		const char	*variable;
+		const char	*section;
+	} overrides[] = {
+		{ "TWILIO_API_KEY", "twilio" }, { "TWILIO_ACCOUNT_SID", "twilio" },
+		{ "TWILIO_EDGE", "twilio" }, { "TWILIO_REGION", "twilio" },
+	};
+	const struct config_key *keys;
+	struct config	 cfg;
+	char		 text[TEXTLEN], err[ERRLEN], what[TEXTLEN];
+	size_t		 n, i, j;
+
+	clear_env();
+	keys = config_keys(&n);
+	for (i = 0; i < n; i++) {
+		for (j = 0; j < NELEM(values); j++) {
+			snprintf(text, sizeof(text), "[%s]\n%s = %s\n",
+			    keys[i].section, keys[i].name, values[j]);
+			if (load_text(text, 0, &cfg, err) == 0) {
+				config_free(&cfg);
+				continue;
+			}
+			snprintf(what, sizeof(what), "%s.%s = %s: %s",
+			    keys[i].section, keys[i].name, values[j], err);
+			check_true(what, strstr(err, "s3cr3t") == NULL,
+			    __LINE__);
+		}
+	}
+	for (i = 0; i < NELEM(overrides); i++) {
+		for (j = 0; j < NELEM(values); j++) {
+			set_env(overrides[i].variable, values[j]);
+			if (load_text("[twilio]\n", 0, &cfg, err) == 0)
+				config_free(&cfg);
+			else {
+				snprintf(what, sizeof(what), "%s=%s: %s",
+				    overrides[i].variable, values[j], err);
+				check_true(what, strstr(err, "s3cr3t") == NULL,
+				    __LINE__);
+			}
+			clear_env();
+		}
+	}
+	/* The case of the issue, word for word. */
+	CU_ASSERT_EQUAL(load_text("[twilio]\nmax_inflight = s3cr3t\n", 0,
+	    &cfg, err), -1);
+	expand(what, sizeof(what), "%s:2: key \"max_inflight\" in [twilio]: "
+	    "not a decimal integer (expected 1..10000)", conf_path);
+	check_str("secret in max_inflight", err, what, __LINE__);
+}
+
 /* ------------------------------------------------------------------ */
 
 static void
@@ -738,22 +805,22 @@ test_secret_files(void)
 		{ 0600, "s3cr3t-value\n",	NULL },
 		{ 0400, "s3cr3t-value \r\n\n\t", NULL },
 		{ 0644, "s3cr3t-value\n",	"%s:3: key \"api_secret_file\" "
-		    "in [twilio]: secret file @ has mode 0644: group and "
+		    "in [twilio]: the secret file has mode 0644: group and "
 		    "others must have no access (chmod 600 it)" },
 		{ 0640, "s3cr3t-value\n",	"%s:3: key \"api_secret_file\" "
-		    "in [twilio]: secret file @ has mode 0640: group and "
+		    "in [twilio]: the secret file has mode 0640: group and "
 		    "others must have no access (chmod 600 it)" },
 		{ 0604, "s3cr3t-value\n",	"%s:3: key \"api_secret_file\" "
-		    "in [twilio]: secret file @ has mode 0604: group and "
+		    "in [twilio]: the secret file has mode 0604: group and "
 		    "others must have no access (chmod 600 it)" },
 		{ 0600, "\n \n",		"%s:3: key \"api_secret_file\" "
-		    "in [twilio]: secret file @ is empty" },
+		    "in [twilio]: the secret file is empty" },
 		{ 0600, "",			"%s:3: key \"api_secret_file\" "
-		    "in [twilio]: secret file @ is empty" },
+		    "in [twilio]: the secret file is empty" },
 	};
 	struct config	 cfg;
 	char		 secret_path[PATH_MAX], text[TEXTLEN], err[ERRLEN];
-	char		 want[TEXTLEN], tmp[TEXTLEN], *at;
+	char		 want[TEXTLEN];
 	size_t		 i;
 
 	clear_env();
@@ -774,11 +841,7 @@ test_secret_files(void)
 			continue;
 		}
 		CU_ASSERT_EQUAL(load_text(text, 1, &cfg, err), -1);
-		/* "@" stands for the secret file. */
-		expand(tmp, sizeof(tmp), cases[i].want, conf_path);
-		at = strchr(tmp, '@');
-		snprintf(want, sizeof(want), "%.*s%s%s", (int)(at - tmp), tmp,
-		    secret_path, at + 1);
+		expand(want, sizeof(want), cases[i].want, conf_path);
 		check_str("refused", err, want, __LINE__);
 		check_true("no secret in the message",
 		    strstr(err, "s3cr3t") == NULL, __LINE__);
@@ -789,15 +852,35 @@ test_secret_files(void)
 	    "api_secret_file = %s/missing\n", tmpdir);
 	CU_ASSERT_EQUAL(load_text(text, 1, &cfg, err), -1);
 	snprintf(want, sizeof(want), "%s:3: key \"api_secret_file\" in "
-	    "[twilio]: cannot open secret file %s/missing: No such file or "
-	    "directory", conf_path, tmpdir);
+	    "[twilio]: cannot open the secret file: No such file or "
+	    "directory", conf_path);
 	check_str("missing secret file", err, want, __LINE__);
 
 	snprintf(text, sizeof(text), "[redis]\npassword_file = %s\n", tmpdir);
 	CU_ASSERT_EQUAL(load_text(text, 0, &cfg, err), -1);
 	snprintf(want, sizeof(want), "%s:2: key \"password_file\" in [redis]: "
-	    "secret file %s is not a regular file", conf_path, tmpdir);
+	    "the secret file is not a regular file (a FIFO, socket, device or "
+	    "directory cannot hold a secret)", conf_path);
 	check_str("directory as secret file", err, want, __LINE__);
+
+	/*
+	 * A FIFO is refused at once: opened blocking it would wait for a
+	 * writer forever (the alarm ends the test if it does).
+	 */
+	snprintf(secret_path, sizeof(secret_path), "%s/fifo", tmpdir);
+	if (mkfifo(secret_path, 0600) == -1)
+		abort();
+	snprintf(text, sizeof(text), "[twilio]\napi_key = " SK_1 "\n"
+	    "api_secret_file = %s\n", secret_path);
+	alarm(10);
+	CU_ASSERT_EQUAL(load_text(text, 1, &cfg, err), -1);
+	alarm(0);
+	snprintf(want, sizeof(want), "%s:3: key \"api_secret_file\" in "
+	    "[twilio]: the secret file is not a regular file (a FIFO, socket, "
+	    "device or directory cannot hold a secret)", conf_path);
+	check_str("FIFO as secret file", err, want, __LINE__);
+	if (unlink(secret_path) == -1)
+		abort();
 
 	/* The Redis password. */
 	write_file("redis-pw", "redis-pass\n", 0600, secret_path,
@@ -1242,6 +1325,8 @@ main(void)
 	    CU_add_test(suite, "SPEC block", test_spec_block) == NULL ||
 	    CU_add_test(suite, "values", test_values) == NULL ||
 	    CU_add_test(suite, "errors", test_errors) == NULL ||
+	    CU_add_test(suite, "refused values not quoted",
+	    test_refused_value_not_quoted) == NULL ||
 	    CU_add_test(suite, "file errors", test_file_errors) == NULL ||
 	    CU_add_test(suite, "environment", test_environment) == NULL ||
 	    CU_add_test(suite, "secret files", test_secret_files) == NULL ||
