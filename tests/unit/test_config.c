@@ -562,8 +562,8 @@ static const struct error_case {
 	    "%s:2: key \"reply_prefix\" in [results]: expected one or more "
 	    "non-empty prefixes separated by commas", 0 },
 	{ "dead_max 0", "[results]\ndead_max = 0\n",
-	    "%s:2: key \"dead_max\" in [results]: 0 is out of range "
-	    "(1..100000000)", 0 },
+	    "%s:2: key \"dead_max\" in [results]: out of range "
+	    "(expected 1..100000000)", 0 },
 	{ "empty socket path", "[socket]\npath =\n",
 	    "%s:2: key \"path\" in [socket]: expected a path of 1 to 107 bytes "
 	    "(the limit of a Unix socket)", 0 },
