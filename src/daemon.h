@@ -127,8 +127,9 @@ long		 job_room(void);
 void		 job_forget_conn(struct intake_conn *conn);
 /* Called by queue.c when the Redis link comes up or goes down. */
 void		 job_redis_changed(int up);
-/* Adopts the elements of our processing list that no job holds. */
-void		 job_reconcile(const char *const *raws, const size_t *lens, size_t n);
+/* The requests our jobs hold (at most max), for reconciling the processing
+ * list; returns how many. */
+size_t		 job_held(const char **raws, size_t *lens, size_t max);
 /* Twilio refused our credentials/TLS: state exposed for health. */
 int		 job_auth_blocked(void);
 /* Refreshes the TTL of the identity claims this instance holds. */
@@ -168,6 +169,7 @@ enum claim_outcome {
 	CLAIM_OWNED,		/* we hold the identity: call Twilio */
 	CLAIM_DONE,		/* completed before: record given */
 	CLAIM_PENDING,		/* another instance is on it */
+	CLAIM_REFUSED,		/* a key of it has the wrong type: record names it */
 };
 
 typedef void	 queue_claim_cb(enum claim_outcome outcome, const char *record,
@@ -200,6 +202,8 @@ void		 queue_unblock(void);
 int		 queue_intake_busy(void);
 void		 queue_shutdown(void);
 /* Last known lengths, refreshed each second, for STATUS= and stats. */
+/* Why Redis does not serve us well (for health), or NULL. */
+const char	*queue_problem(void);
 void		 queue_last_lengths(long long *requests, long long *processing, long long *dead);
 
 /* ------------------------------------------------------------------ */

@@ -37,6 +37,9 @@
 #define CLAIM_POLL_MIN_MS	50
 #define CLAIM_POLL_MAX_MS	1000
 #define REDIS_RETRY_MS		500
+#define REDIS_BACKOFF_MIN_MS	100	/* Redis answered with an error */
+#define REDIS_BACKOFF_MAX_MS	5000
+#define REDIS_REFUSALS_MAX	5	/* claims refused, then redis_error */
 #define AUTH_PROBE_MIN_MS	1000
 #define AUTH_PROBE_MAX_MS	60000
 /*
@@ -91,6 +94,7 @@ struct job {
 	int			 attempts;	/* HTTP requests made */
 	int			 tries;		/* counted against max_attempts */
 	int			 retrying;	/* next HTTP request is a retry */
+	int			 claim_refusals;	/* a key of its Identity had the wrong type */
 	long			 claim_poll_ms;
 	int			 owns_claim;	/* our claim is in Redis */
 	int			 is_owner;	/* in the local identity table */
@@ -131,6 +135,8 @@ static struct event *rate_ev;
 static struct event *flush_ev;
 static struct event *commit_retry_ev;
 static int commit_outstanding;		/* result transactions on the wire */
+static long commit_failures;		/* result transactions failed in a row */
+static long rate_failures;		/* rate calls failed in a row */
 
 /*
  * While Twilio refuses us (auth_blocked), every job that would go to
@@ -389,6 +395,13 @@ identity_leave(struct job *j)
 	}
 }
 
+/* After the nth error reply in a row from Redis: 100 ms doubling to 5 s. */
+static long
+redis_backoff_ms(long n)
+{
+	return pace_backoff_ms(n, REDIS_BACKOFF_MIN_MS, REDIS_BACKOFF_MAX_MS, 0, 1.0);
+}
+
 static void
 claim_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -432,6 +445,21 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 			j->claim_poll_ms = CLAIM_POLL_MAX_MS;
 		j->state = JOB_CLAIM_RETRY;
 		set_timer(j, j->claim_poll_ms, claim_timer_cb);
+		return;
+	case CLAIM_REFUSED:
+		/* A key of this Identity has the wrong type: a few tries with
+		 * backoff (an operator may be fixing it), then this request
+		 * fails; the others go on. */
+		if (++j->claim_refusals >= REDIS_REFUSALS_MAX) {
+			char msg[320];
+
+			snprintf(msg, sizeof(msg), "redis key %.*s has the wrong type",
+			    (int)(reclen > 256 ? 256 : reclen), rec);
+			fail(j, "redis_error", msg);
+			return;
+		}
+		j->state = JOB_CLAIM_RETRY;
+		set_timer(j, redis_backoff_ms(j->claim_refusals), claim_timer_cb);
 		return;
 	case CLAIM_ERROR:
 	default:
@@ -503,8 +531,11 @@ on_rate(long granted, long wait_ms, void *arg)
 	struct timeval tv;
 
 	rate_outstanding = 0;
-	if (granted < 0)
-		wait_ms = REDIS_RETRY_MS;
+	if (granted < 0) {
+		wait_ms = redis_backoff_ms(++rate_failures);
+	} else {
+		rate_failures = 0;
+	}
 	while (granted-- > 0 && (j = TAILQ_FIRST(&rate_q)) != NULL) {
 		TAILQ_REMOVE(&rate_q, j, link);
 		send_enter(j);
@@ -1164,13 +1195,20 @@ on_committed(int ok, void *arg)
 			TAILQ_INSERT_HEAD(&commit_q, b->jobs[i], link);
 		}
 		free(b);
-		if (!evtimer_pending(commit_retry_ev, NULL)) {
-			struct timeval tv = { 0, REDIS_RETRY_MS * 1000 };
+		/* Redis refusing the transaction (a key of the wrong type) is
+		 * retried with backoff, not at the rate of the link checks. */
+		long ms = redis_backoff_ms(++commit_failures);
 
+		if (!evtimer_pending(commit_retry_ev, NULL)) {
+			struct timeval tv;
+
+			tv.tv_sec = ms / 1000;
+			tv.tv_usec = (ms % 1000) * 1000;
 			evtimer_add(commit_retry_ev, &tv);
 		}
 		return;
 	}
+	commit_failures = 0;
 	for (i = 0; i < b->n; i++)
 		completed(b->jobs[i]);
 	free(b);
@@ -1288,43 +1326,23 @@ job_redis_changed(int up)
 	}
 }
 
-void
-job_reconcile(const char *const *raws, const size_t *lens, size_t n)
+/*
+ * What of our processing list our jobs hold: every job's request is there
+ * (or on its way there, ahead of the reconcile on the same link).
+ */
+size_t
+job_held(const char **raws, size_t *lens, size_t max)
 {
 	struct job *j;
-	char *used, *copy;
-	size_t i, adopted = 0;
+	size_t n = 0;
 
-	if ((used = calloc(n, 1)) == NULL)
-		return;
-	/* A multiset match: each job accounts for one equal element.  n and
-	 * the job count are both bounded by max_inflight, and this runs once
-	 * per Redis reconnect. */
 	TAILQ_FOREACH(j, &all_jobs, all) {
-		for (i = 0; i < n; i++) {
-			if (!used[i] && lens[i] == j->rawlen &&
-			    memcmp(raws[i], j->raw, lens[i]) == 0) {
-				used[i] = 1;
-				break;
-			}
-		}
+		if (n == max)
+			break;
+		raws[n] = j->raw;
+		lens[n++] = j->rawlen;
 	}
-	for (i = 0; i < n; i++) {
-		if (used[i] || lens[i] == 0 || (copy = malloc(lens[i] + 1)) == NULL)
-			continue;
-		memcpy(copy, raws[i], lens[i]);
-		copy[lens[i]] = '\0';
-		job_take(copy, lens[i], SOURCE_REDIS, 0, NULL, NULL);
-		adopted++;
-	}
-	free(used);
-	if (adopted > 0) {
-		char num[32];
-
-		snprintf(num, sizeof(num), "%zu", adopted);
-		log_warn("adopted requests found in our processing list after a reconnect",
-		    "count", num);
-	}
+	return n;
 }
 
 void

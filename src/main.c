@@ -90,10 +90,14 @@ format_time(double wall, char *buf, size_t size)
 const char *
 daemon_health(char *buf, size_t size)
 {
+	const char *redis = queue_problem();
+
 	if (!ug.redis_up)
-		snprintf(buf, size, "degraded: redis unreachable");
+		snprintf(buf, size, "degraded: %s", redis);
 	else if (ug.auth_reason[0])
 		snprintf(buf, size, "degraded: %s", ug.auth_reason);
+	else if (redis != NULL)
+		snprintf(buf, size, "degraded: %s", redis);
 	else
 		snprintf(buf, size, "ok");
 	return buf;

@@ -39,6 +39,24 @@
 #define BLOCK_TIMEOUT		"1"	/* seconds a BLMOVE waits before we look again */
 #define RECONNECT_MIN_MS	100
 #define RECONNECT_MAX_MS	5000
+#define INTAKE_RETRY_MIN_MS	100	/* after an error reply to a take */
+#define INTAKE_RETRY_MAX_MS	5000
+#define OVERSIZE_HEAD		"256"	/* bytes of an oversize element kept */
+
+/*
+ * A key under our prefix that holds another type makes a script fail
+ * midway, and Redis does not roll back what it already wrote.  So every
+ * script checks its keys first and, before any write, answers this error,
+ * which names the key (Redis' own WRONGTYPE message does not).
+ */
+#define LUA_WRONGTYPE \
+	"local function wrongtype(k, t)\n" \
+	"  local have = redis.call('TYPE', k).ok\n" \
+	"  if have ~= 'none' and have ~= t then\n" \
+	"    return redis.error_reply('WRONGTYPE key ' .. k)\n" \
+	"  end\n" \
+	"end\n"
+#define WRONGTYPE_PREFIX	"WRONGTYPE key "
 
 /*
  * Moves up to ARGV[1] requests from the right of the request list (FIFO) to
@@ -47,29 +65,42 @@
  * LMOVE per request: the LPUSH takes the requests oldest first, so the
  * processing list ends up exactly as one LMOVE RIGHT LEFT each would leave
  * it.  Checking the recoveries hash only when it exists keeps the common
- * case free of per-request commands.
+ * case free of per-request commands.  The LPUSH comes before the LTRIM, so
+ * a request is always in one of the lists.
+ *
+ * An element longer than ARGV[2] bytes is not handed over: a stub takes its
+ * place in the processing list (UG_OVERSIZE_MARK, its length, its first
+ * 256 bytes), which is all usergated ever reads of it, and which the result
+ * transaction removes like any request.
  */
 static const char take_lua[] =
+	LUA_WRONGTYPE
+	"local e = wrongtype(KEYS[1], 'list') or wrongtype(KEYS[2], 'list') or\n"
+	"  wrongtype(KEYS[3], 'hash')\n"
+	"if e then return e end\n"
 	"local vs = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)\n"
 	"local n = #vs\n"
 	"if n == 0 then return {} end\n"
-	"redis.call('LTRIM', KEYS[1], 0, -n - 1)\n"
+	"local max = tonumber(ARGV[2])\n"
 	"local taken, out = {}, {}\n"
 	"local rec = redis.call('EXISTS', KEYS[3]) == 1\n"
 	"for i = 1, n do\n"
 	"  local v = vs[n + 1 - i]\n"
+	"  if #v > max then v = ARGV[3] .. #v .. ' ' .. string.sub(v, 1, 256) end\n"
 	"  taken[i] = v\n"
 	"  out[2 * i - 1] = v\n"
 	"  out[2 * i] = rec and tonumber(redis.call('HGET', KEYS[3], v) or '0') or 0\n"
 	"end\n"
 	"redis.call('LPUSH', KEYS[2], unpack(taken))\n"
+	"redis.call('LTRIM', KEYS[1], 0, -n - 1)\n"
 	"return out\n";
 
 /*
  * Claims Identities for this instance, many per call (KEYS: identity and
  * user key pairs).  For each: {1} when we own it (new claim, or ours from
  * before a restart), {2, record} when it completed within the dedup TTL,
- * {3, owner} when another instance has it in flight.  A "done" state
+ * {3, owner} when another instance has it in flight, {4, key} when a key of
+ * it has the wrong type (pcall: the rest of the batch goes on).  A "done" state
  * without a stored record is claimed anew (Twilio stays the final
  * authority through 409/50201).  A new Identity, the common case, costs
  * one SET NX.  One script call per batch: a script call costs Redis far
@@ -82,9 +113,13 @@ static const char claim_lua[] =
 	"  if redis.call('SET', kid, ARGV[1], 'NX', 'EX', ARGV[2]) then\n"
 	"    out[i] = {1}\n"
 	"  else\n"
-	"    local v = redis.call('GET', kid)\n"
-	"    local r = v == 'done' and redis.call('GET', kuser)\n"
-	"    if v == ARGV[1] then\n"
+	"    local v = redis.pcall('GET', kid)\n"
+	"    local r = v == 'done' and redis.pcall('GET', kuser)\n"
+	"    if type(v) == 'table' then\n"
+	"      out[i] = {4, kid}\n"
+	"    elseif type(r) == 'table' then\n"
+	"      out[i] = {4, kuser}\n"
+	"    elseif v == ARGV[1] then\n"
 	"      redis.call('EXPIRE', kid, ARGV[2])\n"
 	"      out[i] = {1}\n"
 	"    elseif r then\n"
@@ -122,6 +157,9 @@ static const char reply_lua[] =
  * ms until the next slot frees}.
  */
 static const char rate_lua[] =
+	LUA_WRONGTYPE
+	"local e = wrongtype(KEYS[1], 'zset')\n"
+	"if e then return e end\n"
 	"local t = redis.call('TIME')\n"
 	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 	"local limit, window, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
@@ -146,12 +184,21 @@ static const char rate_lua[] =
  * ARGV[3] == "self" it recovers our own list (at start); otherwise every
  * registered instance whose heartbeat expired.  One script, so two live
  * instances can never both take the same list.  (The processing and
- * heartbeat keys are derived from the prefix: standalone Redis only.)
+ * heartbeat keys are derived from the prefix: standalone Redis only.)  A
+ * dead instance's list of the wrong type is left alone and named in the
+ * error; the other lists are recovered all the same.
  */
 static const char takeover_lua[] =
+	LUA_WRONGTYPE
 	"local moved = 0\n"
+	"local e = wrongtype(KEYS[1], 'set') or wrongtype(KEYS[2], 'list') or\n"
+	"  wrongtype(KEYS[3], 'hash')\n"
+	"if e then return e end\n"
+	"local bad\n"
 	"local function recover(id)\n"
 	"  local l = ARGV[1] .. 'processing:' .. id\n"
+	"  local e = wrongtype(l, 'list')\n"
+	"  if e then return e end\n"
 	"  while true do\n"
 	"    local v = redis.call('LMOVE', l, KEYS[2], 'LEFT', 'RIGHT')\n"
 	"    if not v then break end\n"
@@ -160,20 +207,104 @@ static const char takeover_lua[] =
 	"  end\n"
 	"end\n"
 	"if ARGV[3] == 'self' then\n"
-	"  recover(ARGV[2])\n"
-	"  return moved\n"
+	"  return recover(ARGV[2]) or moved\n"
 	"end\n"
 	"for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
 	"  if id ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'instance:' .. id) == 0 then\n"
-	"    recover(id)\n"
-	"    redis.call('SREM', KEYS[1], id)\n"
+	"    e = recover(id)\n"
+	"    if e then bad = e else redis.call('SREM', KEYS[1], id) end\n"
 	"  end\n"
 	"end\n"
-	"return moved\n";
+	"return bad or moved\n";
 
-enum script { SCRIPT_TAKE, SCRIPT_CLAIM, SCRIPT_RATE, SCRIPT_TAKEOVER, SCRIPT_COUNT };
+/*
+ * After a reconnect our processing list may hold elements no job of ours
+ * holds (a take whose reply was lost with the link, or anything put there
+ * behind our back, in any number).  ARGV lists what our jobs hold (a
+ * multiset); everything else goes back to the right of the request list,
+ * oldest rightmost, to be taken again as room allows.  Nothing is read
+ * into usergated, however long the list.
+ */
+static const char reconcile_lua[] =
+	LUA_WRONGTYPE
+	"local e = wrongtype(KEYS[1], 'list') or wrongtype(KEYS[2], 'list')\n"
+	"if e then return e end\n"
+	"local held = {}\n"
+	"for _, v in ipairs(ARGV) do held[v] = (held[v] or 0) + 1 end\n"
+	"local kept, back, i = {}, {}, 0\n"
+	"while true do\n"
+	"  local page = redis.call('LRANGE', KEYS[1], i, i + 999)\n"
+	"  for _, v in ipairs(page) do\n"
+	"    if (held[v] or 0) > 0 then\n"
+	"      held[v] = held[v] - 1\n"
+	"      kept[#kept + 1] = v\n"
+	"    else\n"
+	"      back[#back + 1] = v\n"
+	"    end\n"
+	"  end\n"
+	"  if #page < 1000 then break end\n"
+	"  i = i + 1000\n"
+	"end\n"
+	"if #back == 0 then return 0 end\n"
+	"local function push(k, t)\n"
+	"  for j = 1, #t, 1000 do\n"
+	"    redis.call('RPUSH', k, unpack(t, j, math.min(j + 999, #t)))\n"
+	"  end\n"
+	"end\n"
+	"push(KEYS[2], back)\n"
+	"redis.call('DEL', KEYS[1])\n"
+	"push(KEYS[1], kept)\n"
+	"return #back\n";
+
+/*
+ * Sent after WATCH of our heartbeat key, before a result transaction: when
+ * a key the transaction writes has the wrong type, it writes the heartbeat
+ * again (same value and TTL), which makes the EXEC abort as a whole.
+ * Commands of a transaction run even when one before them failed, so
+ * without this a result that could not be stored would take its request
+ * out of the processing list with it.  KEYS: heartbeat, processing,
+ * results, dead, recoveries; ARGV: heartbeat value and TTL.
+ */
+static const char guard_lua[] =
+	LUA_WRONGTYPE
+	"local e = wrongtype(KEYS[2], 'list') or wrongtype(KEYS[3], 'list') or\n"
+	"  wrongtype(KEYS[4], 'list') or wrongtype(KEYS[5], 'hash')\n"
+	"if e then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end\n"
+	"return e or 0\n";
+
+/*
+ * Replaces an element BLMOVE just put in our processing list, known by its
+ * length and first bytes, by the stub of an oversize element (ARGV: length,
+ * head, stub).  It is among the first few: only our own pushes come after.
+ */
+static const char stub_lua[] =
+	"local len, head = tonumber(ARGV[1]), ARGV[2]\n"
+	"for i, v in ipairs(redis.call('LRANGE', KEYS[1], 0, 63)) do\n"
+	"  if #v == len and string.sub(v, 1, #head) == head then\n"
+	"    redis.call('LSET', KEYS[1], i - 1, ARGV[3])\n"
+	"    return 1\n"
+	"  end\n"
+	"end\n"
+	"return 0\n";
+
+/*
+ * The element at the head of the request list, for the queue's age; an
+ * oversize one is named by its first bytes and length, never read whole.
+ */
+static const char head_lua[] =
+	"local v = redis.call('LINDEX', KEYS[1], -1)\n"
+	"if v and #v > tonumber(ARGV[1]) then\n"
+	"  return string.sub(v, 1, tonumber(ARGV[1])) .. #v\n"
+	"end\n"
+	"return v\n";
+
+enum script {
+	SCRIPT_TAKE, SCRIPT_CLAIM, SCRIPT_RATE, SCRIPT_TAKEOVER, SCRIPT_RECONCILE,
+	SCRIPT_GUARD, SCRIPT_STUB, SCRIPT_HEAD, SCRIPT_COUNT
+};
 static const char *const script_source[SCRIPT_COUNT] = {
-	take_lua, claim_lua, rate_lua, takeover_lua,
+	take_lua, claim_lua, rate_lua, takeover_lua, reconcile_lua, guard_lua, stub_lua,
+	head_lua,
 };
 static char script_sha[SCRIPT_COUNT][41];
 
@@ -187,8 +318,13 @@ static int intake_stopped;
 static int shutting_down;
 static long long blk_client_id = -1;		/* queue_shutdown: no reconnects */
 static long reconnect_ms = RECONNECT_MIN_MS;
-static int outage_logged;
+static char outage_reason[128];		/* non-empty: an outage, logged once */
+static int setup_failed;		/* Redis refused this connection's setup */
+static int scripts_loading;		/* SCRIPT LOADs on the wire */
+static int reconcile_pending;		/* processing list to reconcile */
 static struct event *reconnect_ev;
+static struct event *intake_retry_ev;
+static long intake_failures;		/* error replies to takes in a row */
 static struct event *heartbeat_ev;
 static unsigned long long rate_seq;
 static char hostname[256];
@@ -201,7 +337,173 @@ static char *k_results, *k_events, *k_dead, *k_instance;
 
 static void	 connect_all(void);
 static void	 on_client_id(redisAsyncContext *, void *, void *);
+static void	 on_script_loaded(redisAsyncContext *, void *, void *);
 static void	 schedule_reconnect(void);
+static int	 send_strings(redisAsyncContext *, redisCallbackFn *, void *, int, ...);
+
+/*
+ * What Redis refuses us while the link is up, by the operation that met it:
+ * a key of the wrong type under our prefix, or any error reply (OOM at
+ * maxmemory, say).  Health names the first; each is logged when it appears
+ * or changes and once when it is gone, not once per try: every operation
+ * here is retried with backoff.
+ */
+enum fault {
+	FAULT_TAKE, FAULT_CLAIM, FAULT_RATE, FAULT_TAKEOVER, FAULT_COMMIT, FAULT_COUNT
+};
+static const char *const fault_operation[FAULT_COUNT] = {
+	"taking requests", "identity claims", "rate window",
+	"recovering processing lists", "result transaction",
+};
+static char fault_reason[FAULT_COUNT][192];
+
+static void
+fault_set(enum fault f, const char *error)
+{
+	char reason[sizeof(fault_reason[0])];
+	size_t n = strlen(WRONGTYPE_PREFIX);
+
+	if (strncmp(error, WRONGTYPE_PREFIX, n) == 0)
+		snprintf(reason, sizeof(reason), "redis key %s has wrong type", error + n);
+	else
+		snprintf(reason, sizeof(reason), "redis refused %s: %s", fault_operation[f],
+		    error);
+	if (strcmp(reason, fault_reason[f]) == 0)
+		return;
+	memcpy(fault_reason[f], reason, sizeof(reason));
+	/* An Identity (often an e-mail address) is named at debug level only. */
+	if (f == FAULT_CLAIM)
+		log_error("redis refused identity claims; retrying with backoff");
+	else
+		log_error("redis refused a command; retrying with backoff",
+		    "operation", fault_operation[f], "reason", reason);
+	log_debug("redis fault", "reason", reason);
+	daemon_notify_status();
+}
+
+static void
+fault_clear(enum fault f)
+{
+	if (fault_reason[f][0] == '\0')
+		return;
+	fault_reason[f][0] = '\0';
+	log_info("redis accepts our commands again", "operation", fault_operation[f]);
+	daemon_notify_status();
+}
+
+static int
+is_noscript(const redisReply *r)
+{
+	return r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+static const char *
+reply_error(const redisReply *r)
+{
+	return r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply";
+}
+
+/* The reason health gives, or NULL when Redis serves us well. */
+const char *
+queue_problem(void)
+{
+	int i;
+
+	if (!ug.redis_up)
+		return outage_reason[0] ? outage_reason : "redis unreachable";
+	for (i = 0; i < FAULT_COUNT; i++)
+		if (fault_reason[i][0])
+			return fault_reason[i];
+	return NULL;
+}
+
+/*
+ * The first failure of an outage is logged, and then only a change of
+ * reason: a wrong password retried with backoff for hours is one line.
+ */
+static void
+outage(const char *reason, const char *error)
+{
+	if (strcmp(reason, outage_reason) == 0)
+		return;
+	snprintf(outage_reason, sizeof(outage_reason), "%s", reason);
+	if (strcmp(reason, "redis unreachable") == 0)
+		log_warn("cannot connect to redis, retrying with backoff", "error", error);
+	else
+		log_error("redis refuses us, retrying with backoff", "reason", reason,
+		    "error", error);
+	daemon_notify_status();
+}
+
+/*
+ * Redis forgot our scripts (a restart, a failover, SCRIPT FLUSH): load them
+ * again, once for all the calls that failed together.  Callers retry their
+ * call, and on this ordered link every retry comes after the loads.
+ */
+static void
+scripts_reload(void)
+{
+	int i;
+
+	if (scripts_loading > 0 || cmd == NULL)
+		return;
+	log_warn("redis lost our scripts (restart, failover or SCRIPT FLUSH); "
+	    "loading them again");
+	for (i = 0; i < SCRIPT_COUNT; i++)
+		if (send_strings(cmd, on_script_loaded, (void *)(intptr_t)i, 3, "SCRIPT",
+		    "LOAD", script_source[i]) == 0)
+			scripts_loading++;
+}
+
+/* After an error reply to a take or a BLMOVE: try again later, not at once. */
+static void
+intake_backoff(void)
+{
+	/* The cap of the backoff (rnd 1): 100 ms doubling to 5 s. */
+	long ms = pace_backoff_ms(++intake_failures, INTAKE_RETRY_MIN_MS,
+	    INTAKE_RETRY_MAX_MS, 0, 1.0);
+	struct timeval tv;
+
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
+	evtimer_add(intake_retry_ev, &tv);
+}
+
+static void
+intake_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	queue_pump();
+}
+
+/* An error reply to one of our calls: reload lost scripts, or record it. */
+static void
+refused(enum fault f, const redisReply *r)
+{
+	if (is_noscript(r))
+		scripts_reload();
+	else
+		fault_set(f, reply_error(r));
+}
+
+/*
+ * The reply to a take (or reconcile): anything but the expected type is
+ * an error, retried with backoff.  Returns whether it is the expected one.
+ */
+static int
+take_answered(const redisReply *r, int type)
+{
+	take_outstanding = 0;
+	if (r == NULL)
+		return 0;
+	if (r->type != type) {
+		refused(FAULT_TAKE, r);
+		intake_backoff();
+		return 0;
+	}
+	intake_failures = 0;
+	fault_clear(FAULT_TAKE);
+	return 1;
+}
 
 /* PREFIX + suffix + arg, malloc'd; two per result, so no printf. */
 static char *
@@ -304,10 +606,7 @@ on_connect(const redisAsyncContext *ac, int status)
 	if (status == REDIS_OK)
 		return;
 	/* hiredis frees the context after this callback. */
-	if (!outage_logged) {
-		log_warn("cannot connect to redis, retrying with backoff", "error", ac->errstr);
-		outage_logged = 1;
-	}
+	outage("redis unreachable", ac->errstr);
 	if (ac == cmd) {
 		cmd = NULL;
 		link_lost();
@@ -342,18 +641,29 @@ schedule_reconnect(void)
 	reconnect_ms = reconnect_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : reconnect_ms * 2;
 }
 
+/*
+ * A refused AUTH, SELECT or SCRIPT LOAD is a failed connection: the link is
+ * not up, health says why, and we retry with backoff (the operator may be
+ * fixing Redis).  Only the first refusal of an attempt counts: after a
+ * refused AUTH every later command is refused too.
+ */
 static void
 hello_failed(redisAsyncContext *ac, const char *what, const redisReply *r)
 {
-	/* A refused AUTH or SELECT is a configuration problem; say so once
-	 * per outage and keep retrying, the operator may be fixing Redis. */
-	if (r != NULL && !outage_logged) {
-		log_error("redis refused setup command", "command", what,
-		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-		outage_logged = 1;
+	char reason[sizeof(outage_reason)];
+
+	if (r != NULL && !setup_failed) {
+		if (strcmp(what, "AUTH") == 0)
+			snprintf(reason, sizeof(reason), "redis auth refused");
+		else if (strcmp(what, "SELECT") == 0)
+			snprintf(reason, sizeof(reason), "redis db refused");
+		else
+			snprintf(reason, sizeof(reason), "redis refused %s", what);
+		outage(reason, reply_error(r));
 	}
-	if (ac != NULL && ac == cmd)
-		redisAsyncDisconnect(cmd);
+	setup_failed = 1;
+	if (ac != NULL && (ac == cmd || ac == blk))
+		redisAsyncDisconnect(ac);
 }
 
 static void
@@ -373,6 +683,8 @@ on_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
 	const redisReply *r = reply;
 	enum script s = (enum script)(intptr_t)priv;
 
+	if (scripts_loading > 0)
+		scripts_loading--;
 	if (r == NULL)
 		return;
 	if (r->type != REDIS_REPLY_STRING || r->len != 40) {
@@ -419,6 +731,10 @@ on_instance_check(redisAsyncContext *ac, void *reply, void *priv)
 
 	if (r == NULL)
 		return;
+	if (r->type == REDIS_REPLY_ERROR || setup_failed) {
+		hello_failed(ac, "GET", r);
+		return;
+	}
 	if (r->type == REDIS_REPLY_STRING && !registered_once) {
 		snprintf(self, sizeof(self), "pid=%d host=%s", (int)getpid(), hostname);
 		if (sscanf(r->str, "pid=%d host=%255s", &pid, host) == 2 &&
@@ -455,10 +771,16 @@ on_recovered(redisAsyncContext *ac, void *reply, void *priv)
 	if (r == NULL)
 		return;
 	if (r->type != REDIS_REPLY_INTEGER) {
-		log_error("redis: recovering processing lists failed",
-		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		refused(FAULT_TAKEOVER, r);
+		/* Our own list is then reconciled before we take anything:
+		 * what our jobs do not hold goes back to the request list.
+		 * Other instances' lists are tried again at the next
+		 * heartbeat. */
+		if (priv != NULL)
+			reconcile_pending = 1;
 		return;
 	}
+	fault_clear(FAULT_TAKEOVER);
 	if (r->integer > 0) {
 		char n[32];
 
@@ -483,28 +805,51 @@ takeover(int self)
 /*
  * After an outage our processing list may hold requests no job of ours
  * knows: a take or a BLMOVE whose reply was lost with the connection.
- * Nobody else would ever finish them (we are alive), so adopt them.
+ * Nobody else would ever finish them (we are alive), so they go back to the
+ * request list, where intake takes them as room allows (reconcile_lua).
+ * Sent by queue_pump, only while no take is on its way: what our jobs hold
+ * then is exactly what of the list is being worked on.
  */
 static void
 on_reconcile(redisAsyncContext *ac, void *reply, void *priv)
 {
 	const redisReply *r = reply;
-	const char **raws;
-	size_t *lens, i;
 
-	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0)
+	if (!take_answered(r, REDIS_REPLY_INTEGER))
 		return;
-	raws = calloc(r->elements, sizeof(*raws));
-	lens = calloc(r->elements, sizeof(*lens));
-	if (raws != NULL && lens != NULL) {
-		for (i = 0; i < r->elements; i++) {
-			raws[i] = r->element[i]->str;
-			lens[i] = r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->len : 0;
-		}
-		job_reconcile(raws, lens, r->elements);
+	reconcile_pending = 0;
+	if (r->integer > 0) {
+		char n[32];
+
+		snprintf(n, sizeof(n), "%lld", r->integer);
+		log_warn("requests in our processing list that no job holds went back to "
+		    "the request list", "count", n);
 	}
-	free(raws);
+	queue_pump();
+}
+
+static int
+reconcile_send(void)
+{
+	const char **argv;
+	size_t *lens, n;
+	int rv = -1;
+
+	n = (size_t)job_count();
+	argv = calloc(n + 5, sizeof(*argv));
+	lens = calloc(n + 5, sizeof(*lens));
+	if (argv != NULL && lens != NULL) {
+		n = job_held(argv + 5, lens + 5, n);
+		argv[0] = "EVALSHA"; lens[0] = 7;
+		argv[1] = script_sha[SCRIPT_RECONCILE]; lens[1] = strlen(argv[1]);
+		argv[2] = "2"; lens[2] = 1;
+		argv[3] = k_processing; lens[3] = strlen(k_processing);
+		argv[4] = k_requests; lens[4] = strlen(k_requests);
+		rv = send_argv(cmd, on_reconcile, NULL, (int)(n + 5), argv, lens);
+	}
+	free(argv);
 	free(lens);
+	return rv;
 }
 
 static void
@@ -512,7 +857,7 @@ on_registered(redisAsyncContext *ac, void *reply, void *priv)
 {
 	int first = !registered_once;
 
-	if (reply == NULL || ac != cmd)
+	if (reply == NULL || ac != cmd || setup_failed)
 		return;
 	heartbeat_write();
 	if (first) {
@@ -521,16 +866,16 @@ on_registered(redisAsyncContext *ac, void *reply, void *priv)
 		takeover(1);
 		registered_once = 1;
 	} else {
-		/* Sent before any commit of the new link: every job that could
-		 * match is still in memory when the answer comes. */
-		send_strings(cmd, on_reconcile, NULL, 4, "LRANGE", k_processing, "0", "-1");
+		reconcile_pending = 1;
 	}
 	cmd_ready = 1;
 	ug.redis_up = 1;
 	reconnect_ms = RECONNECT_MIN_MS;
-	if (outage_logged || !first)
+	evtimer_del(intake_retry_ev);
+	intake_failures = 0;
+	if (outage_reason[0] || !first)
 		log_info("redis connection restored");
-	outage_logged = 0;
+	outage_reason[0] = '\0';
 	job_redis_changed(1);
 	daemon_notify_status();
 	queue_pump();
@@ -550,11 +895,7 @@ connect_one(void)
 	if (ac == NULL)
 		return NULL;
 	if (ac->err) {
-		if (!outage_logged) {
-			log_warn("cannot connect to redis, retrying with backoff",
-			    "error", ac->errstr);
-			outage_logged = 1;
-		}
+		outage("redis unreachable", ac->errstr);
 		redisAsyncFree(ac);
 		return NULL;
 	}
@@ -579,6 +920,7 @@ connect_all(void)
 {
 	int i;
 
+	setup_failed = 0;
 	cmd = connect_one();
 	if (cmd == NULL) {
 		schedule_reconnect();
@@ -591,9 +933,11 @@ connect_all(void)
 	}
 	blk_client_id = -1;
 	send_strings(blk, on_client_id, NULL, 2, "CLIENT", "ID");
+	scripts_loading = 0;
 	for (i = 0; i < SCRIPT_COUNT; i++)
-		send_strings(cmd, on_script_loaded, (void *)(intptr_t)i, 3, "SCRIPT", "LOAD",
-		    script_source[i]);
+		if (send_strings(cmd, on_script_loaded, (void *)(intptr_t)i, 3, "SCRIPT",
+		    "LOAD", script_source[i]) == 0)
+			scripts_loading++;
 	send_strings(cmd, on_instance_check, NULL, 2, "GET", k_instance);
 }
 
@@ -623,20 +967,27 @@ void
 queue_pump(void)
 {
 	long room;
-	char n[16];
+	char n[16], max[16];
 
 	if (!cmd_ready || intake_stopped || ug.paused || ug.draining || job_auth_blocked())
 		return;
-	if (take_outstanding || block_outstanding)
+	if (take_outstanding || block_outstanding || evtimer_pending(intake_retry_ev, NULL))
 		return;
+	if (reconcile_pending) {
+		if (reconcile_send() == 0)
+			take_outstanding = 1;
+		return;
+	}
 	room = job_room();
 	if (room <= 0)
 		return;
 	if (room > TAKE_BATCH_MAX)
 		room = TAKE_BATCH_MAX;
 	snprintf(n, sizeof(n), "%ld", room);
-	if (send_strings(cmd, on_taken, (void *)(intptr_t)room, 7, "EVALSHA",
-	    script_sha[SCRIPT_TAKE], "3", k_requests, k_processing, k_recoveries, n) == 0)
+	snprintf(max, sizeof(max), "%d", UG_FRAME_MAX);
+	if (send_strings(cmd, on_taken, (void *)(intptr_t)room, 9, "EVALSHA",
+	    script_sha[SCRIPT_TAKE], "3", k_requests, k_processing, k_recoveries, n, max,
+	    UG_OVERSIZE_MARK) == 0)
 		take_outstanding = 1;
 }
 
@@ -659,14 +1010,8 @@ on_taken(redisAsyncContext *ac, void *reply, void *priv)
 	long asked = (long)(intptr_t)priv;
 	size_t i, got;
 
-	take_outstanding = 0;
-	if (r == NULL)
+	if (!take_answered(r, REDIS_REPLY_ARRAY))
 		return;
-	if (r->type != REDIS_REPLY_ARRAY) {
-		log_error("redis: taking requests failed",
-		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-		return;
-	}
 	got = r->elements / 2;
 	for (i = 0; i + 1 < r->elements; i += 2) {
 		const redisReply *v = r->element[i], *n = r->element[i + 1];
@@ -711,6 +1056,43 @@ on_blocked_recoveries(redisAsyncContext *ac, void *reply, void *priv)
 	queue_pump();
 }
 
+/*
+ * BLMOVE hands over an element whole, however long: one at a time, since it
+ * waits only while the request list is empty.  One longer than a request may
+ * be is replaced in our processing list by the stub the take script would
+ * have left (stub_lua), so that it is answered too_large and neither a
+ * recovery nor the dead list ever carries it again.  Sending the stub's
+ * head rather than the element keeps it at one copy here.
+ */
+static void
+take_oversize(const char *v, size_t len)
+{
+	size_t mark = strlen(UG_OVERSIZE_MARK), head = (size_t)atoi(OVERSIZE_HEAD);
+	const char *argv[7];
+	size_t lens[7];
+	char *stub, total[32];
+	int n;
+
+	if (head > len)
+		head = len;
+	if ((stub = malloc(mark + 24 + head)) == NULL) {
+		log_error("out of memory taking a request");
+		return;
+	}
+	n = snprintf(stub, mark + 24, "%s%zu ", UG_OVERSIZE_MARK, len);
+	memcpy(stub + n, v, head);
+	snprintf(total, sizeof(total), "%zu", len);
+	argv[0] = "EVALSHA"; lens[0] = 7;
+	argv[1] = script_sha[SCRIPT_STUB]; lens[1] = strlen(argv[1]);
+	argv[2] = "1"; lens[2] = 1;
+	argv[3] = k_processing; lens[3] = strlen(k_processing);
+	argv[4] = total; lens[4] = strlen(total);
+	argv[5] = v; lens[5] = head;
+	argv[6] = stub; lens[6] = (size_t)n + head;
+	send_argv(cmd, NULL, NULL, 7, argv, lens);
+	job_take(stub, (size_t)n + head, SOURCE_REDIS, 0, NULL, NULL);
+}
+
 static void
 on_blocked(redisAsyncContext *ac, void *reply, void *priv)
 {
@@ -720,6 +1102,18 @@ on_blocked(redisAsyncContext *ac, void *reply, void *priv)
 	block_outstanding = 0;
 	if (r == NULL)
 		return;
+	if (r->type == REDIS_REPLY_ERROR) {
+		fault_set(FAULT_TAKE, r->str);
+		intake_backoff();
+		return;
+	}
+	intake_failures = 0;
+	fault_clear(FAULT_TAKE);
+	if (r->type == REDIS_REPLY_STRING && r->len > UG_FRAME_MAX) {
+		take_oversize(r->str, r->len);
+		queue_pump();
+		return;
+	}
 	if (r->type == REDIS_REPLY_STRING) {
 		b = malloc(sizeof(*b));
 		if (b == NULL || (b->raw = copy_bytes(r->str, r->len)) == NULL) {
@@ -741,8 +1135,6 @@ on_blocked(redisAsyncContext *ac, void *reply, void *priv)
 		}
 		return;
 	}
-	if (r->type == REDIS_REPLY_ERROR)
-		log_error("redis: BLMOVE failed", "error", r->str);
 	queue_pump();
 }
 
@@ -820,9 +1212,10 @@ claim_answer(struct claim_call *c, const redisReply *e)
 		case 1:
 			o = CLAIM_OWNED;
 			break;
-		case 2:
+		case 2:		/* the stored record */
+		case 4:		/* the key of the wrong type */
 			if (e->elements == 2 && e->element[1]->type == REDIS_REPLY_STRING) {
-				o = CLAIM_DONE;
+				o = e->element[0]->integer == 2 ? CLAIM_DONE : CLAIM_REFUSED;
 				rec = e->element[1]->str;
 				reclen = e->element[1]->len;
 			}
@@ -843,9 +1236,23 @@ on_claims(redisAsyncContext *ac, void *reply, void *priv)
 	struct claim_batch *b = priv;
 	size_t i;
 	int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n;
+	const redisReply *wrong = NULL;
 
-	if (r != NULL && r->type == REDIS_REPLY_ERROR)
-		log_error("redis: identity claims failed", "error", r->str);
+	if (r != NULL && !ok)
+		refused(FAULT_CLAIM, r);
+	for (i = 0; ok && i < b->n && wrong == NULL; i++)
+		if (r->element[i]->type == REDIS_REPLY_ARRAY && r->element[i]->elements == 2 &&
+		    r->element[i]->element[0]->type == REDIS_REPLY_INTEGER &&
+		    r->element[i]->element[0]->integer == 4)
+			wrong = r->element[i]->element[1];
+	if (wrong != NULL && wrong->type == REDIS_REPLY_STRING) {
+		char error[192];
+
+		snprintf(error, sizeof(error), "%s%s", WRONGTYPE_PREFIX, wrong->str);
+		fault_set(FAULT_CLAIM, error);
+	} else if (ok) {
+		fault_clear(FAULT_CLAIM);
+	}
 	for (i = 0; i < b->n; i++)
 		claim_answer(&b->calls[i], ok ? r->element[i] : NULL);
 	free(b);
@@ -970,8 +1377,9 @@ on_rate(redisAsyncContext *ac, void *reply, void *priv)
 	    r->element[1]->type == REDIS_REPLY_INTEGER) {
 		granted = (long)r->element[0]->integer;
 		wait = (long)r->element[1]->integer;
-	} else if (r != NULL && r->type == REDIS_REPLY_ERROR) {
-		log_error("redis: rate window failed", "error", r->str);
+		fault_clear(FAULT_RATE);
+	} else if (r != NULL) {
+		refused(FAULT_RATE, r);
 	}
 	c->cb(granted, wait, c->arg);
 	free(c);
@@ -1022,12 +1430,12 @@ on_exec(redisAsyncContext *ac, void *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct done_call *c = priv;
+	const redisReply *refused = NULL;
 	size_t i;
 	int ok = r != NULL && r->type == REDIS_REPLY_ARRAY;
 
 	if (r != NULL && !ok)
-		log_error("redis: result transaction failed",
-		    "error", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		refused = r;
 	if (ok) {
 		for (i = 0; i < r->elements; i++)
 			if (r->element[i]->type == REDIS_REPLY_ERROR &&
@@ -1042,8 +1450,22 @@ on_exec(redisAsyncContext *ac, void *reply, void *priv)
 			stats.dead_dropped += (unsigned long long)
 			    (r->element[r->elements - 2]->integer - c->dead_max);
 	}
+	/* A nil reply: guard_lua aborted it (and said why). */
+	if (refused != NULL && refused->type != REDIS_REPLY_NIL)
+		fault_set(FAULT_COMMIT, reply_error(refused));
 	c->cb(ok, c->arg);
 	free(c);
+}
+
+static void
+on_guard(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	if (r != NULL && r->type == REDIS_REPLY_ERROR)
+		refused(FAULT_COMMIT, r);
+	else if (r != NULL)
+		fault_clear(FAULT_COMMIT);
 }
 
 static int
@@ -1072,7 +1494,7 @@ int
 queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void *arg)
 {
 	struct done_call *c;
-	char ttl[32], reply_ttl[32], trim[32], dead_trim[32];
+	char ttl[32], reply_ttl[32], trim[32], dead_trim[32], value[300], hb_ttl[16];
 	const char **mv = NULL, **lv = NULL, **dv = NULL;
 	size_t *mlens = NULL, *llens = NULL, *dlens = NULL, nm = 1, nl = 2, nd = 2, i;
 	char **kusers = NULL;
@@ -1106,6 +1528,11 @@ queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void 
 	dv[0] = "LPUSH"; dlens[0] = 5;
 	dv[1] = k_dead; dlens[1] = strlen(k_dead);
 
+	snprintf(value, sizeof(value), "pid=%d host=%s", (int)getpid(), hostname);
+	snprintf(hb_ttl, sizeof(hb_ttl), "%d", HEARTBEAT_TTL_S);
+	rv |= send_strings(cmd, NULL, NULL, 2, "WATCH", k_instance);
+	rv |= send_strings(cmd, on_guard, NULL, 10, "EVALSHA", script_sha[SCRIPT_GUARD], "5",
+	    k_instance, k_processing, k_results, k_dead, k_recoveries, value, hb_ttl);
 	rv |= send_strings(cmd, NULL, NULL, 1, "MULTI");
 	for (i = 0; i < n && rv == 0; i++) {
 		const struct commit_item *it = &items[i];
@@ -1237,6 +1664,8 @@ on_head(redisAsyncContext *ac, void *reply, void *priv)
 {
 	const redisReply *r = reply;
 
+	if (is_noscript(r))
+		scripts_reload();
 	if (r == NULL || r->type == REDIS_REPLY_ERROR)
 		return;
 	if (r->type != REDIS_REPLY_STRING) {
@@ -1302,7 +1731,8 @@ queue_lengths(queue_lengths_cb *cb, void *arg)
 		return -1;
 	c->cb = cb;
 	c->arg = arg;
-	send_strings(cmd, on_head, NULL, 3, "LINDEX", k_requests, "-1");
+	send_strings(cmd, on_head, NULL, 5, "EVALSHA", script_sha[SCRIPT_HEAD], "1", k_requests,
+	    OVERSIZE_HEAD);
 	/* Three commands on one ordered link: the callbacks run in order
 	 * and exactly once each, so the last one frees c. */
 	if (send_strings(cmd, on_length, c, 2, "LLEN", k_requests) != 0) {
@@ -1557,9 +1987,11 @@ queue_init(void)
 	    (k_instance = key("instance:", ug.cfg->instance_id)) == NULL)
 		return -1;
 	reconnect_ev = evtimer_new(ug.base, reconnect_cb, NULL);
+	intake_retry_ev = evtimer_new(ug.base, intake_retry_cb, NULL);
 	claim_flush_ev = event_new(ug.base, -1, 0, claim_flush_cb, NULL);
 	heartbeat_ev = event_new(ug.base, -1, EV_PERSIST, heartbeat_cb, NULL);
-	if (reconnect_ev == NULL || heartbeat_ev == NULL || claim_flush_ev == NULL)
+	if (reconnect_ev == NULL || heartbeat_ev == NULL || claim_flush_ev == NULL ||
+	    intake_retry_ev == NULL)
 		return -1;
 	evtimer_add(heartbeat_ev, &tv);
 	connect_all();
@@ -1619,6 +2051,9 @@ queue_shutdown(void)
 		event_free(heartbeat_ev);
 	if (reconnect_ev)
 		event_free(reconnect_ev);
+	if (intake_retry_ev)
+		event_free(intake_retry_ev);
+	intake_retry_ev = NULL;
 	/* Claims not yet sent: their callers hear "try later" while they
 	 * still exist. */
 	if (claim_flush_ev) {

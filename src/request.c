@@ -724,6 +724,20 @@ request_parse(const void *buf, size_t len, const struct reply_scope *scope,
 		return reject(err, errlen, REQ_TOO_LARGE,
 		    "request is %zu bytes, over the limit of %d", len,
 		    UG_FRAME_MAX);
+	/* What queue.c leaves of a Redis list element over the limit (the
+	 * length is read within len: buf need not be a C string). */
+	if (len > strlen(UG_OVERSIZE_MARK) &&
+	    memcmp(buf, UG_OVERSIZE_MARK, strlen(UG_OVERSIZE_MARK)) == 0) {
+		const char *p = buf;
+		unsigned long long total = 0;
+		size_t i;
+
+		for (i = strlen(UG_OVERSIZE_MARK); i < len && i < 40 &&
+		    p[i] >= '0' && p[i] <= '9'; i++)
+			total = total * 10 + (unsigned long long)(p[i] - '0');
+		return reject(err, errlen, REQ_TOO_LARGE,
+		    "request is %llu bytes, over the limit of %d", total, UG_FRAME_MAX);
+	}
 
 	/*
 	 * codec_decode_any rather than codec_decode: the "not a map"

@@ -22,6 +22,13 @@ struct event_base;
 
 /* Limits of SPEC §4.1. */
 #define UG_FRAME_MAX		(64 * 1024)	/* one request, bytes */
+/*
+ * What stands in our processing list for a Redis list element longer than
+ * UG_FRAME_MAX: this mark (0xc1 is never valid msgpack, JSON or UTF-8), the
+ * element's length in decimal, a space and its first 256 bytes.  Parsed as
+ * too_large.
+ */
+#define UG_OVERSIZE_MARK	"\xc1" "oversize "
 #define UG_IDENTITY_MAX		256		/* characters (code points) */
 #define UG_FRIENDLY_NAME_MAX	256		/* characters (code points) */
 #define UG_ATTRIBUTES_MAX	16384		/* bytes of JSON text */

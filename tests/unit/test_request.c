@@ -746,6 +746,17 @@ test_frame_size(void)
 	expect(&r, "JSON", s, len);
 	free(s);
 
+	/* The stub queue.c leaves of an oversize Redis element: too_large
+	 * with the element's length, read within the given bytes only. */
+	r = (struct row){ .name = "oversize stub", .want = REQ_TOO_LARGE,
+	    .err = "request is 31457280 bytes, over the limit of 65536" };
+	expect(&r, "stub", UG_OVERSIZE_MARK "31457280 {\"Identity\":",
+	    strlen(UG_OVERSIZE_MARK "31457280 {\"Identity\":"));
+	r = (struct row){ .name = "oversize stub cut in its length",
+	    .want = REQ_TOO_LARGE,
+	    .err = "request is 314 bytes, over the limit of 65536" };
+	expect(&r, "stub", UG_OVERSIZE_MARK "31457280", strlen(UG_OVERSIZE_MARK) + 3);
+
 	/* Exactly 65536 bytes is decoded and judged on its content. */
 	s = repeat("{\"Identity\":\"a\",\"FriendlyName\":\"", "x",
 	    UG_FRAME_MAX - 34, "\"}");
