@@ -194,6 +194,36 @@ int		 codec_encode_with(const json_t *v, const char *key, const char *enc,
 struct msgpack_packer;
 int		 codec_msgpack_packed(int (*pack)(struct msgpack_packer *, const void *),
 		    const void *arg, char **out, size_t *len);
+/*
+ * A check of msgpack headers before msgpack-c sees them: msgpack-c
+ * allocates a container's elements as soon as it reads the header, so five
+ * bytes announcing 4 billion entries ask for 64 GiB.  The scanner walks the
+ * headers of one value without building anything and counts the items
+ * still due (an array element one, a map entry two); as each item takes at
+ * least a byte, they and every str, bin and ext payload must fit in the
+ * bytes left before limit.  Nesting is bounded as msgpack-c's own stack
+ * bounds it (CODEC_SCAN_DEPTH open containers), so the first fault in the
+ * bytes is the one reported, as msgpack-c would.  It resumes where it
+ * stopped when more bytes of the same value arrive (buf then starts at the
+ * same value, longer).  Zero the state before the first call.
+ */
+#define CODEC_SCAN_DEPTH	32	/* msgpack-c's MSGPACK_EMBED_STACK_SIZE */
+struct codec_scan {
+	size_t		 off;	/* bytes of the value checked so far */
+	uint64_t	 due;	/* items announced and not yet begun */
+	int		 begun;
+	int		 depth;	/* containers open */
+	uint64_t	 left[CODEC_SCAN_DEPTH];	/* items to begin in each */
+};
+enum codec_scan_status {
+	CODEC_SCAN_DONE,	/* the value is whole: off is its length */
+	CODEC_SCAN_MORE,	/* plausible so far; its end is not in buf */
+	CODEC_SCAN_TOO_LARGE,	/* announces more than fits before limit */
+	CODEC_SCAN_TOO_DEEP,	/* more than CODEC_SCAN_DEPTH containers open */
+	CODEC_SCAN_INVALID,	/* 0xc1, which msgpack never uses */
+};
+enum codec_scan_status codec_msgpack_scan(struct codec_scan *s, const void *buf,
+		    size_t len, size_t limit);
 /* 1 when s[0..len) is valid UTF-8. */
 int		 codec_utf8_valid(const char *s, size_t len);
 /* Number of code points in a valid UTF-8 string. */
@@ -275,6 +305,7 @@ struct framing_state {
 	int			 discarding;	/* JSON: skipping a long line's tail */
 	struct msgpack_unpacker	*mp;		/* msgpack: the value in progress */
 	size_t			 fed;		/* bytes of buf already in mp */
+	struct codec_scan	 scan;		/* msgpack: headers checked */
 };
 
 /*
