@@ -17,6 +17,10 @@
 #define NROWS(a)	(sizeof(a) / sizeof((a)[0]))
 /* A byte string literal with its length, NULs included. */
 #define BYTES(s)	s, sizeof(s) - 1
+/* Arrays of one element nested 31 and 32 deep, still open. */
+#define OPEN31	"\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91" \
+		"\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91"
+#define OPEN32	"\x91" OPEN31
 
 /*
  * msgpack-c allocates a container's elements as soon as it reads the
@@ -299,9 +303,7 @@ test_msgpack_errors(void)
 		    CODEC_MALFORMED, "header at byte 0 announces more" },
 		{ "huge str32", BYTES("\x81\xa1" "a\xdb\xff\xff\xff\xff"), 0,
 		    CODEC_MALFORMED, "announces more" },
-		{ "nested too deep", BYTES("\x91\x91\x91\x91\x91\x91\x91\x91"
-		    "\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91"
-		    "\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x90"), 1,
+		{ "nested too deep", BYTES(OPEN32 "\x90"), 1,
 		    CODEC_MALFORMED, "nested deeper than 32 levels" },
 	};
 
@@ -906,18 +908,12 @@ test_scan(void)
 		    0 },
 		{ "truncated array", BYTES("\x92\x01"), 100, CODEC_SCAN_MORE, 0 },
 		{ "c1", BYTES("\x91\xc1"), 0, CODEC_SCAN_INVALID, 0 },
-		{ "32 open, a 33rd", BYTES("\x91\x91\x91\x91\x91\x91\x91\x91"
-		    "\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91"
-		    "\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x90"), 0,
+		{ "32 open, a 33rd", BYTES(OPEN32 "\x90"), 0,
 		    CODEC_SCAN_TOO_DEEP, 0 },
-		{ "32 open, a scalar", BYTES("\x91\x91\x91\x91\x91\x91\x91\x91"
-		    "\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91"
-		    "\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x01"), 0,
+		{ "32 open, a scalar", BYTES(OPEN32 "\x01"), 0,
 		    CODEC_SCAN_DONE, 33 },
 		{ "closed containers free the stack",
-		    BYTES("\x92\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91"
-		    "\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91"
-		    "\x91\x91\x91\x91\x91\x01\x91\x91\x91\x91\x01"), 0,
+		    BYTES("\x92" OPEN31 "\x01\x91\x91\x91\x91\x01"), 0,
 		    CODEC_SCAN_DONE, 38 },
 	};
 	const struct scan_row	*r;
