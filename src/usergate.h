@@ -112,6 +112,8 @@ struct config {
 	/* [socket] */
 	char	*socket_path;
 	long	 socket_mode;
+	long	 socket_idle_timeout_s;
+	long	 socket_max_connections;
 
 	/* [status] */
 	char	*status_path;
@@ -341,6 +343,7 @@ json_t		*record_from_twilio(const char *body, size_t len);
 int		 record_msgpack_from_twilio(const char *body, size_t len, char **out,
 		    size_t *outlen);
 /* Parses a Twilio error body: code and message (either may be absent). */
+#define RECORD_MESSAGE_MAX	1024	/* bytes of a Twilio message kept */
 void		 record_twilio_error(const char *body, size_t len, long *code,
 		    char **message);
 /* 1 when the request asks for a FriendlyName/Attributes/RoleSid that the

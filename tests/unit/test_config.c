@@ -195,6 +195,8 @@ static const struct default_case {
 	{ "results", "reply_ttl_s", "3600", 1 },
 	{ "socket", "path", "/run/usergate/usergate.sock", 0 },
 	{ "socket", "mode", "0660", 0 },
+	{ "socket", "idle_timeout_s", "300", 1 },
+	{ "socket", "max_connections", "1000", 1 },
 	{ "status", "path", "/run/usergate/status.sock", 0 },
 	{ "status", "mode", "0660", 0 },
 	{ "log", "level", "info", 1 },
