@@ -211,6 +211,7 @@ struct http_result {
 	const char	*body;
 	size_t		 len;
 	int		 tls_failure;	/* peer could not be verified */
+	int		 out_of_fds;	/* no descriptor for a socket: not sent */
 	const char	*error;		/* transport error text, or NULL */
 	double		 seconds;	/* time taken */
 };
@@ -260,7 +261,7 @@ long		 socket_fd_budget(void);
 /* status.c: the status socket. */
 
 /* Operators' connections at once; the rest are closed at once. */
-#define STATUS_CONN_MAX		16
+#define STATUS_CONN_MAX		64
 
 int		 status_init(void);
 void		 status_shutdown(void);

@@ -13,8 +13,10 @@
 #include "config.h"
 
 #include <sys/queue.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +45,7 @@ struct http_call {
 	struct http_call	*next_free;
 	TAILQ_ENTRY(http_call)	 active;	/* while in the multi handle */
 	struct header_gen	*gen;		/* whose headers it sends */
+	int			 out_of_fds;	/* socket() said EMFILE/ENFILE */
 };
 
 struct sock_ctx {
@@ -286,6 +289,24 @@ proxy_in_env(void)
 	return 0;
 }
 
+/*
+ * curl's own socket(), plus a note of why it failed: with no descriptor
+ * left the request never reached Twilio, which is not the request's fault
+ * (job.c retries it without counting the attempt).
+ */
+static curl_socket_t
+open_socket(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+	struct http_call *c = arg;
+	curl_socket_t fd;
+
+	(void)purpose;
+	fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+	if (fd == CURL_SOCKET_BAD && (errno == EMFILE || errno == ENFILE))
+		c->out_of_fds = 1;
+	return fd;
+}
+
 static void
 apply_options(struct http_call *c)
 {
@@ -298,6 +319,8 @@ apply_options(struct http_call *c)
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);
+	curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, c);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	/* Basic auth is in the prebuilt headers (headers_build). */
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
@@ -403,6 +426,7 @@ http_send(const char *method, const char *url, const char *body, int webhook,
 	c->len = 0;
 	c->retry_after_ms = -1;
 	c->error[0] = '\0';
+	c->out_of_fds = 0;
 	if (set_url(c, url) != 0) {
 		/* Not logged: the path holds an Identity. */
 		log_error("http: the request URL does not parse");
@@ -553,6 +577,7 @@ check_done(void)
 			res.status = 0;
 			res.body = "";
 			res.tls_failure = is_tls_failure(rc);
+			res.out_of_fds = c->out_of_fds;
 			res.error = c->error[0] ? c->error : curl_easy_strerror(rc);
 		}
 		stats_observe(&stats_twilio_seconds, res.seconds);

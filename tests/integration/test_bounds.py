@@ -49,8 +49,9 @@ def test_evil_headers_on_the_redis_list(stack):
     before = proc_status(stack.d.proc.pid, "VmPeak")
     stack.push(*EVIL)
     res = stack.wait_results(len(EVIL))
+    # Each announces more than the request limit.
     assert [r["status"] for r in res] == ["invalid"] * len(EVIL), res
-    assert all(r["error"]["code"] == "malformed" for r in res), res
+    assert all(r["error"]["code"] == "too_large" for r in res), res
     assert_no_huge_allocation(stack.d, before)
 
 
@@ -71,6 +72,7 @@ def test_evil_headers_on_the_request_socket(stack):
                 break
         s.close()
         assert answers[0]["status"] == "invalid", answers
+        assert answers[0]["error"]["code"] == "too_large", answers
     assert_no_huge_allocation(stack.d, before)
 
 
@@ -277,3 +279,41 @@ def test_descriptor_exhaustion(env):
     assert log.count("Too many open files") <= 5
     for s in clients:
         s.close()
+
+
+def test_descriptors_run_out(env):
+    """Status clients (allowed 64) take every descriptor a daemon limited
+    to 40 has: accepting pauses instead of spinning, Twilio calls that
+    find no descriptor are retried without counting, and every request is
+    created once the clients leave."""
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(nofile=40, extra={"twilio.max_inflight": 2})
+    d.wait_healthy()
+    pid = d.proc.pid
+    clients = []
+    deadline = time.monotonic() + 10 * SLOW
+    while len(os.listdir("/proc/%d/fd" % pid)) < 40 and time.monotonic() < deadline:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(d.status_socket)
+        clients.append(s)
+        time.sleep(0.01)
+    # A few more wait in the listen backlog, unaccepted.
+    for _ in range(5):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(d.status_socket)
+        clients.append(s)
+    env.push(*[{"Identity": "nofd%d" % i} for i in range(5)])
+    time.sleep(1)
+    cpu = cpu_seconds(pid)
+    time.sleep(2)
+    assert cpu_seconds(pid) - cpu < 0.5, "the daemon spins"
+    assert not [r for r in env.results() if r["status"] == "failed"]
+    for s in clients:
+        s.close()
+    res = env.wait_results(5, timeout=60)
+    assert sorted(r["status"] for r in res) == ["created"] * 5, res
+    log = d.log()
+    assert "[warn]" not in log
+    assert 1 <= log.count("cannot accept connections; pausing") <= 3, log[-2000:]
+    assert log.count("no file descriptor for a Twilio connection") <= 1
