@@ -252,14 +252,24 @@ def test_long_twilio_message_is_cut(stack):
     assert "m" * 2000 not in stack.d.log()
 
 
+def limited_daemon(env, nofile, max_inflight):
+    env.start_redis()
+    env.start_twilio()
+    d = env.daemon(nofile=nofile, extra={"twilio.max_inflight": max_inflight})
+    return d.wait_healthy()
+
+
+def assert_not_spinning(pid):
+    cpu = cpu_seconds(pid)
+    time.sleep(2)
+    assert cpu_seconds(pid) - cpu < 0.5, "the daemon spins"
+
+
 def test_descriptor_exhaustion(env):
     """200 clients hold request-socket connections of a daemon limited to
     128 descriptors: Twilio and Redis keep working, nothing spins, and
     libevent's own warnings stay out of the log."""
-    env.start_redis()
-    env.start_twilio()
-    d = env.daemon(nofile=128, extra={"twilio.max_inflight": 4})
-    d.wait_healthy()
+    d = limited_daemon(env, 128, 4)
     pid = d.proc.pid
     clients = []
     for _ in range(200):
@@ -270,9 +280,7 @@ def test_descriptor_exhaustion(env):
     env.push(*[{"Identity": "fd%d" % i} for i in range(30)])
     res = env.wait_results(30, timeout=60)
     assert sorted(r["status"] for r in res) == ["created"] * 30, res
-    cpu = cpu_seconds(pid)
-    time.sleep(2)
-    assert cpu_seconds(pid) - cpu < 0.5, "the daemon spins"
+    assert_not_spinning(pid)
     assert d.status("health") == "ok"
     log = d.log()
     assert "[warn]" not in log
@@ -286,10 +294,7 @@ def test_descriptors_run_out(env):
     to 40 has: accepting pauses instead of spinning, Twilio calls that
     find no descriptor are retried without counting, and every request is
     created once the clients leave."""
-    env.start_redis()
-    env.start_twilio()
-    d = env.daemon(nofile=40, extra={"twilio.max_inflight": 2})
-    d.wait_healthy()
+    d = limited_daemon(env, 40, 2)
     pid = d.proc.pid
     clients = []
     deadline = time.monotonic() + 10 * SLOW
@@ -305,9 +310,7 @@ def test_descriptors_run_out(env):
         clients.append(s)
     env.push(*[{"Identity": "nofd%d" % i} for i in range(5)])
     time.sleep(1)
-    cpu = cpu_seconds(pid)
-    time.sleep(2)
-    assert cpu_seconds(pid) - cpu < 0.5, "the daemon spins"
+    assert_not_spinning(pid)
     assert not [r for r in env.results() if r["status"] == "failed"]
     for s in clients:
         s.close()
