@@ -291,8 +291,6 @@ conn_read(struct bufferevent *bev, void *arg)
 		if (evbuffer_copyout(in, &first, 1) == 1)
 			c->framing = framing_detect(&first, 1);
 	}
-	/* Without a first byte yet there is nothing to read, but a client
-	 * that left without a word must still be closed below. */
 	if (c->output_full)
 		return;		/* conn_write reads on once answers drain */
 	if (evbuffer_get_length(bufferevent_get_output(bev)) > INTAKE_OUTPUT_MAX) {
@@ -302,6 +300,8 @@ conn_read(struct bufferevent *bev, void *arg)
 		bufferevent_disable(bev, EV_READ);
 		return;
 	}
+	/* Without a first byte yet there is nothing to read, but a client
+	 * that left without a word must still be closed below. */
 	if (c->framing != FRAMING_UNKNOWN)
 		read_frames(c, in);
 	if (!c->closed && !room() && evbuffer_get_length(in) > 0) {
@@ -324,9 +324,10 @@ conn_write(struct bufferevent *bev, void *arg)
 		c->output_full = 0;
 		if (!c->eof && !c->throttled)
 			bufferevent_enable(bev, EV_READ);
-		conn_read(bev, c);	/* what is already buffered */
-		if (c->closed)
-			return;
+		/* What is already buffered; ends with maybe_finish, which
+		 * may free c: do not touch it after. */
+		conn_read(bev, c);
+		return;
 	}
 	maybe_finish(c);
 }
