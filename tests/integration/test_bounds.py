@@ -13,7 +13,12 @@ import time
 import msgpack
 import pytest
 
-from conftest import SLOW, wait_for, decode
+from conftest import SLOW, WRAP, wait_for, decode
+
+# Under valgrind or AddressSanitizer (whose quarantine alone holds up to
+# 256 MB of freed memory) the process' size says nothing about ours: the
+# memory bounds are checked only on a plain build, the behaviour always.
+MEASURED = not WRAP and "ASAN_OPTIONS" not in os.environ
 
 # About 42 million array elements: msgpack-c asks for 1 GiB at once, which
 # the allocator grants, so the old code's reservation shows in VmPeak.
@@ -40,6 +45,8 @@ def cpu_seconds(pid):
 
 
 def assert_no_huge_allocation(d, before_kb):
+    if not MEASURED:
+        return
     peak = proc_status(d.proc.pid, "VmPeak")
     assert peak - before_kb < 256 * 1024, \
         "VmPeak grew by %d MB" % ((peak - before_kb) // 1024)
@@ -126,7 +133,7 @@ def test_status_client_that_does_not_read_is_bounded(stack):
             time.sleep(0.01)
     time.sleep(1)
     hwm = proc_status(pid, "VmHWM")
-    assert hwm < 64 * 1024, "VmHWM %d MB after %d commands" % (hwm // 1024,
+    assert hwm < 64 * 1024 or not MEASURED, "VmHWM %d MB after %d commands" % (hwm // 1024,
                                                                sent // len(line))
     assert stack.d.status("health") == "ok"
     # Reading drains it: the client gets answers again.
@@ -224,7 +231,7 @@ def test_request_socket_client_that_does_not_read(stack):
     assert stack.d.stats()["invalid"] == answered, "still reading"
     assert sent < 40 * 1024 * 1024, "the daemon read everything"
     rss = proc_status(pid, "VmRSS")
-    assert rss < 64 * 1024, "VmRSS %d MB" % (rss // 1024)
+    assert rss < 64 * 1024 or not MEASURED, "VmRSS %d MB" % (rss // 1024)
     s.close()
 
 
@@ -236,7 +243,7 @@ def test_reloads_do_not_grow_the_daemon(stack):
     for _ in range(3000):
         assert stack.d.status("reload") == "ok"
     grown = proc_status(pid, "VmRSS") - before
-    assert grown < 1024, "VmRSS grew by %d kB over 3000 reloads" % grown
+    assert grown < 1024 or not MEASURED, "VmRSS grew by %d kB over 3000 reloads" % grown
     stack.push({"Identity": "after-reloads"})
     assert stack.wait_results(1)[0]["status"] == "created"
 
