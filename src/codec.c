@@ -369,6 +369,7 @@ decode_msgpack(const char *buf, size_t len, int want_map, json_t **out,
 {
 	msgpack_unpacked	 unpacked;
 	msgpack_unpack_return	 ret;
+	struct codec_scan	 scan;
 	enum codec_status	 status = CODEC_MALFORMED;
 	size_t			 off = 0;
 	json_t			*v;
@@ -386,6 +387,28 @@ decode_msgpack(const char *buf, size_t len, int want_map, json_t **out,
 			return CODEC_MALFORMED;
 		}
 		decode_zone_ready = 1;
+	}
+	/* Nothing announced may be bigger than what the bytes could hold:
+	 * msgpack-c would reserve it before finding out. */
+	memset(&scan, 0, sizeof(scan));
+	switch (codec_msgpack_scan(&scan, buf, len, len)) {
+	case CODEC_SCAN_DONE:
+		break;
+	case CODEC_SCAN_MORE:
+		set_error(err, errlen, "truncated msgpack (%zu bytes)", len);
+		goto done;
+	case CODEC_SCAN_TOO_LARGE:
+		set_error(err, errlen, "truncated msgpack: the header at byte "
+		    "%zu announces more than the %zu bytes hold", scan.off, len);
+		goto done;
+	case CODEC_SCAN_TOO_DEEP:
+		set_error(err, errlen, "msgpack nested deeper than %d levels",
+		    CODEC_DEPTH_MAX);
+		goto done;
+	case CODEC_SCAN_INVALID:
+	default:
+		set_error(err, errlen, "neither JSON nor valid msgpack");
+		goto done;
 	}
 	memset(&unpacked, 0, sizeof(unpacked));
 	ret = msgpack_unpack(buf, len, &off, &decode_zone, &unpacked.data);
@@ -429,6 +452,127 @@ decode_msgpack(const char *buf, size_t len, int want_map, json_t **out,
 done:
 	msgpack_zone_clear(&decode_zone);
 	return status;
+}
+
+/* The big-endian unsigned integer of n bytes at p. */
+static uint64_t
+read_be(const unsigned char *p, size_t n)
+{
+	uint64_t	 v = 0;
+
+	while (n-- > 0)
+		v = v << 8 | *p++;
+	return v;
+}
+
+/*
+ * What the first byte b of a msgpack header says: the header's length
+ * (*hdr), and either the payload bytes that follow it or, for a container
+ * (*kind 1 for an array, 2 for a map), the items it holds, two per map
+ * entry (*n).  When the count or length is in the header, it is the
+ * *lenbytes bytes after b, which the caller reads once they are there.
+ * -1 for 0xc1.
+ */
+static int
+msgpack_header(unsigned char b, size_t *hdr, size_t *lenbytes, uint64_t *n,
+    int *kind)
+{
+	/* The fixed-size types 0xc0..0xdf, from 0xc0: header length, length
+	 * field size, fixed payload, what the length counts (0 payload
+	 * bytes, 1 array elements, 2 map entries). */
+	static const struct {
+		unsigned char	 hdr, lenbytes, payload, kind;
+	} types[32] = {
+		{ 1, 0, 0, 0 }, { 0, 0, 0, 0 }, { 1, 0, 0, 0 }, { 1, 0, 0, 0 },
+		{ 2, 1, 0, 0 }, { 3, 2, 0, 0 }, { 5, 4, 0, 0 },	/* bin */
+		{ 3, 1, 0, 0 }, { 4, 2, 0, 0 }, { 6, 4, 0, 0 },	/* ext */
+		{ 1, 0, 4, 0 }, { 1, 0, 8, 0 },			/* float */
+		{ 1, 0, 1, 0 }, { 1, 0, 2, 0 }, { 1, 0, 4, 0 }, { 1, 0, 8, 0 },
+		{ 1, 0, 1, 0 }, { 1, 0, 2, 0 }, { 1, 0, 4, 0 }, { 1, 0, 8, 0 },
+		{ 2, 0, 1, 0 }, { 2, 0, 2, 0 }, { 2, 0, 4, 0 }, { 2, 0, 8, 0 },
+		{ 2, 0, 16, 0 },				/* fixext */
+		{ 2, 1, 0, 0 }, { 3, 2, 0, 0 }, { 5, 4, 0, 0 },	/* str */
+		{ 3, 2, 0, 1 }, { 5, 4, 0, 1 },			/* array */
+		{ 3, 2, 0, 2 }, { 5, 4, 0, 2 },			/* map */
+	};
+
+	*lenbytes = 0;
+	*n = 0;
+	*kind = 0;
+	*hdr = 1;
+	if (b <= 0x7f || b >= 0xe0)
+		return 0;			/* fixint */
+	if (b <= 0x8f) {
+		*n = (uint64_t)(b & 0x0f) * 2;	/* fixmap */
+		*kind = 2;
+	} else if (b <= 0x9f) {
+		*n = b & 0x0f;			/* fixarray */
+		*kind = 1;
+	} else if (b <= 0xbf)
+		*n = b & 0x1f;			/* fixstr */
+	else {
+		if (b == 0xc1)
+			return -1;
+		*hdr = types[b - 0xc0].hdr;
+		*lenbytes = types[b - 0xc0].lenbytes;
+		*n = types[b - 0xc0].payload;
+		*kind = types[b - 0xc0].kind;
+	}
+	return 0;
+}
+
+enum codec_scan_status
+codec_msgpack_scan(struct codec_scan *s, const void *buf, size_t len,
+    size_t limit)
+{
+	const unsigned char	*p = buf;
+	uint64_t		 n;
+	size_t			 hdr, lenbytes, left;
+	int			 kind;
+
+	if (!s->begun) {
+		s->begun = 1;
+		s->off = 0;
+		s->due = 1;		/* the value itself */
+		s->depth = 0;
+	}
+	while (s->due > 0) {
+		if (s->off >= len)
+			return CODEC_SCAN_MORE;
+		if (msgpack_header(p[s->off], &hdr, &lenbytes, &n, &kind) != 0)
+			return CODEC_SCAN_INVALID;
+		/* msgpack-c refuses any container, even an empty one, when its
+		 * stack is full, and before reading its count. */
+		if (kind != 0 && s->depth >= CODEC_SCAN_DEPTH)
+			return CODEC_SCAN_TOO_DEEP;
+		if (len - s->off < hdr)
+			return CODEC_SCAN_MORE;	/* the length is not here yet */
+		if (lenbytes > 0)
+			n = read_be(p + s->off + 1, lenbytes) *
+			    (kind == 2 ? 2 : 1);
+		/* This item is begun; what it holds is due, or its payload
+		 * must be there, along with a byte for each item still due. */
+		if (limit < s->off + hdr)
+			return CODEC_SCAN_TOO_LARGE;
+		left = limit - s->off - hdr;
+		if (s->due - 1 > left || n > left - (s->due - 1))
+			return CODEC_SCAN_TOO_LARGE;
+		s->off += hdr;
+		s->due--;
+		if (s->depth > 0)
+			s->left[s->depth - 1]--;
+		if (kind != 0 && n > 0) {
+			s->left[s->depth++] = n;
+			s->due += n;
+			continue;
+		}
+		if (kind == 0)
+			s->off += (size_t)n;
+		/* The item is whole: so is every container it finished. */
+		while (s->depth > 0 && s->left[s->depth - 1] == 0)
+			s->depth--;
+	}
+	return s->off <= len ? CODEC_SCAN_DONE : CODEC_SCAN_MORE;
 }
 
 static enum codec_status

@@ -116,6 +116,11 @@ static const struct config_key config_table[] = {
 	KEY_STRING("socket", "path", "/run/usergate/usergate.sock", RESTART,
 	    socket_path),
 	KEY_MODE("socket", "mode", "0660", RESTART, socket_mode),
+	/* A day at most: a client that waits longer is gone. */
+	KEY_LONG("socket", "idle_timeout_s", "300", 1, 86400, RELOAD,
+	    socket_idle_timeout_s),
+	KEY_LONG("socket", "max_connections", "1000", 1, 1000000, RELOAD,
+	    socket_max_connections),
 
 	KEY_STRING("status", "path", "/run/usergate/status.sock", RESTART,
 	    status_path),

@@ -13,6 +13,7 @@
 #include "usergate.h"
 
 struct event;
+struct evconnlistener;
 struct job;
 struct intake_conn;
 
@@ -215,6 +216,7 @@ struct http_result {
 	const char	*body;
 	size_t		 len;
 	int		 tls_failure;	/* peer could not be verified */
+	int		 out_of_fds;	/* no descriptor for a socket: not sent */
 	const char	*error;		/* transport error text, or NULL */
 	double		 seconds;	/* time taken */
 };
@@ -240,9 +242,31 @@ void		 intake_shutdown(void);
 /* Binds a Unix stream socket with mode, replacing a stale one and refusing
  * one a live daemon owns: the listening fd, or -1 (logged). */
 int		 unix_listen(const char *path, long mode, const char *what);
+/*
+ * A listening socket (unix_listen) on the event loop.  When accept fails
+ * (out of descriptors: EMFILE, ENFILE) accepting pauses for a second
+ * instead of failing again at once, with one log line per episode.
+ */
+typedef void (*socket_accept_cb)(int fd);
+struct socket_listener {
+	struct evconnlistener	*lev;
+	struct event		*resume;	/* re-enables accepting */
+	socket_accept_cb	 accepted;
+	const char		*what;
+	int			 failing;	/* an episode was logged */
+};
+int		 socket_listener_open(struct socket_listener *sl, const char *path,
+		    long mode, const char *what, socket_accept_cb accepted);
+void		 socket_listener_close(struct socket_listener *sl);
+/* Descriptors the clients of the two sockets may hold together: the soft
+ * RLIMIT_NOFILE less what Twilio, Redis and the daemon itself need. */
+long		 socket_fd_budget(void);
 
 /* ------------------------------------------------------------------ */
 /* status.c: the status socket. */
+
+/* Operators' connections at once; the rest are closed at once. */
+#define STATUS_CONN_MAX		64
 
 int		 status_init(void);
 void		 status_shutdown(void);

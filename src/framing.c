@@ -101,6 +101,25 @@ next_msgpack_value(const char *buf, size_t len, struct framing_state *st,
 			goto end;
 		}
 	}
+	/*
+	 * The headers of the value are checked before msgpack-c reads
+	 * them, which allocates what a container announces at once: what
+	 * needs more than UG_FRAME_MAX + 1 bytes is too large, whether or not
+	 * those bytes ever come.
+	 */
+	switch (codec_msgpack_scan(&st->scan, buf, look, UG_FRAME_MAX + 1)) {
+	case CODEC_SCAN_DONE:
+	case CODEC_SCAN_MORE:
+		break;
+	case CODEC_SCAN_TOO_LARGE:
+		status = FRAME_TOO_LARGE;
+		goto end;
+	case CODEC_SCAN_TOO_DEEP:
+	case CODEC_SCAN_INVALID:
+	default:
+		status = FRAME_MALFORMED;
+		goto end;
+	}
 	if ((n = look - st->fed) > 0) {
 		if (!msgpack_unpacker_reserve_buffer(st->mp, n)) {
 			status = FRAME_MALFORMED;
@@ -125,6 +144,7 @@ next_msgpack_value(const char *buf, size_t len, struct framing_state *st,
 		}
 		msgpack_zone_free(z);
 		msgpack_unpacker_reset(st->mp);
+		memset(&st->scan, 0, sizeof(st->scan));
 		st->fed -= n;
 		*frame_len = n;
 		*consumed = n;
@@ -150,6 +170,7 @@ framing_state_free(struct framing_state *st)
 		msgpack_unpacker_free(st->mp);
 	st->mp = NULL;
 	st->fed = 0;
+	memset(&st->scan, 0, sizeof(st->scan));
 }
 
 /* SPEC §6.1: a connection whose first byte is '{' speaks JSON lines. */

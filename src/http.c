@@ -13,8 +13,10 @@
 #include "config.h"
 
 #include <sys/queue.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +44,8 @@ struct http_call {
 	char			*url_text;	/* what url was parsed from */
 	struct http_call	*next_free;
 	TAILQ_ENTRY(http_call)	 active;	/* while in the multi handle */
+	struct header_gen	*gen;		/* whose headers it sends */
+	int			 out_of_fds;	/* socket() said EMFILE/ENFILE */
 };
 
 struct sock_ctx {
@@ -63,14 +67,16 @@ static int still_running;
  * header absent, true or false), built once per configuration: no list
  * per request.  The Basic Authorization line is among them, encoded once:
  * left to libcurl, it base64s and formats the credentials for every
- * request.  A reload makes a new generation; the old one stays until exit,
- * because transfers still in flight point at it (reloads are rare).
+ * request.  A reload makes a new generation; an old one stays only while
+ * transfers started with it are in flight (they point at its lists), and
+ * is freed, its secret wiped, when the last of them is done.
  */
 struct header_gen {
 	struct curl_slist	*sets[2][3];
-	struct header_gen	*older;
+	struct header_gen	*older;		/* retired, still in use */
+	long			 calls;		/* transfers using the lists */
 };
-static struct header_gen *headers;
+static struct header_gen *headers;	/* the current generation */
 
 static struct curl_slist *
 headers_for(int post, int webhook)
@@ -98,6 +104,25 @@ header_gen_free(struct header_gen *g)
 		for (j = 0; j < 3; j++)
 			slist_free_wiped(g->sets[i][j]);
 	free(g);
+}
+
+/*
+ * A transfer is done with g: a retired generation no transfer uses any
+ * more is freed.  The current one (headers) is never on the older chain.
+ */
+static void
+header_gen_release(struct header_gen *g)
+{
+	struct header_gen **pp;
+
+	if (--g->calls > 0 || g == headers)
+		return;
+	for (pp = &headers->older; *pp != NULL; pp = &(*pp)->older)
+		if (*pp == g) {
+			*pp = g->older;
+			header_gen_free(g);
+			return;
+		}
 }
 
 /* "Authorization: Basic base64(user:secret)", malloc'd, or NULL. */
@@ -169,7 +194,17 @@ headers_build(void)
 		goto fail;
 	explicit_bzero(auth, strlen(auth));
 	free(auth);
-	g->older = headers;
+	if (headers != NULL) {
+		/* The retired chain moves to the new generation, with the
+		 * old one on it while transfers use it. */
+		g->older = headers->older;
+		headers->older = NULL;
+		if (headers->calls > 0) {
+			headers->older = g->older;
+			g->older = headers;
+		} else
+			header_gen_free(headers);
+	}
 	headers = g;
 	return 0;
 fail:
@@ -254,6 +289,24 @@ proxy_in_env(void)
 	return 0;
 }
 
+/*
+ * curl's own socket(), plus a note of why it failed: with no descriptor
+ * left the request never reached Twilio, which is not the request's fault
+ * (job.c retries it without counting the attempt).
+ */
+static curl_socket_t
+open_socket(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+	struct http_call *c = arg;
+	curl_socket_t fd;
+
+	(void)purpose;
+	fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+	if (fd == CURL_SOCKET_BAD && (errno == EMFILE || errno == ENFILE))
+		c->out_of_fds = 1;
+	return fd;
+}
+
 static void
 apply_options(struct http_call *c)
 {
@@ -266,6 +319,8 @@ apply_options(struct http_call *c)
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);
+	curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, c);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	/* Basic auth is in the prebuilt headers (headers_build). */
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
@@ -321,6 +376,9 @@ call_put(struct http_call *c)
 	c->len = 0;
 	c->cb = NULL;
 	c->arg = NULL;
+	if (c->gen != NULL)
+		header_gen_release(c->gen);
+	c->gen = NULL;
 	/* Keep the answer buffer: the next answer is about the same size. */
 	if (c->cap > 64 * 1024) {
 		free(c->body);
@@ -368,12 +426,15 @@ http_send(const char *method, const char *url, const char *body, int webhook,
 	c->len = 0;
 	c->retry_after_ms = -1;
 	c->error[0] = '\0';
+	c->out_of_fds = 0;
 	if (set_url(c, url) != 0) {
 		/* Not logged: the path holds an Identity. */
 		log_error("http: the request URL does not parse");
 		goto fail;
 	}
 	curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, headers_for(body != NULL, webhook));
+	c->gen = headers;
+	headers->calls++;
 	if (body != NULL) {
 		if ((c->post = strdup(body)) == NULL)
 			goto fail;
@@ -516,6 +577,7 @@ check_done(void)
 			res.status = 0;
 			res.body = "";
 			res.tls_failure = is_tls_failure(rc);
+			res.out_of_fds = c->out_of_fds;
 			res.error = c->error[0] ? c->error : curl_easy_strerror(rc);
 		}
 		stats_observe(&stats_twilio_seconds, res.seconds);

@@ -11,14 +11,22 @@
  * A connection is freed only when it is closed AND no request of it waits
  * on Redis (refs); jobs forget a closed connection (job_forget_conn), so a
  * client that goes away loses nothing: its results still go to Redis.
+ *
+ * What a client may hold is bounded: [socket] max_connections connections
+ * (fewer when the descriptor limit leaves fewer, see socket_fd_budget),
+ * closed after idle_timeout_s without a byte either way while nothing it
+ * asked is pending, and a client that does not read its answers is not
+ * read from while INTAKE_OUTPUT_MAX bytes of them wait.
  */
 #include "config.h"
 
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +39,19 @@
 
 #include "daemon.h"
 
+/* Answers waiting for a client that does not read: beyond the high mark
+ * its requests are not read, until the answers drain below the low one. */
+#define INTAKE_OUTPUT_MAX	(1024 * 1024)
+#define INTAKE_OUTPUT_LOW	(256 * 1024)
+/*
+ * Descriptors kept from socket clients, besides one per Twilio transfer
+ * and one per resolver thread's pipe (2 * max_inflight): stdio, the event
+ * loop's, the two listeners, Redis' two connections, curl's multi handle,
+ * a secret file read on reload, and slack.
+ */
+#define FD_RESERVE		32
+#define LISTENER_PAUSE_S	1
+
 struct intake_conn {
 	TAILQ_ENTRY(intake_conn) link;
 	struct bufferevent	*bev;
@@ -41,11 +62,14 @@ struct intake_conn {
 	int			 eof;		/* client finished writing */
 	struct framing_state	 fs;		/* framing_next's, between reads */
 	int			 throttled;
+	int			 output_full;	/* not read until answers drain */
 };
 
 TAILQ_HEAD(conn_list, intake_conn);
 static struct conn_list conns = TAILQ_HEAD_INITIALIZER(conns);
-static struct evconnlistener *listener;
+static struct socket_listener listener;
+static long nconns;
+static int at_limit;		/* the connection limit was logged */
 static long pending_pushes;
 static int throttled;
 
@@ -268,6 +292,15 @@ conn_read(struct bufferevent *bev, void *arg)
 		if (evbuffer_copyout(in, &first, 1) == 1)
 			c->framing = framing_detect(&first, 1);
 	}
+	if (c->output_full)
+		return;		/* conn_write reads on once answers drain */
+	if (evbuffer_get_length(bufferevent_get_output(bev)) > INTAKE_OUTPUT_MAX) {
+		/* The client does not read its answers: read no more of its
+		 * requests, whose answers would pile up here too. */
+		c->output_full = 1;
+		bufferevent_disable(bev, EV_READ);
+		return;
+	}
 	/* Without a first byte yet there is nothing to read, but a client
 	 * that left without a word must still be closed below. */
 	if (c->framing != FRAMING_UNKNOWN)
@@ -282,10 +315,22 @@ conn_read(struct bufferevent *bev, void *arg)
 		maybe_finish(c);
 }
 
+/* Called when the output drains to INTAKE_OUTPUT_LOW or below. */
 static void
 conn_write(struct bufferevent *bev, void *arg)
 {
-	maybe_finish(arg);
+	struct intake_conn *c = arg;
+
+	if (c->output_full) {
+		c->output_full = 0;
+		if (!c->eof && !c->throttled)
+			bufferevent_enable(bev, EV_READ);
+		/* What is already buffered; ends with maybe_finish, which
+		 * may free c: do not touch it after. */
+		conn_read(bev, c);
+		return;
+	}
+	maybe_finish(c);
 }
 
 static void
@@ -293,6 +338,21 @@ conn_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct intake_conn *c = arg;
 
+	if (what & BEV_EVENT_TIMEOUT) {
+		/*
+		 * Idle: no byte either way for idle_timeout_s.  A client
+		 * waiting for the result of a slow request is not idle; a
+		 * client whose answers cannot be written is gone.  libevent
+		 * disabled the event that timed out.
+		 */
+		if ((what & BEV_EVENT_READING) && c->outstanding > 0) {
+			bufferevent_enable(bev, EV_READ);
+			return;
+		}
+		log_debug("request socket client idle; closing");
+		conn_close(c);
+		return;
+	}
 	if (what & BEV_EVENT_EOF) {
 		/* The client may have only shut its writing side and still
 		 * wait for answers: finish what is buffered first. */
@@ -313,6 +373,7 @@ conn_close(struct intake_conn *c)
 	c->closed = 1;
 	job_forget_conn(c);
 	TAILQ_REMOVE(&conns, c, link);
+	nconns--;
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 	c->refs++;
@@ -332,22 +393,49 @@ intake_throttle(int stop)
 		if (!c->throttled || c->closed)
 			continue;
 		c->throttled = 0;
-		if (!c->eof)
+		if (!c->eof && !c->output_full)
 			bufferevent_enable(c->bev, EV_READ);
 		conn_read(c->bev, c);	/* what is already buffered */
 	}
 }
 
+/* The request socket's share of socket_fd_budget. */
+static long
+connection_limit(void)
+{
+	long budget = socket_fd_budget() - STATUS_CONN_MAX;
+
+	if (budget < 1)
+		budget = 1;
+	return budget < ug.cfg->socket_max_connections ? budget :
+	    ug.cfg->socket_max_connections;
+}
+
 static void
-on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen,
-    void *arg)
+on_accept(int fd)
 {
 	struct intake_conn *c;
+	struct timeval idle = { ug.cfg->socket_idle_timeout_s, 0 };
+	long limit;
 
 	if (ug.draining) {
 		close(fd);
 		return;
 	}
+	if (nconns >= (limit = connection_limit())) {
+		/* Refused at once: the client sees its connection closed. */
+		if (!at_limit) {
+			char n[24];
+
+			snprintf(n, sizeof(n), "%ld", limit);
+			log_warn("request socket connection limit reached; closing new "
+			    "connections", "limit", n);
+			at_limit = 1;
+		}
+		close(fd);
+		return;
+	}
+	at_limit = 0;
 	if ((c = calloc(1, sizeof(*c))) == NULL) {
 		close(fd);
 		return;
@@ -359,8 +447,102 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		return;
 	}
 	TAILQ_INSERT_TAIL(&conns, c, link);
+	nconns++;
 	bufferevent_setcb(c->bev, conn_read, conn_write, conn_event, c);
+	bufferevent_set_timeouts(c->bev, &idle, &idle);
+	/* conn_write runs when the answers drain to the low mark. */
+	bufferevent_setwatermark(c->bev, EV_WRITE, INTAKE_OUTPUT_LOW, 0);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+long
+socket_fd_budget(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur > LONG_MAX)
+		return LONG_MAX;
+	return (long)rl.rlim_cur - 2 * ug.cfg->max_inflight - FD_RESERVE;
+}
+
+static void
+listener_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct socket_listener *sl = arg;
+
+	evconnlistener_enable(sl->lev);
+}
+
+/*
+ * accept failed.  libevent retries EINTR, EAGAIN and ECONNABORTED itself;
+ * anything else, above all running out of descriptors, would fail again at
+ * once on the next loop, for ever, at full CPU: pause instead, and say so
+ * once until an accept succeeds again.
+ */
+static void
+listener_error(struct evconnlistener *lev, void *arg)
+{
+	struct socket_listener *sl = arg;
+	struct timeval pause = { LISTENER_PAUSE_S, 0 };
+	int err = EVUTIL_SOCKET_ERROR();
+
+	evconnlistener_disable(lev);
+	if (!sl->failing) {
+		log_warn("cannot accept connections; pausing", "socket", sl->what,
+		    "error", strerror(err));
+		sl->failing = 1;
+	}
+	evtimer_add(sl->resume, &pause);
+}
+
+static void
+listener_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+    int socklen, void *arg)
+{
+	struct socket_listener *sl = arg;
+
+	if (sl->failing) {
+		log_info("accepting connections again", "socket", sl->what);
+		sl->failing = 0;
+	}
+	sl->accepted(fd);
+}
+
+int
+socket_listener_open(struct socket_listener *sl, const char *path, long mode,
+    const char *what, socket_accept_cb accepted)
+{
+	int fd = unix_listen(path, mode, what);
+
+	memset(sl, 0, sizeof(*sl));
+	if (fd < 0)
+		return -1;
+	sl->what = what;
+	sl->accepted = accepted;
+	sl->resume = evtimer_new(ug.base, listener_resume, sl);
+	sl->lev = evconnlistener_new(ug.base, listener_accept, sl, LEV_OPT_CLOSE_ON_FREE,
+	    -1, fd);
+	if (sl->resume == NULL || sl->lev == NULL) {
+		if (sl->lev == NULL)
+			close(fd);
+		socket_listener_close(sl);
+		log_error("cannot listen on socket", "socket", what);
+		return -1;
+	}
+	evconnlistener_set_error_cb(sl->lev, listener_error);
+	return 0;
+}
+
+void
+socket_listener_close(struct socket_listener *sl)
+{
+	if (sl->lev != NULL)
+		evconnlistener_free(sl->lev);
+	if (sl->resume != NULL)
+		event_free(sl->resume);
+	sl->lev = NULL;
+	sl->resume = NULL;
 }
 
 /*
@@ -439,15 +621,17 @@ unix_listen(const char *path, long mode, const char *what)
 int
 intake_init(void)
 {
-	int fd = unix_listen(ug.cfg->socket_path, ug.cfg->socket_mode, "request");
+	char want[24], have[24];
 
-	if (fd < 0)
+	if (socket_listener_open(&listener, ug.cfg->socket_path, ug.cfg->socket_mode,
+	    "request", on_accept) != 0)
 		return -1;
-	listener = evconnlistener_new(ug.base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-	if (listener == NULL) {
-		close(fd);
-		log_error("cannot listen on the request socket");
-		return -1;
+	if (connection_limit() < ug.cfg->socket_max_connections) {
+		snprintf(want, sizeof(want), "%ld", ug.cfg->socket_max_connections);
+		snprintf(have, sizeof(have), "%ld", connection_limit());
+		log_warn("the descriptor limit (RLIMIT_NOFILE) leaves fewer request "
+		    "socket connections than max_connections", "max_connections", want,
+		    "limit", have);
 	}
 	return 0;
 }
@@ -461,9 +645,8 @@ intake_shutdown(void)
 {
 	struct intake_conn *c;
 
-	if (listener != NULL) {
-		evconnlistener_free(listener);
-		listener = NULL;
+	if (listener.lev != NULL) {
+		socket_listener_close(&listener);
 		unlink(ug.cfg->socket_path);
 	}
 	if (!ug.draining || event_base_got_exit(ug.base)) {

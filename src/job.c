@@ -93,6 +93,7 @@ struct job {
 
 	int			 attempts;	/* HTTP requests made */
 	int			 tries;		/* counted against max_attempts */
+	int			 fd_waits;	/* not sent: no descriptor (backoff) */
 	int			 retrying;	/* next HTTP request is a retry */
 	int			 claim_refusals;	/* a key of its Identity had the wrong type */
 	long			 claim_poll_ms;
@@ -842,6 +843,19 @@ record_straight(struct job *j, const struct http_result *res)
 	return 1;
 }
 
+/* One warning a minute at most: every request in flight meets it. */
+static void
+log_fd_shortage(void)
+{
+	static double last = -1e9;
+
+	if (now_monotonic() - last < 60)
+		return;
+	last = now_monotonic();
+	log_warn("no file descriptor for a Twilio connection (RLIMIT_NOFILE); "
+	    "retrying without counting the attempt");
+}
+
 static void
 on_http(const struct http_result *res, void *arg)
 {
@@ -852,6 +866,22 @@ on_http(const struct http_result *res, void *arg)
 	char *message = NULL;
 	json_t *rec;
 
+	if (res->out_of_fds) {
+		/* Nothing reached Twilio: not an attempt, whatever holds the
+		 * descriptors.  Retried with a backoff of its own, which grows
+		 * as max_attempts would not let the usual one. */
+		log_fd_shortage();
+		log_debug("no descriptor for a Twilio connection; retrying",
+		    "request_id", j->request_id);
+		j->attempts--;
+		j->tries--;
+		remember_answer(j, res, 0, NULL);
+		j->state = JOB_BACKOFF;
+		set_timer(j, pace_backoff_ms(++j->fd_waits, ug.cfg->base_delay_ms,
+		    ug.cfg->max_delay_ms, -1, random_unit()), backoff_cb);
+		send_pump();
+		return;
+	}
 	if (res->status >= 400)
 		record_twilio_error(res->body, res->len, &code, &message);
 	remember_answer(j, res, code, message);

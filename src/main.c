@@ -288,6 +288,53 @@ persist_timer(event_callback_fn cb, long usec)
 	return ev;
 }
 
+/* libevent's own messages, at most this many a second (the rest counted). */
+#define LIBEVENT_LOG_PER_S	5
+
+/*
+ * libevent writes its warnings ("[warn] Error from accept() call: Too many
+ * open files", once per loop when nothing stops it) to stderr, outside
+ * logfmt and without bound.  They go through our log instead, rate-limited.
+ */
+static void
+libevent_log(int severity, const char *msg)
+{
+	static time_t		 second;
+	static unsigned		 lines;
+	static unsigned long	 dropped;
+	struct timespec		 now;
+	enum log_level		 level;
+	char			 n[24];
+
+	switch (severity) {
+	case EVENT_LOG_DEBUG:
+		level = LOG_LEVEL_DEBUG;
+		break;
+	case EVENT_LOG_MSG:
+		level = LOG_LEVEL_INFO;
+		break;
+	case EVENT_LOG_WARN:
+		level = LOG_LEVEL_WARNING;
+		break;
+	default:
+		level = LOG_LEVEL_ERROR;
+		break;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (now.tv_sec != second) {
+		second = now.tv_sec;
+		lines = 0;
+	}
+	if (++lines > LIBEVENT_LOG_PER_S) {
+		dropped++;
+		return;
+	}
+	snprintf(n, sizeof(n), "%lu", dropped);
+	log_kv(level, "libevent", "message", msg, "suppressed",
+	    dropped > 0 ? n : NULL, (char *)NULL);
+	dropped = 0;
+}
+
 /*
  * libevent measures timers with CLOCK_MONOTONIC_COARSE unless told
  * otherwise: a clock up to a tick (4 ms here) behind, so a wait of exactly
@@ -304,6 +351,7 @@ new_event_base(void)
 	if ((cfg = event_config_new()) == NULL)
 		return NULL;
 	event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+	event_set_log_callback(libevent_log);
 	base = event_base_new_with_config(cfg);
 	event_config_free(cfg);
 	return base;

@@ -441,8 +441,31 @@ record_from_twilio(const char *body, size_t len, const char *identity,
  * Twilio's error body is {"code": 20404, "message": "...", "more_info": ...,
  * "status": 404}.  Whatever is missing or of another type is reported as
  * absent (0, NULL), never guessed; an HTML page from a proxy is simply no
- * code.  Either output pointer may be NULL.
+ * code.  Either output pointer may be NULL.  A message longer than
+ * RECORD_MESSAGE_MAX bytes is cut there, on a character boundary, and
+ * ends with "…": it is kept in the job, logged and stored in results.
  */
+/* s[0..len) as a string of at most RECORD_MESSAGE_MAX bytes and "…". */
+static char *
+truncated_message(const char *s, size_t len)
+{
+	static const char ellipsis[] = "\xe2\x80\xa6";
+	char	*out;
+	size_t	 n = len;
+
+	if (len <= RECORD_MESSAGE_MAX)
+		return strndup(s, len);
+	/* Back to the start of the character that does not fit whole. */
+	n = RECORD_MESSAGE_MAX;
+	while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	if ((out = malloc(n + sizeof(ellipsis))) == NULL)
+		return NULL;
+	memcpy(out, s, n);
+	memcpy(out + n, ellipsis, sizeof(ellipsis));
+	return out;
+}
+
 void
 record_twilio_error(const char *body, size_t len, long *code, char **message)
 {
@@ -460,7 +483,8 @@ record_twilio_error(const char *body, size_t len, long *code, char **message)
 	v = json_object_get(answer, "message");
 	/* Allocation failure leaves it NULL: the message is a courtesy. */
 	if (message != NULL && json_is_string(v))
-		*message = strdup(json_string_value(v));
+		*message = truncated_message(json_string_value(v),
+		    json_string_length(v));
 	json_decref(answer);
 }
 

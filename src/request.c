@@ -738,6 +738,21 @@ request_parse(const void *buf, size_t len, const struct reply_scope *scope,
 		return reject(err, errlen, REQ_TOO_LARGE,
 		    "request is %llu bytes, over the limit of %d", total, UG_FRAME_MAX);
 	}
+	/*
+	 * msgpack that announces more than the limit is too large however
+	 * much of it came: the request socket stops reading at such a
+	 * header, and on Redis its bytes may be truncated or a lie.
+	 */
+	if (len > 0 && *(const char *)buf != '{') {
+		struct codec_scan scan;
+
+		memset(&scan, 0, sizeof(scan));
+		if (codec_msgpack_scan(&scan, buf, len, UG_FRAME_MAX) ==
+		    CODEC_SCAN_TOO_LARGE)
+			return reject(err, errlen, REQ_TOO_LARGE,
+			    "msgpack header at byte %zu announces more than the "
+			    "limit of %d bytes", scan.off, UG_FRAME_MAX);
+	}
 
 	/*
 	 * codec_decode_any rather than codec_decode: the "not a map"

@@ -26,6 +26,10 @@
 #define STATUS_IDLE_S		30
 #define STATUS_LINE_MAX		1024
 #define STATUS_INPUT_MAX	(64 * 1024)	/* bytes read ahead of answers */
+/* Answers waiting for a client that sends commands without reading them:
+ * beyond the high mark no command is read until they drain to the low. */
+#define STATUS_OUTPUT_MAX	(1024 * 1024)
+#define STATUS_OUTPUT_LOW	(256 * 1024)
 #define DEAD_LIST_DEFAULT	10
 #define DEAD_LIST_MAX		10000
 #define PAUSE_POLL_MS		10
@@ -43,7 +47,8 @@ struct status_conn {
 
 TAILQ_HEAD(status_list, status_conn);
 static struct status_list conns = TAILQ_HEAD_INITIALIZER(conns);
-static struct evconnlistener *listener;
+static struct socket_listener listener;
+static int nconns;
 
 static const char help_text[] =
 	"show stats        counters and state, one JSON object\n"
@@ -478,6 +483,12 @@ conn_read(struct bufferevent *bev, void *arg)
 	size_t len;
 
 	while (!c->closed && !c->busy && !c->closing) {
+		/* Read on in conn_write, once the client took its answers. */
+		if (evbuffer_get_length(bufferevent_get_output(bev)) >
+		    STATUS_OUTPUT_MAX) {
+			bufferevent_disable(bev, EV_READ);
+			return;
+		}
 		line = evbuffer_readln(in, &len, EVBUFFER_EOL_ANY);
 		/*
 		 * A line over the limit is answered, and the connection
@@ -500,11 +511,16 @@ conn_read(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* Called when the output drains to STATUS_OUTPUT_LOW or below. */
 static void
 conn_write(struct bufferevent *bev, void *arg)
 {
 	struct status_conn *c = arg;
 
+	if (!c->eof && !c->closing && !(bufferevent_get_enabled(bev) & EV_READ)) {
+		bufferevent_enable(bev, EV_READ);
+		conn_read(bev, c);
+	}
 	maybe_close(c);
 }
 
@@ -531,6 +547,7 @@ conn_close(struct status_conn *c)
 		return;
 	c->closed = 1;
 	TAILQ_REMOVE(&conns, c, link);
+	nconns--;
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 	c->refs++;
@@ -538,41 +555,39 @@ conn_close(struct status_conn *c)
 }
 
 static void
-on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen,
-    void *arg)
+on_accept(int fd)
 {
-	struct status_conn *c = calloc(1, sizeof(*c));
+	struct status_conn *c;
 	struct timeval idle = { STATUS_IDLE_S, 0 };
 
-	if (c == NULL || (c->bev = bufferevent_socket_new(ug.base, fd,
-	    BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+	/* Operators need few; the descriptors are kept for Twilio. */
+	if (nconns >= STATUS_CONN_MAX || (c = calloc(1, sizeof(*c))) == NULL) {
+		close(fd);
+		return;
+	}
+	if ((c->bev = bufferevent_socket_new(ug.base, fd, BEV_OPT_CLOSE_ON_FREE)) ==
+	    NULL) {
 		free(c);
 		close(fd);
 		return;
 	}
 	TAILQ_INSERT_TAIL(&conns, c, link);
+	nconns++;
 	bufferevent_setcb(c->bev, conn_read, conn_write, conn_event, c);
-	bufferevent_set_timeouts(c->bev, &idle, NULL);
+	/* Also a client that takes none of its answers for that long. */
+	bufferevent_set_timeouts(c->bev, &idle, &idle);
 	/* Commands sent ahead of their answers wait in the input buffer;
 	 * beyond this much, stop reading until they are answered. */
 	bufferevent_setwatermark(c->bev, EV_READ, 0, STATUS_INPUT_MAX);
+	bufferevent_setwatermark(c->bev, EV_WRITE, STATUS_OUTPUT_LOW, 0);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
 int
 status_init(void)
 {
-	int fd = unix_listen(ug.cfg->status_path, ug.cfg->status_mode, "status");
-
-	if (fd < 0)
-		return -1;
-	listener = evconnlistener_new(ug.base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-	if (listener == NULL) {
-		close(fd);
-		log_error("cannot listen on the status socket");
-		return -1;
-	}
-	return 0;
+	return socket_listener_open(&listener, ug.cfg->status_path,
+	    ug.cfg->status_mode, "status", on_accept);
 }
 
 void
@@ -580,9 +595,8 @@ status_shutdown(void)
 {
 	struct status_conn *c;
 
-	if (listener != NULL) {
-		evconnlistener_free(listener);
-		listener = NULL;
+	if (listener.lev != NULL) {
+		socket_listener_close(&listener);
 		unlink(ug.cfg->status_path);
 	}
 	while ((c = TAILQ_FIRST(&conns)) != NULL)

@@ -148,6 +148,8 @@ struct config {
 	/* [socket] */
 	char	*socket_path;
 	long	 socket_mode;
+	long	 socket_idle_timeout_s;
+	long	 socket_max_connections;
 
 	/* [status] */
 	char	*status_path;
@@ -236,6 +238,36 @@ int		 codec_encode_bin(const void *buf, size_t len, char **out, size_t *outlen);
 /* 1 when every string and key in v is valid UTF-8 (v was decoded from
  * msgpack, which keeps a str that is not: see codec_decode). */
 int		 codec_text_valid(const json_t *v);
+/*
+ * A check of msgpack headers before msgpack-c sees them: msgpack-c
+ * allocates a container's elements as soon as it reads the header, so five
+ * bytes announcing 4 billion entries ask for 64 GiB.  The scanner walks the
+ * headers of one value without building anything and counts the items
+ * still due (an array element one, a map entry two); as each item takes at
+ * least a byte, they and every str, bin and ext payload must fit in the
+ * bytes left before limit.  Nesting is bounded as msgpack-c's own stack
+ * bounds it (CODEC_SCAN_DEPTH open containers), so the first fault in the
+ * bytes is the one reported, as msgpack-c would.  It resumes where it
+ * stopped when more bytes of the same value arrive (buf then starts at the
+ * same value, longer).  Zero the state before the first call.
+ */
+#define CODEC_SCAN_DEPTH	32	/* msgpack-c's MSGPACK_EMBED_STACK_SIZE */
+struct codec_scan {
+	size_t		 off;	/* bytes of the value checked so far */
+	uint64_t	 due;	/* items announced and not yet begun */
+	int		 begun;
+	int		 depth;	/* containers open */
+	uint64_t	 left[CODEC_SCAN_DEPTH];	/* items to begin in each */
+};
+enum codec_scan_status {
+	CODEC_SCAN_DONE,	/* the value is whole: off is its length */
+	CODEC_SCAN_MORE,	/* plausible so far; its end is not in buf */
+	CODEC_SCAN_TOO_LARGE,	/* announces more than fits before limit */
+	CODEC_SCAN_TOO_DEEP,	/* more than CODEC_SCAN_DEPTH containers open */
+	CODEC_SCAN_INVALID,	/* 0xc1, which msgpack never uses */
+};
+enum codec_scan_status codec_msgpack_scan(struct codec_scan *s, const void *buf,
+		    size_t len, size_t limit);
 /* 1 when s[0..len) is valid UTF-8. */
 int		 codec_utf8_valid(const char *s, size_t len);
 /* Number of code points in a valid UTF-8 string. */
@@ -331,6 +363,7 @@ struct framing_state {
 	int			 discarding;	/* JSON: skipping a long line's tail */
 	struct msgpack_unpacker	*mp;		/* msgpack: the value in progress */
 	size_t			 fed;		/* bytes of buf already in mp */
+	struct codec_scan	 scan;		/* msgpack: headers checked */
 };
 
 /*
@@ -378,6 +411,7 @@ json_t		*record_from_twilio(const char *body, size_t len, const char *identity,
 int		 record_msgpack_from_twilio(const char *body, size_t len,
 		    const char *identity, char **out, size_t *outlen);
 /* Parses a Twilio error body: code and message (either may be absent). */
+#define RECORD_MESSAGE_MAX	1024	/* bytes of a Twilio message kept */
 void		 record_twilio_error(const char *body, size_t len, long *code,
 		    char **message);
 /* 1 when the request asks for a FriendlyName/Attributes/RoleSid that the

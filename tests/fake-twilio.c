@@ -63,6 +63,7 @@
  *   auth_down       [false] every API request: 401 20003
  *   forbidden       [false] every API request: 403 20003
  *   reserved_prefix [null]  identities starting with it: 400 50203
+ *   error_message   [null]  a string: the message of every error answer
  *   seed            [null]  an integer; setting it reseeds the random number
  *                           generator now, for repeatable runs
  *   bad_answer      [null]  "sid" or "identity": every user record answered
@@ -297,6 +298,7 @@ static const struct fault_key {
 	{ "auth_down", KIND_BOOL },
 	{ "forbidden", KIND_BOOL },
 	{ "reserved_prefix", KIND_STRING_OR_NULL },
+	{ "error_message", KIND_STRING_OR_NULL },
 	{ "seed", KIND_INTEGER_OR_NULL },
 	{ "next", KIND_FAULT_NAMES },
 	{ "bad_answer", KIND_ANSWER_FIELD },
@@ -1188,8 +1190,12 @@ drop_connection(struct evhttp_request *req)
 static void
 twilio_error(struct answer *a, int status, int code, const char *message)
 {
+	const char *forced;
 	char	more_info[64];
 
+	forced = json_string_value(json_object_get(state.faults, "error_message"));
+	if (forced != NULL)
+		message = forced;
 	(void)snprintf(more_info, sizeof(more_info), ERRORS_URL "%d", code);
 	a->outcome = OUTCOME_ANSWER;
 	a->status = status;

@@ -163,7 +163,7 @@ class Daemon:
     """usergated with a config of its own in a private directory."""
 
     def __init__(self, workdir, redis, twilio, name="ug", extra=None, env=None,
-                 instance_id=None, start=True, secret=API_SECRET):
+                 instance_id=None, start=True, secret=API_SECRET, nofile=None):
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.redis = redis
@@ -177,6 +177,7 @@ class Daemon:
         os.chmod(self.secret_file, 0o600)
         self.instance_id = instance_id or name
         self.extra = extra or {}
+        self.nofile = nofile    # a soft RLIMIT_NOFILE for the daemon
         self.env = dict(os.environ)
         for k in list(self.env):
             if k.startswith("TWILIO_") or k in ("NOTIFY_SOCKET", "WATCHDOG_USEC",
@@ -225,12 +226,18 @@ class Daemon:
     def start(self, wait=True):
         self.logf = open(self.log_path, "a")
         self.proc = subprocess.Popen(WRAP + [USERGATED, "-c", self.conf], stdout=self.logf,
-                                     stderr=self.logf, env=self.env)
+                                     stderr=self.logf, env=self.env,
+                                     preexec_fn=self._limit if self.nofile else None)
         self.procs.append(self.proc)
         if wait:
             wait_for(lambda: self.health_or_none() is not None or self.proc.poll() is not None,
                      what="usergated status socket")
             assert self.proc.poll() is None, "usergated exited: " + self.log()
+
+    def _limit(self):
+        import resource
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
 
     def wait_healthy(self, timeout=30):
         """Waits until the daemon is connected to Redis: start() returns as

@@ -17,20 +17,10 @@
 #define NROWS(a)	(sizeof(a) / sizeof((a)[0]))
 /* A byte string literal with its length, NULs included. */
 #define BYTES(s)	s, sizeof(s) - 1
-
-/*
- * msgpack-c allocates a container's elements as soon as it reads the
- * header, so 5 bytes announcing 4 billion elements ask malloc for 64 GiB.
- * glibc says no and the codec reports malformed; AddressSanitizer (the
- * --enable-sanitizers build) aborts instead unless told to return NULL
- * like the real allocator.  Only read when built with ASan.
- */
-const char	*__asan_default_options(void);
-const char *
-__asan_default_options(void)
-{
-	return "allocator_may_return_null=1";
-}
+/* Arrays of one element nested 31 and 32 deep, still open. */
+#define OPEN31	"\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91" \
+		"\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91"
+#define OPEN32	"\x91" OPEN31
 
 /*
  * CU_ASSERT with a row name: CUnit copies the condition text into its
@@ -292,9 +282,15 @@ test_msgpack_errors(void)
 		{ "ext, any", BYTES("\xd4\x01\x00"), 1, CODEC_MALFORMED, "ext" },
 		/* A 5-byte header announcing 4 billion elements. */
 		{ "huge array header", BYTES("\x81\xa1" "a\xdd\xff\xff\xff\xff"), 0,
-		    CODEC_MALFORMED, NULL },
+		    CODEC_MALFORMED, "announces more than the 8 bytes hold" },
 		{ "huge map header", BYTES("\xdf\x00\x10\x00\x00"), 0,
-		    CODEC_MALFORMED, NULL },
+		    CODEC_MALFORMED, "announces more" },
+		{ "huge map32, any", BYTES("\xdf\xff\xff\xff\xff"), 1,
+		    CODEC_MALFORMED, "header at byte 0 announces more" },
+		{ "huge str32", BYTES("\x81\xa1" "a\xdb\xff\xff\xff\xff"), 0,
+		    CODEC_MALFORMED, "announces more" },
+		{ "nested too deep", BYTES(OPEN32 "\x90"), 1,
+		    CODEC_MALFORMED, "nested deeper than 32 levels" },
 	};
 
 	run_decode_rows(rows, NROWS(rows));
@@ -865,6 +861,107 @@ test_bin_and_text(void)
 	json_decref(v);
 }
 
+struct scan_row {
+	const char		*name;
+	const char		*bytes;
+	size_t			 len;
+	size_t			 limit;		/* 0: len */
+	enum codec_scan_status	 want;
+	size_t			 off;		/* the length, for DONE */
+};
+
+/*
+ * The header scanner alone: each row whole, then again a byte at a time,
+ * resuming, which must come to the same answer.
+ */
+static void
+test_scan(void)
+{
+	static const struct scan_row rows[] = {
+		{ "fixint", BYTES("\x05"), 0, CODEC_SCAN_DONE, 1 },
+		{ "empty map", BYTES("\x80"), 0, CODEC_SCAN_DONE, 1 },
+		{ "map of str", BYTES("\x81\xa1" "a\xa2" "bc"), 0,
+		    CODEC_SCAN_DONE, 6 },
+		{ "value then more", BYTES("\x92\x01\x02\xff\xff"), 0,
+		    CODEC_SCAN_DONE, 3 },
+		{ "every scalar", BYTES("\xdc\x00\x11\xc0\xc2\xc3\xc4\x01" "a"
+		    "\xc5\x00\x01" "a\xc6\x00\x00\x00\x01" "a"
+		    "\xc7\x01\x05" "a\xc8\x00\x01\x05" "a"
+		    "\xc9\x00\x00\x00\x01\x05" "a"
+		    "\xca\x00\x00\x00\x00\xcb\x00\x00\x00\x00\x00\x00\x00\x00"
+		    "\xcc\x01\xcd\x00\x01\xd4\x01\x00"
+		    "\xd9\x01" "a\xda\x00\x01" "a\xff"), 0, CODEC_SCAN_DONE, 65 },
+		{ "array16 and map16", BYTES("\xdc\x00\x01\xde\x00\x01\xa0\xe0"),
+		    0, CODEC_SCAN_DONE, 8 },
+		{ "ext8 length is not its type", BYTES("\xc7\x00\xff"), 0,
+		    CODEC_SCAN_DONE, 3 },
+		{ "nested, last child a container",
+		    BYTES("\x92\x91\x91\x01\x81\xa0\x92\x01\x02"), 0,
+		    CODEC_SCAN_DONE, 9 },
+		{ "array32 of 4 billion", BYTES("\xdd\xff\xff\xff\xff"), 0,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "map32 of 4 billion", BYTES("\xdf\xff\xff\xff\xff"), 0,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "str32 of 4 GiB", BYTES("\xdb\xff\xff\xff\xff"), 0,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "bin32 of 4 GiB", BYTES("\xc6\xff\xff\xff\xff"), 0,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "ext32 of 4 GiB", BYTES("\xc9\xff\xff\xff\xff\x01"), 0,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "map entry needs two bytes", BYTES("\x82\x01\x02\x03"), 0,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "array of 3 in 2 bytes", BYTES("\x93\x01\x02"), 0,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "nested counts add up", BYTES("\x92\x93\x01\x01\x01"), 0,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "huge inside a map", BYTES("\x81\xa1" "a\xdd\x00\x01\x00\x00"
+		    "\x01\x01"), 0, CODEC_SCAN_TOO_LARGE, 0 },
+		{ "fits the limit, not the bytes", BYTES("\xdc\x00\x10\x01"),
+		    100, CODEC_SCAN_MORE, 0 },
+		{ "over the limit, not arrived", BYTES("\xdc\x01\x00\x01"), 100,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "str over the limit", BYTES("\xda\x00\x64" "ab"), 100,
+		    CODEC_SCAN_TOO_LARGE, 0 },
+		{ "str at the limit", BYTES("\xda\x00\x61" "ab"), 100,
+		    CODEC_SCAN_MORE, 0 },
+		{ "truncated header", BYTES("\xdd\x00\x00"), 0,
+		    CODEC_SCAN_MORE, 0 },
+		{ "truncated payload", BYTES("\xa3" "ab"), 0, CODEC_SCAN_TOO_LARGE,
+		    0 },
+		{ "truncated array", BYTES("\x92\x01"), 100, CODEC_SCAN_MORE, 0 },
+		{ "c1", BYTES("\x91\xc1"), 0, CODEC_SCAN_INVALID, 0 },
+		{ "32 open, a 33rd", BYTES(OPEN32 "\x90"), 0,
+		    CODEC_SCAN_TOO_DEEP, 0 },
+		{ "32 open, a scalar", BYTES(OPEN32 "\x01"), 0,
+		    CODEC_SCAN_DONE, 33 },
+		{ "closed containers free the stack",
+		    BYTES("\x92" OPEN31 "\x01\x91\x91\x91\x91\x01"), 0,
+		    CODEC_SCAN_DONE, 38 },
+	};
+	const struct scan_row	*r;
+	struct codec_scan	 s;
+	enum codec_scan_status	 st, whole;
+	size_t			 i, n, limit;
+
+	for (i = 0; i < NROWS(rows); i++) {
+		r = &rows[i];
+		limit = r->limit != 0 ? r->limit : r->len;
+		memset(&s, 0, sizeof(s));
+		whole = codec_msgpack_scan(&s, r->bytes, r->len, limit);
+		CHECK(whole == r->want, "%s: status %d, want %d", r->name,
+		    (int)whole, (int)r->want);
+		if (whole == CODEC_SCAN_DONE)
+			CHECK(s.off == r->off, "%s: length %zu, want %zu",
+			    r->name, s.off, r->off);
+		memset(&s, 0, sizeof(s));
+		st = CODEC_SCAN_MORE;
+		for (n = 0; n <= r->len && st == CODEC_SCAN_MORE; n++)
+			st = codec_msgpack_scan(&s, r->bytes, n, limit);
+		CHECK(st == whole, "%s: a byte at a time gives %d, whole %d",
+		    r->name, (int)st, (int)whole);
+	}
+}
+
 int
 main(void)
 {
@@ -875,6 +972,7 @@ main(void)
 		{ "JSON round trip", test_json_round_trip },
 		{ "msgpack types", test_msgpack_types },
 		{ "msgpack errors", test_msgpack_errors },
+		{ "msgpack header scanner", test_scan },
 		{ "JSON errors", test_json_errors },
 		{ "truncated input", test_truncated },
 		{ "depth limit", test_depth },

@@ -197,6 +197,8 @@ static const struct default_case {
 	{ "results", "dead_max", "10000", 1 },
 	{ "socket", "path", "/run/usergate/usergate.sock", 0 },
 	{ "socket", "mode", "0660", 0 },
+	{ "socket", "idle_timeout_s", "300", 1 },
+	{ "socket", "max_connections", "1000", 1 },
 	{ "status", "path", "/run/usergate/status.sock", 0 },
 	{ "status", "mode", "0660", 0 },
 	{ "log", "level", "info", 1 },

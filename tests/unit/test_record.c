@@ -508,6 +508,49 @@ test_twilio_error(void)
 	CU_ASSERT(code == 50201);
 }
 
+/*
+ * A message is kept up to RECORD_MESSAGE_MAX bytes, cut on a character
+ * boundary and marked with an ellipsis: it goes into results and logs.
+ */
+static void
+test_twilio_error_long_message(void)
+{
+	static const struct {
+		const char	*name;
+		size_t		 ascii;		/* 'a's before the tail */
+		const char	*tail;
+		size_t		 want_len;	/* of the message kept */
+	} rows[] = {
+		{ "at the limit", RECORD_MESSAGE_MAX, "", RECORD_MESSAGE_MAX },
+		{ "100 KiB", 100 * 1024, "", RECORD_MESSAGE_MAX + 3 },
+		{ "a character across the limit", RECORD_MESSAGE_MAX - 1,
+		    "\xc3\xa9", RECORD_MESSAGE_MAX - 1 + 3 },
+	};
+	char	*body, *message;
+	size_t	 i, len;
+	long	 code;
+
+	for (i = 0; i < NROWS(rows); i++) {
+		len = rows[i].ascii + strlen(rows[i].tail) + 64;
+		CU_ASSERT_FATAL((body = malloc(len)) != NULL);
+		len = (size_t)snprintf(body, len, "{\"code\":21000,\"message\":\"%0*d%s\"}",
+		    (int)rows[i].ascii, 0, rows[i].tail);
+		memset(body + strlen("{\"code\":21000,\"message\":\""), 'a',
+		    rows[i].ascii);
+		record_twilio_error(body, len, &code, &message);
+		CHECK(message != NULL && strlen(message) == rows[i].want_len,
+		    "%s: %zu bytes, want %zu", rows[i].name,
+		    message ? strlen(message) : 0, rows[i].want_len);
+		if (rows[i].want_len > RECORD_MESSAGE_MAX)
+			CHECK(message != NULL && strcmp(message +
+			    strlen(message) - 3, "\xe2\x80\xa6") == 0 &&
+			    codec_utf8_valid(message, strlen(message)),
+			    "%s: no ellipsis", rows[i].name);
+		free(message);
+		free(body);
+	}
+}
+
 static void
 test_differs(void)
 {
@@ -628,6 +671,7 @@ main(void)
 		{ "msgpack straight from cJSON", test_msgpack_straight },
 		{ "a dropped field that is not UTF-8", test_dropped_field_not_utf8 },
 		{ "Twilio error bodies", test_twilio_error },
+		{ "a long Twilio message is cut", test_twilio_error_long_message },
 		{ "record_differs", test_differs },
 		{ "record_differs with parsed requests", test_differs_parsed },
 	};

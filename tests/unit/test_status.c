@@ -92,12 +92,20 @@ queue_dead_retry(long n, queue_count_cb *cb, void *arg)
 	return -1;
 }
 int
-unix_listen(const char *path, long mode, const char *what)
+socket_listener_open(struct socket_listener *sl, const char *path, long mode,
+    const char *what, socket_accept_cb accepted)
 {
+	(void)sl;
 	(void)path;
 	(void)mode;
 	(void)what;
+	(void)accepted;
 	return -1;
+}
+void
+socket_listener_close(struct socket_listener *sl)
+{
+	(void)sl;
 }
 
 /* ------------------------------------------------------------------ */
