@@ -19,20 +19,6 @@
 #define BYTES(s)	s, sizeof(s) - 1
 
 /*
- * msgpack-c allocates a container's elements as soon as it reads the
- * header, so 5 bytes announcing 4 billion elements ask malloc for 64 GiB.
- * glibc says no and the codec reports malformed; AddressSanitizer (the
- * --enable-sanitizers build) aborts instead unless told to return NULL
- * like the real allocator.  Only read when built with ASan.
- */
-const char	*__asan_default_options(void);
-const char *
-__asan_default_options(void)
-{
-	return "allocator_may_return_null=1";
-}
-
-/*
  * CU_ASSERT with a row name: CUnit copies the condition text into its
  * failure record, so the report says which row failed.
  */
