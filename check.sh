@@ -56,7 +56,7 @@ if [ "${QUICK:-0}" = 1 ]; then
 	exit 0
 fi
 echo "== AddressSanitizer + UBSan build and test"
-USERGATE_TEST_SLOWDOWN=3 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 \
+USERGATE_TEST_SLOWDOWN=3 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	run_suite build-asan --enable-sanitizers CC=gcc
 echo "== distcheck"

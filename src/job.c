@@ -413,8 +413,7 @@ static void
 on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 {
 	struct job *j = arg;
-	json_t *user = NULL;
-	char err[128];
+	json_t *user;
 
 	switch (o) {
 	case CLAIM_OWNED:
@@ -423,13 +422,11 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 		start_attempt(j);
 		return;
 	case CLAIM_DONE:
-		if (codec_decode_any(rec, reclen, &user, err, sizeof(err)) == CODEC_OK &&
-		    json_is_object(user)) {
+		if ((user = record_stored(rec, reclen)) != NULL) {
 			j->user = user;
 			finish(j, "duplicate");
 			return;
 		}
-		json_decref(user);
 		/* An unreadable stored record: let Twilio decide. */
 		if (log_limit_allow(&unreadable_limit, now_monotonic()))
 			log_warn("stored user record unreadable; asking Twilio",

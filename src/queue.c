@@ -1764,39 +1764,6 @@ struct lines_call {
 	void		*arg;
 };
 
-/*
- * A dead entry as one line of JSON for `dead list`.  A request kept as raw
- * bytes (a msgpack bin, decoded as a string) is shown as that string when
- * it is UTF-8; otherwise JSON text cannot hold it, and it is shown as
- * "request_hex", its bytes in hexadecimal.  NULL when out of memory.
- */
-static char *
-dead_line(json_t *v)
-{
-	static const char digits[] = "0123456789abcdef";
-	const json_t *req = json_object_get(v, "request");
-	const unsigned char *p;
-	size_t len, i;
-	char *hex;
-
-	if (json_is_string(req) && !codec_utf8_valid(json_string_value(req),
-	    json_string_length(req))) {
-		p = (const unsigned char *)json_string_value(req);
-		len = json_string_length(req);
-		if ((hex = malloc(2 * len + 1)) == NULL)
-			return NULL;
-		for (i = 0; i < len; i++) {
-			hex[2 * i] = digits[p[i] >> 4];
-			hex[2 * i + 1] = digits[p[i] & 0xf];
-		}
-		json_object_set_new_nocheck(v, "request_hex",
-		    json_stringn_nocheck(hex, 2 * len));
-		free(hex);
-		json_object_del(v, "request");
-	}
-	return json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII);
-}
-
 static void
 on_dead_range(redisAsyncContext *ac, void *reply, void *priv)
 {
@@ -1809,16 +1776,9 @@ on_dead_range(redisAsyncContext *ac, void *reply, void *priv)
 	if (ok && r->elements > 0) {
 		lines = calloc(r->elements, sizeof(*lines));
 		for (i = 0; lines != NULL && i < r->elements; i++) {
-			json_t *v = NULL;
-			char err[128];
-
 			if (r->element[i]->type != REDIS_REPLY_STRING)
 				continue;
-			if (codec_decode_any(r->element[i]->str, r->element[i]->len, &v, err,
-			    sizeof(err)) != CODEC_OK)
-				continue;
-			lines[n] = dead_line(v);
-			json_decref(v);
+			lines[n] = record_dead_line(r->element[i]->str, r->element[i]->len);
 			if (lines[n] != NULL)
 				n++;
 		}
@@ -1896,23 +1856,16 @@ on_retry_range(redisAsyncContext *ac, void *reply, void *priv)
 	send_strings(cmd, NULL, NULL, 1, "MULTI");
 	for (i = 0; i < r->elements; i++) {
 		const redisReply *e = r->element[i];
-		json_t *v = NULL, *req;
-		char err[128], *text = NULL;
+		char *text;
 		const char *argv[4];
-		size_t lens[4];
+		size_t lens[4], textlen;
 
 		if (e->type != REDIS_REPLY_STRING ||
-		    codec_decode_any(e->str, e->len, &v, err, sizeof(err)) != CODEC_OK)
-			continue;
-		req = json_object_get(v, "request");
-		if (json_is_object(req))
-			text = json_dumps(req, JSON_COMPACT);
-		json_decref(v);
-		if (text == NULL)
+		    (text = record_dead_request(e->str, e->len, &textlen)) == NULL)
 			continue;
 		argv[0] = "RPUSH"; lens[0] = 5;
 		argv[1] = k_requests; lens[1] = strlen(k_requests);
-		argv[2] = text; lens[2] = strlen(text);
+		argv[2] = text; lens[2] = textlen;
 		send_argv(cmd, NULL, NULL, 3, argv, lens);
 		argv[0] = "LREM"; lens[0] = 4;
 		argv[1] = k_dead; lens[1] = strlen(k_dead);

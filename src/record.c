@@ -1,7 +1,8 @@
 /*
  * record.c: Twilio's answers to user records (SPEC §4.3) and to error codes,
- * and the comparison that decides whether on_exists = update has anything
- * to change.
+ * the comparison that decides whether on_exists = update has anything to
+ * change, and the decoding of stored records and dead entries read back
+ * from Redis.
  *
  * Pure: no I/O, no state.  A record shares its values with nothing once the
  * answer it came from is released.
@@ -547,4 +548,96 @@ record_differs(const json_t *record, const struct request *req)
 	    req->attributes))
 		return 1;
 	return 0;
+}
+
+/*
+ * What usergated reads back from Redis, decoded here rather than in the
+ * daemon's callbacks so that the fuzz targets can reach it: those bytes
+ * are whatever is in Redis, which anyone with access to it may have
+ * written.
+ */
+json_t *
+record_stored(const char *buf, size_t len)
+{
+	json_t		*v = NULL;
+	char		 err[128];
+
+	if (codec_decode_any(buf, len, &v, err, sizeof(err)) == CODEC_OK && json_is_object(v))
+		return v;
+	json_decref(v);
+	return NULL;
+}
+
+/*
+ * A request kept as raw bytes (a msgpack bin, decoded as a string) is shown
+ * as that string when it is UTF-8; otherwise JSON text cannot hold it, and
+ * it becomes "request_hex", its bytes in hexadecimal.  -1 when out of
+ * memory.
+ */
+static int
+dead_request_hex(json_t *v)
+{
+	static const char digits[] = "0123456789abcdef";
+	const json_t	*req = json_object_get(v, "request");
+	const unsigned char *p;
+	size_t		 len, i;
+	char		*hex;
+
+	if (!json_is_string(req) || codec_utf8_valid(json_string_value(req),
+	    json_string_length(req)))
+		return 0;
+	p = (const unsigned char *)json_string_value(req);
+	len = json_string_length(req);
+	if ((hex = malloc(2 * len + 1)) == NULL)
+		return -1;
+	for (i = 0; i < len; i++) {
+		hex[2 * i] = digits[p[i] >> 4];
+		hex[2 * i + 1] = digits[p[i] & 0xf];
+	}
+	json_object_set_new_nocheck(v, "request_hex", json_stringn_nocheck(hex, 2 * len));
+	free(hex);
+	json_object_del(v, "request");
+	return 0;
+}
+
+/*
+ * ASCII only: a line that any terminal and any JSON reader takes.  An
+ * entry that JSON text cannot carry otherwise (a key that is not UTF-8,
+ * from msgpack) is left out: codec_encode refuses it, where json_dumps
+ * would write broken JSON.
+ */
+char *
+record_dead_line(const char *buf, size_t len)
+{
+	json_t		*v = NULL;
+	char		*line = NULL, *text, err[128];
+	size_t		 textlen;
+
+	if (codec_decode_any(buf, len, &v, err, sizeof(err)) != CODEC_OK)
+		return NULL;
+	if (dead_request_hex(v) != 0) {
+		json_decref(v);
+		return NULL;
+	}
+	if (codec_encode(v, FORMAT_JSON, &text, &textlen) == 0) {
+		free(text);
+		line = json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII);
+	}
+	json_decref(v);
+	return line;
+}
+
+char *
+record_dead_request(const char *buf, size_t len, size_t *textlen)
+{
+	json_t		*v = NULL, *req;
+	char		*text = NULL, err[128];
+
+	if (codec_decode_any(buf, len, &v, err, sizeof(err)) != CODEC_OK)
+		return NULL;
+	req = json_object_get(v, "request");
+	if (json_is_object(req) && codec_encode(req, FORMAT_JSON, &text, textlen) != 0)
+		text = NULL;
+	json_decref(v);
+	return text;
 }

@@ -417,6 +417,16 @@ void		 record_twilio_error(const char *body, size_t len, long *code,
 /* 1 when the request asks for a FriendlyName/Attributes/RoleSid that the
  * record does not have (for on_exists = update). */
 int		 record_differs(const json_t *record, const struct request *req);
+/* A user record as stored under user:{Identity} (either format): the
+ * object, or NULL when it is unreadable or not an object. */
+json_t		*record_stored(const char *buf, size_t len);
+/* A dead entry {request, result} as `dead list` prints it: one line of
+ * JSON, ASCII only, malloc'd; NULL when the entry is unreadable. */
+char		*record_dead_line(const char *buf, size_t len);
+/* The request of a dead entry as the JSON text `dead retry` pushes back,
+ * *textlen bytes, malloc'd; NULL when the entry is unreadable, holds no
+ * request object, or one that JSON text cannot carry. */
+char		*record_dead_request(const char *buf, size_t len, size_t *textlen);
 
 /* ------------------------------------------------------------------ */
 /* twilio.c: Twilio's URLs, forms and answers.  Pure. */

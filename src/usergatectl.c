@@ -6,9 +6,9 @@
  * to the request socket and prints the result line.  Output is the daemon's
  * own JSON where it answers JSON, so it pipes into jq.
  *
- * Exit status: 0 success; 1 the daemon said no (an error answer, health
- * degraded, a create that did not succeed); 2 bad usage or no daemon to
- * talk to.
+ * Exit status: 0 success; 1 the daemon said no (an error answer, printed
+ * on stderr; health degraded; a create that did not succeed); 2 bad usage
+ * or no daemon to talk to.
  */
 #include "config.h"
 
@@ -226,12 +226,19 @@ status_command(int argc, char **argv)
 	close(fd);
 	if (answer == NULL)
 		return 2;
-	if (answer[0] != '\0')		/* no lines: print none (jq reads nothing) */
-		printf("%s\n", answer);
-	if (strcmp(argv[0], "health") == 0)
-		rv = strcmp(answer, "ok") == 0 ? 0 : 1;
-	else
-		rv = strncmp(answer, "error", 5) == 0 ? 1 : 0;
+	/*
+	 * An error answer goes to stderr, where whoever runs us looks for the
+	 * reason: systemd logs it when `systemctl reload` (ExecReload=
+	 * usergatectl reload) fails because the new configuration is refused.
+	 */
+	if (strncmp(answer, "error", 5) == 0) {
+		fprintf(stderr, "usergatectl: %s\n", answer);
+		rv = 1;
+	} else {
+		if (answer[0] != '\0')	/* no lines: print none (jq reads nothing) */
+			printf("%s\n", answer);
+		rv = strcmp(argv[0], "health") == 0 && strcmp(answer, "ok") != 0;
+	}
 	free(answer);
 	return rv;
 }

@@ -1,10 +1,10 @@
 #!/bin/sh
 # check-systemd.sh: checks systemd/usergated.service.
 #
-#  1. `systemd-analyze verify` on a copy of the unit whose ExecStart runs the
-#     freshly built $top_builddir/src/usergated (verify insists that the
-#     binary exists) and whose Documentation= pages are looked up in the
-#     man pages of docs/;
+#  1. `systemd-analyze verify` on a copy of the unit whose ExecStart and
+#     ExecReload run the freshly built $top_builddir/src/usergated and
+#     usergatectl (verify insists that the binaries exist) and whose
+#     Documentation= pages are looked up in the man pages of docs/;
 #  2. `systemd-analyze security --offline=yes`: the overall exposure level
 #     must not exceed MAX_EXPOSURE;
 #  3. lines the unit must hold (LimitCORE=0).
@@ -36,10 +36,13 @@ case $daemon in
 /*) ;;
 *) daemon=$(pwd)/$daemon ;;
 esac
-if [ ! -x "$daemon" ]; then
-	echo "FAIL: $daemon is not built (run make first)"
-	exit 1
-fi
+ctl=${daemon%/*}/usergatectl
+for prog in "$daemon" "$ctl"; do
+	if [ ! -x "$prog" ]; then
+		echo "FAIL: $prog is not built (run make first)"
+		exit 1
+	fi
+done
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/check-systemd.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -53,9 +56,14 @@ export SYSTEMD_COLORS SYSTEMD_PAGER
 status=0
 
 # ---- 1. verify
-sed "s|^ExecStart=/usr/sbin/usergated |ExecStart=$daemon |" "$unit" >"$tmp/usergated.service"
+sed -e "s|^ExecStart=/usr/sbin/usergated |ExecStart=$daemon |" \
+    -e "s|^ExecReload=/usr/bin/usergatectl |ExecReload=$ctl |" "$unit" >"$tmp/usergated.service"
 if ! grep -q "^ExecStart=$daemon " "$tmp/usergated.service"; then
 	echo "FAIL: no 'ExecStart=/usr/sbin/usergated ...' line to rewrite in $unit"
+	exit 1
+fi
+if ! grep -q "^ExecReload=$ctl " "$tmp/usergated.service"; then
+	echo "FAIL: no 'ExecReload=/usr/bin/usergatectl ...' line to rewrite in $unit"
 	exit 1
 fi
 
@@ -72,7 +80,7 @@ else
 fi
 
 echo "checking: systemd-analyze verify $man_opt $tmp/usergated.service"
-echo "          (ExecStart=$daemon)"
+echo "          (ExecStart=$daemon, ExecReload=$ctl)"
 MANPATH=$tmp/man systemd-analyze verify "$man_opt" "$tmp/usergated.service" \
 	>"$tmp/verify.out" 2>&1
 rc=$?

@@ -1,13 +1,17 @@
 #!/bin/sh
 # Installs, from Debian's packages, whatever the build, the demo and the
 # tests need and is not there yet.  Idempotent; needs root (or sudo) only
-# when something is missing.
+# when something is missing.  The list is complete for a minimal Debian 12
+# (debootstrap --variant=minbase): ./check.sh passes there after this.
+# systemd brings systemd-analyze (the unit checks), man-db and groff the
+# man page checks, clang with libclang-rt-14-dev the fuzzers, llvm the
+# symbolizer for their reports, and valgrind the last pass.
 set -eu
 PKGS="build-essential autoconf automake pkg-config
 libevent-dev libcurl4-openssl-dev libhiredis-dev libmsgpack-dev libjansson-dev libcjson-dev
 libinih-dev libjemalloc-dev libcunit1-dev libsystemd-dev libssl-dev
 redis-server python3 python3-pytest python3-redis python3-msgpack
-systemd man-db groff-base groff socat jq curl openssl clang libclang-rt-14-dev valgrind"
+systemd man-db groff-base groff socat jq curl openssl clang libclang-rt-14-dev llvm valgrind"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -107,7 +107,9 @@ class Redis:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        self.client = redislib.Redis(port=self.port, password=self.password)
+        # The address, not "localhost": a minimal system (debootstrap) may
+        # have no /etc/hosts to resolve it.
+        self.client = redislib.Redis(host="127.0.0.1", port=self.port, password=self.password)
         wait_for(self._ping, what="redis-server to answer")
 
     def _ping(self):

@@ -7,14 +7,16 @@ reload RELOADING=1 with MONOTONIC_USEC (in one datagram, as
 Type=notify-reload wants) and then READY=1; STOPPING=1 on SIGTERM."""
 import os
 import re
+import shlex
 import signal
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import wait_for, SLOW
+from conftest import wait_for, SLOW, SRCDIR, USERGATECTL
 
 STATUS_RE = re.compile(r"^STATUS=(ok|degraded: [^;]+); queue (-?\d+), in flight (\d+)/(\d+)")
 WATCHDOG_USEC = 500000
@@ -173,6 +175,49 @@ def test_reload_notifies(env, notify):
         assert d.proc.poll() is None
     assert "reload refused" in d.log()
     assert d.health_or_none() is not None
+    assert d.stop() == 0
+
+
+def unit_reload_commands(d):
+    """The unit's ExecReload= commands as systemd would run them for d:
+    $MAINPID is the daemon's pid, and usergatectl is the one just built,
+    talking to d's status socket."""
+    commands = []
+    with open(os.path.join(SRCDIR, "systemd", "usergated.service")) as f:
+        for line in f:
+            if not line.startswith("ExecReload="):
+                continue
+            argv = shlex.split(line.split("=", 1)[1].replace("$MAINPID", str(d.proc.pid)))
+            argv[0] = argv[0].lstrip("-@:+!")
+            if argv[0] == "/usr/bin/usergatectl":
+                argv[0:1] = [USERGATECTL, "-s", d.status_socket]
+            commands.append(argv)
+    assert commands, "no ExecReload= in the unit"
+    return commands
+
+
+def test_unit_reload_applies_or_fails_with_the_reason(env, notify):
+    """`systemctl reload` runs the unit's ExecReload= and fails when it
+    exits non-zero: a good file is applied before it returns, a refused one
+    makes it fail with the reason on stderr (which the journal keeps), and
+    the daemon goes on with the old configuration."""
+    d = start(env, notify)
+    notify.wait_line(lambda l: l == "READY=1", what="READY=1")
+    d.extra["twilio.max_inflight"] = 7
+    d.write_config()
+    for argv in unit_reload_commands(d):
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30 * SLOW)
+        assert p.returncode == 0, (argv, p.stdout, p.stderr)
+    # Applied when the command returns, not some time later.
+    assert d.stats()["max_inflight"] == 7
+    d.write_config(open(d.conf).read() + "[nonsense]\nkey = 1\n")
+    for argv in unit_reload_commands(d):
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30 * SLOW)
+        assert p.returncode != 0, ("a refused reload must fail", argv, p.stdout, p.stderr)
+        assert "nonsense" in p.stderr and d.conf in p.stderr, p.stderr
+    assert d.proc.poll() is None
+    assert d.status("health") == "ok"
+    assert d.stats()["max_inflight"] == 7
     assert d.stop() == 0
 
 

@@ -185,8 +185,7 @@ def test_health_exit_status(env):
     rc, out, _ = ctl("health", d=d)
     assert (rc, out) == (1, "degraded: redis unreachable\n")
     # Redis down: status commands that need it say so, with exit 1.
-    rc, out, _ = ctl("show", "queue", d=d)
-    assert (rc, out) == (1, "error: redis unavailable\n")
+    assert ctl("show", "queue", d=d) == (1, "", "usergatectl: error: redis unavailable\n")
     # show stats still answers (lengths unknown: null).
     s = ctl_json("show", "stats", d=d)
     assert s["queue_depth"] is None and s["redis_connected"] is False
@@ -210,8 +209,8 @@ def test_pause_resume_reload_help(stack):
     assert ctl("reload", d=d)[:2] == (0, "ok\n")
     assert ctl_json("show", "stats", d=d)["max_inflight"] == 3
     d.write_config(open(d.conf).read() + "[nope]\n")
-    rc, out, _ = ctl("reload", d=d)
-    assert rc == 1 and out.startswith("error: ") and "nope" in out
+    rc, out, err = ctl("reload", d=d)
+    assert (rc, out) == (1, "") and err.startswith("usergatectl: error: ") and "nope" in err
     rc, out, _ = ctl("help", d=d)
     assert rc == 0 and "dead retry" in out and "show metrics" in out
 
@@ -233,10 +232,10 @@ def test_dead_list_and_retry(stack):
     r = stack.wait_results(2)[1]
     assert (r["identity"], r["status"]) == ("ctl-dead", "created")
     assert ctl("dead", "list", d=d) == (0, "", "")
-    rc, out, _ = ctl("dead", "retry", "lots", d=d)
-    assert rc == 1 and out.startswith("error: dead retry takes a count")
-    rc, out, _ = ctl("dead", "list", "0", d=d)
-    assert rc == 1 and out.startswith("error: dead list takes a count")
+    rc, out, err = ctl("dead", "retry", "lots", d=d)
+    assert (rc, out) == (1, "") and err.startswith("usergatectl: error: dead retry takes a count")
+    rc, out, err = ctl("dead", "list", "0", d=d)
+    assert (rc, out) == (1, "") and err.startswith("usergatectl: error: dead list takes a count")
 
 
 # ---------------------------------------------------------------- create

@@ -656,6 +656,59 @@ test_differs_parsed(void)
 	json_decref(record);
 }
 
+/*
+ * What is read back from Redis: a stored user record and dead entries, in
+ * either format.  A dead entry whose request has a key that is not UTF-8
+ * (possible only from msgpack) has no JSON text: jansson would write it as
+ * a broken string ({"Identity":"x",":1}), which `dead list` printed and
+ * `dead retry` pushed back as a malformed request.
+ */
+static void
+test_read_back(void)
+{
+	/* {"sid":"US1"} and ["US1"] in msgpack */
+	static const char stored[] = "\x81\xa3sid\xa3US1", not_map[] = "\x91\xa3US1";
+	/* {"request":{"Identity":"x"},"result":{"status":"failed"}} */
+	static const char dead[] = "\x82\xa7request\x81\xa8Identity\xa1x"
+	    "\xa6result\x81\xa6status\xa6" "failed";
+	/* the same with the key "Id\xffentity" */
+	static const char bad_key[] = "\x82\xa7request\x81\xa9Id\xff" "entity\xa1x"
+	    "\xa6result\x81\xa6status\xa6" "failed";
+	static const char json_dead[] = "{\"request\":{\"Identity\":\"\xc3\xa9\"},\"result\":{}}";
+	json_t		*r;
+	char		*s;
+	size_t		 len;
+
+	r = record_stored(stored, sizeof(stored) - 1);
+	CU_ASSERT_FATAL(r != NULL);
+	CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "sid")), "US1");
+	json_decref(r);
+	CU_ASSERT(record_stored(not_map, sizeof(not_map) - 1) == NULL);
+	CU_ASSERT(record_stored("\xc1", 1) == NULL);
+
+	s = record_dead_line(dead, sizeof(dead) - 1);
+	CU_ASSERT_FATAL(s != NULL);
+	CU_ASSERT_STRING_EQUAL(s, "{\"request\":{\"Identity\":\"x\"},\"result\":"
+	    "{\"status\":\"failed\"}}");
+	free(s);
+	s = record_dead_request(dead, sizeof(dead) - 1, &len);
+	CU_ASSERT_FATAL(s != NULL);
+	CU_ASSERT(len == strlen(s) && strcmp(s, "{\"Identity\":\"x\"}") == 0);
+	free(s);
+	s = record_dead_line(json_dead, sizeof(json_dead) - 1);
+	CU_ASSERT_FATAL(s != NULL);
+	CU_ASSERT_STRING_EQUAL(s, "{\"request\":{\"Identity\":\"\\u00E9\"},\"result\":{}}");
+	free(s);
+
+	s = record_dead_line(bad_key, sizeof(bad_key) - 1);
+	CU_ASSERT_PTR_NULL(s);
+	free(s);
+	s = record_dead_request(bad_key, sizeof(bad_key) - 1, &len);
+	CU_ASSERT_PTR_NULL(s);
+	free(s);
+	CU_ASSERT(record_dead_line("\xdf\x00\x00\x00\x01", 5) == NULL);
+}
+
 int
 main(void)
 {
@@ -674,6 +727,7 @@ main(void)
 		{ "a long Twilio message is cut", test_twilio_error_long_message },
 		{ "record_differs", test_differs },
 		{ "record_differs with parsed requests", test_differs_parsed },
+		{ "stored records and dead entries read back", test_read_back },
 	};
 	CU_pSuite	 suite;
 	unsigned int	 failures;

@@ -2,8 +2,9 @@
  * test_status.c: CUnit table for the status socket's command parser
  * (status_parse in status.c, SPEC §6.2).
  *
- * status.c also holds the socket code, so this binary links it with stubs
- * for the daemon functions that code calls; none of them runs here.
+ * status.c also holds the socket code, so this binary links it with the
+ * stubs of tests/status-stubs.c for the daemon functions that code calls;
+ * none of them runs here.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,100 +16,6 @@
 #include "daemon.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
-
-/* ------------------------------------------------------------------ */
-/* Stubs: the parser never reaches these. */
-
-struct daemon ug;
-
-const char *
-daemon_health(char *buf, size_t size)
-{
-	snprintf(buf, size, "ok");
-	return buf;
-}
-double
-now_monotonic(void)
-{
-	return 0;
-}
-void
-daemon_notify_status(void)
-{}
-int
-daemon_reload(char *err, size_t errlen)
-{
-	(void)err;
-	(void)errlen;
-	return 0;
-}
-long
-http_inflight(void)
-{
-	return 0;
-}
-double
-job_oldest_age(void)
-{
-	return 0;
-}
-void
-queue_pump(void)
-{}
-void
-queue_unblock(void)
-{}
-int
-queue_intake_busy(void)
-{
-	return 0;
-}
-void
-queue_last_lengths(long long *r, long long *p, long long *d)
-{
-	*r = *p = *d = 0;
-}
-int
-queue_lengths(queue_lengths_cb *cb, void *arg)
-{
-	(void)cb;
-	(void)arg;
-	return -1;
-}
-int
-queue_dead_list(long n, queue_lines_cb *cb, void *arg)
-{
-	(void)n;
-	(void)cb;
-	(void)arg;
-	return -1;
-}
-int
-queue_dead_retry(long n, queue_count_cb *cb, void *arg)
-{
-	(void)n;
-	(void)cb;
-	(void)arg;
-	return -1;
-}
-int
-socket_listener_open(struct socket_listener *sl, const char *path, long mode,
-    const char *what, socket_accept_cb accepted)
-{
-	(void)sl;
-	(void)path;
-	(void)mode;
-	(void)what;
-	(void)accepted;
-	return -1;
-}
-void
-socket_listener_close(struct socket_listener *sl)
-{
-	(void)sl;
-}
-
-/* ------------------------------------------------------------------ */
 
 #define UNKNOWN	  "error: unknown command, try help"
 #define LIST_ERR  "error: dead list takes a count from 1 to 10000"
