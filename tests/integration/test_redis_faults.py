@@ -149,7 +149,7 @@ def test_wrong_password_backs_off_and_recovers(env):
     # The operator fixes Redis: usergated follows within its backoff.
     env.r.config_set("requirepass", "wrong-password")
     wait_for(lambda: d.status("health") == "ok", timeout=30, what="health ok")
-    env.redis.client = redislib.Redis(port=env.redis.port, password="wrong-password")
+    env.redis.client = redislib.Redis(host="127.0.0.1", port=env.redis.port, password="wrong-password")
     env.push({"Identity": "after-auth"})
     assert env.wait_results(1)[0]["status"] == "created"
     assert count_lines(d, "connection restored") == 1
