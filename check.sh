@@ -34,7 +34,7 @@ run_suite() {	# dir, configure args...
 	make -s -C "$dir" -j"$jobs" CFLAGS="-O2 -g -Werror"
 	if ! make -s -C "$dir" -j"$jobs" CFLAGS="-O2 -g -Werror" check; then
 		for f in "$dir"/tests/*.log "$dir"/tests/*/*.log; do
-			grep -q '^FAIL\|^ERROR' "${f%.log}.trs" 2>/dev/null && { echo "==== $f"; tail -n 80 "$f"; }
+			grep -q '^:test-result: \(FAIL\|ERROR\)' "${f%.log}.trs" 2>/dev/null && { echo "==== $f"; tail -n 80 "$f"; }
 		done
 		return 1
 	fi
