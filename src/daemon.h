@@ -77,6 +77,16 @@ void		 stats_log(void);
 const char	*const *stats_counter_names(size_t *count);
 
 /* ------------------------------------------------------------------ */
+/* clock.c */
+
+/* Seconds on CLOCK_MONOTONIC, for durations and deadlines. */
+double		 now_monotonic(void);
+/* Seconds since the epoch, for the timestamps results carry. */
+double		 now_wall(void);
+/* ISO 8601 UTC with milliseconds into buf (>= 25 bytes). */
+void		 format_time(double wall, char *buf, size_t size);
+
+/* ------------------------------------------------------------------ */
 /* main.c: process-wide state. */
 
 struct daemon {
@@ -90,10 +100,6 @@ struct daemon {
 };
 extern struct daemon ug;
 
-double		 now_monotonic(void);
-double		 now_wall(void);
-/* ISO 8601 UTC with milliseconds into buf (>= 25 bytes). */
-void		 format_time(double wall, char *buf, size_t size);
 /* "ok" or "degraded: REASON" into buf. */
 const char	*daemon_health(char *buf, size_t size);
 /* Ask the event loop to stop (after a drain when graceful). */
