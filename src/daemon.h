@@ -87,7 +87,7 @@ double		 now_wall(void);
 void		 format_time(double wall, char *buf, size_t size);
 
 /* ------------------------------------------------------------------ */
-/* main.c: process-wide state. */
+/* state.c: process-wide state, read and written by every file. */
 
 struct daemon {
 	struct event_base	*base;
@@ -100,11 +100,28 @@ struct daemon {
 };
 extern struct daemon ug;
 
+/*
+ * What state.c asks of the files above it, registered by main.c at start
+ * (before any other part is set up), so that the shared state calls no
+ * adapter and no adapter calls main.c.
+ */
+struct state_hooks {
+	/* Report the state (main.c: sd_notify's STATUS= line). */
+	void		(*changed)(void);
+	/* Why Redis does not serve us well (queue_problem), or NULL. */
+	const char	*(*redis_problem)(void);
+};
+void		 state_init(const struct state_hooks *hooks);
+/* Something the health or the STATUS= line shows has changed. */
+void		 state_changed(void);
 /* "ok" or "degraded: REASON" into buf. */
 const char	*daemon_health(char *buf, size_t size);
+
+/* ------------------------------------------------------------------ */
+/* main.c: stop and reload, which reach every part of the daemon. */
+
 /* Ask the event loop to stop (after a drain when graceful). */
 void		 daemon_stop(int graceful);
-void		 daemon_notify_status(void);
 /* SIGHUP and the status socket's reload: 0, or -1 with the reason. */
 int		 daemon_reload(char *err, size_t errlen);
 

@@ -744,7 +744,7 @@ auth_wait(struct job *j, const char *reason)
 		auth_park_queue(&rate_q);
 		auth_park_queue(&send_q);
 		queue_unblock();
-		daemon_notify_status();
+		state_changed();
 	}
 	if (auth_probe_job == NULL && !evtimer_pending(auth_ev, NULL))
 		auth_arm_probe();
@@ -796,7 +796,7 @@ auth_clear(void)
 		TAILQ_REMOVE(&auth_q, j, link);
 		start_attempt(j);
 	}
-	daemon_notify_status();
+	state_changed();
 	queue_pump();
 }
 

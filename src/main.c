@@ -26,30 +26,12 @@
 #define DEFAULT_CONFIG	SYSCONFDIR "/usergate/usergate.conf"
 #define STATS_LOG_EVERY_S 60	/* the counters' log line (stats_log) */
 
-struct daemon ug;
-
 static const char *config_path = DEFAULT_CONFIG;
 static int verbose;
 static int exit_status;
 static struct event *tick_ev, *watchdog_ev, *drain_ev;
 static struct event *sig_term, *sig_int, *sig_hup;
 static char last_status_line[256];
-
-const char *
-daemon_health(char *buf, size_t size)
-{
-	const char *redis = queue_problem();
-
-	if (!ug.redis_up)
-		snprintf(buf, size, "degraded: %s", redis);
-	else if (ug.auth_reason[0])
-		snprintf(buf, size, "degraded: %s", ug.auth_reason);
-	else if (redis != NULL)
-		snprintf(buf, size, "degraded: %s", redis);
-	else
-		snprintf(buf, size, "ok");
-	return buf;
-}
 
 void
 daemon_stop(int graceful)
@@ -59,8 +41,10 @@ daemon_stop(int graceful)
 	event_base_loopexit(ug.base, NULL);
 }
 
-void
-daemon_notify_status(void)
+/* The STATUS= line systemd shows, sent only when it changed: registered
+ * with state.c, which calls it whenever an adapter says state_changed(). */
+static void
+notify_status(void)
 {
 	char line[256], health[160];
 	long long requests, processing, dead;
@@ -154,7 +138,7 @@ reload(char *err, size_t errlen)
 	job_reconfigure();
 	log_info("configuration reloaded", "file", ug.cfg->path);
 	sd_notify(0, "READY=1");
-	daemon_notify_status();
+	notify_status();
 	return 0;
 }
 
@@ -211,7 +195,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 
 	queue_lengths(NULL, NULL);
 	job_tick();
-	daemon_notify_status();
+	notify_status();
 	log_limits_report(now_monotonic());
 	if (++ticks % STATS_LOG_EVERY_S == 0)
 		stats_log();
@@ -305,6 +289,12 @@ new_event_base(void)
 	return base;
 }
 
+/* What state.c needs from above it, wired here so that it names no one. */
+static const struct state_hooks hooks = {
+	.changed = notify_status,
+	.redis_problem = queue_problem,
+};
+
 int
 main(int argc, char **argv)
 {
@@ -353,6 +343,7 @@ main(int argc, char **argv)
 		return 2;
 	}
 
+	state_init(&hooks);
 	if ((ug.cfg = calloc(1, sizeof(*ug.cfg))) == NULL)
 		return 1;
 	if (config_load(config_path, ug.cfg, 1, err, sizeof(err)) != 0) {
@@ -403,7 +394,7 @@ main(int argc, char **argv)
 	log_info("usergated started", "version", PACKAGE_VERSION,
 	    "instance_id", ug.cfg->instance_id, "twilio", ug.cfg->api_base);
 	sd_notify(0, "READY=1");
-	daemon_notify_status();
+	notify_status();
 
 	event_base_dispatch(ug.base);
 

@@ -378,7 +378,7 @@ fault_set(enum fault f, const char *error)
 		log_error("redis refused a command; retrying with backoff",
 		    "operation", fault_operation[f], "reason", reason);
 	log_debug("redis fault", "reason", reason);
-	daemon_notify_status();
+	state_changed();
 }
 
 static void
@@ -388,7 +388,7 @@ fault_clear(enum fault f)
 		return;
 	fault_reason[f][0] = '\0';
 	log_info("redis accepts our commands again", "operation", fault_operation[f]);
-	daemon_notify_status();
+	state_changed();
 }
 
 static int
@@ -432,7 +432,7 @@ outage(const char *reason, const char *error)
 	else
 		log_error("redis refuses us, retrying with backoff", "reason", reason,
 		    "error", error);
-	daemon_notify_status();
+	state_changed();
 }
 
 /*
@@ -577,7 +577,7 @@ link_lost(void)
 	if (was) {
 		log_warn("redis connection lost; requests stay queued, reconnecting");
 		job_redis_changed(0);
-		daemon_notify_status();
+		state_changed();
 	}
 }
 
@@ -877,7 +877,7 @@ on_registered(redisAsyncContext *ac, void *reply, void *priv)
 		log_info("redis connection restored");
 	outage_reason[0] = '\0';
 	job_redis_changed(1);
-	daemon_notify_status();
+	state_changed();
 	queue_pump();
 }
 

@@ -267,7 +267,7 @@ pause_intake(struct status_conn *c)
 		log_info("intake paused by operator");
 	ug.paused = 1;
 	queue_unblock();
-	daemon_notify_status();
+	state_changed();
 	if (!queue_intake_busy()) {
 		answer(c, "ok");
 		return;
@@ -448,7 +448,7 @@ command(struct status_conn *c, const char *line, size_t len)
 			log_info("intake resumed by operator");
 		ug.paused = 0;
 		queue_pump();
-		daemon_notify_status();
+		state_changed();
 		answer(c, "ok");
 		break;
 	case STATUS_RELOAD:

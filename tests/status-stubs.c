@@ -22,7 +22,7 @@ now_monotonic(void)
 	return 0;
 }
 void
-daemon_notify_status(void)
+state_changed(void)
 {}
 int
 daemon_reload(char *err, size_t errlen)
