@@ -294,17 +294,4 @@ long		 socket_fd_budget(void);
 int		 status_init(void);
 void		 status_shutdown(void);
 
-/* The command parser (pure, for the unit test). */
-enum status_verb {
-	STATUS_EMPTY, STATUS_SHOW_STATS, STATUS_SHOW_METRICS, STATUS_SHOW_QUEUE,
-	STATUS_HEALTH, STATUS_PAUSE, STATUS_RESUME, STATUS_RELOAD, STATUS_DEAD_LIST,
-	STATUS_DEAD_RETRY, STATUS_HELP, STATUS_ERROR
-};
-struct status_command {
-	enum status_verb	 verb;
-	long			 count;	/* dead list/retry: N, or -1 for all */
-	const char		*error;	/* STATUS_ERROR: the answer to give */
-};
-void		 status_parse(const char *line, size_t len, struct status_command *cmd);
-
 #endif /* USERGATE_DAEMON_H */

@@ -380,6 +380,23 @@ enum frame_status framing_next(const char *buf, size_t len, enum framing framing
 void		 framing_state_free(struct framing_state *st);
 
 /* ------------------------------------------------------------------ */
+/* command.c: the status socket's command lines (SPEC §6.2).  Pure. */
+
+#define STATUS_LINE_MAX		1024	/* bytes of one command line */
+
+enum status_verb {
+	STATUS_EMPTY, STATUS_SHOW_STATS, STATUS_SHOW_METRICS, STATUS_SHOW_QUEUE,
+	STATUS_HEALTH, STATUS_PAUSE, STATUS_RESUME, STATUS_RELOAD, STATUS_DEAD_LIST,
+	STATUS_DEAD_RETRY, STATUS_HELP, STATUS_ERROR
+};
+struct status_command {
+	enum status_verb	 verb;
+	long			 count;	/* dead list/retry: N, or -1 for all */
+	const char		*error;	/* STATUS_ERROR: the answer to give */
+};
+void		 status_parse(const char *line, size_t len, struct status_command *cmd);
+
+/* ------------------------------------------------------------------ */
 /* record.c: Twilio answers -> user records; result maps.  Pure. */
 
 /* What a Twilio answer holds, for the record functions below. */

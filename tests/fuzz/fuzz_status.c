@@ -1,6 +1,6 @@
 /*
  * fuzz_status.c: libFuzzer target for the status socket's command parser
- * (status_parse in status.c, SPEC §6.2): one line from any local client
+ * (status_parse in command.c, SPEC §6.2): one line from any local client
  * that may connect.
  *
  * Whatever the line, the outcome must be one of the verbs, with an error
@@ -9,16 +9,14 @@
  * than the line limit.  Case does not matter: the line in lower case
  * parses the same.
  *
- * status.c also holds the socket code, so this links the stubs of
- * tests/status-stubs.c, as the unit test does.  Built and run by `make
- * fuzz`; seeds in tests/fuzz/corpus/status/.
+ * Built and run by `make fuzz`; seeds in tests/fuzz/corpus/status/.
  */
 #include <ctype.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "usergate.h"
 
 int	LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 

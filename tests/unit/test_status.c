@@ -1,10 +1,6 @@
 /*
  * test_status.c: CUnit table for the status socket's command parser
- * (status_parse in status.c, SPEC §6.2).
- *
- * status.c also holds the socket code, so this binary links it with the
- * stubs of tests/status-stubs.c for the daemon functions that code calls;
- * none of them runs here.
+ * (status_parse in command.c, SPEC §6.2).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +9,7 @@
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 
-#include "daemon.h"
+#include "usergate.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
