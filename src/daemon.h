@@ -255,13 +255,8 @@ long		 http_inflight(void);
 void		 http_shutdown(void);
 
 /* ------------------------------------------------------------------ */
-/* intake.c: the request socket. */
+/* listen.c: the Unix sockets' listeners. */
 
-int		 intake_init(void);
-void		 intake_answer(struct intake_conn *conn, const json_t *result);
-/* Stop or resume reading sockets (backpressure). */
-void		 intake_throttle(int stop);
-void		 intake_shutdown(void);
 /* Binds a Unix stream socket with mode, replacing a stale one and refusing
  * one a live daemon owns: the listening fd, or -1 (logged). */
 int		 unix_listen(const char *path, long mode, const char *what);
@@ -284,6 +279,15 @@ void		 socket_listener_close(struct socket_listener *sl);
 /* Descriptors the clients of the two sockets may hold together: the soft
  * RLIMIT_NOFILE less what Twilio, Redis and the daemon itself need. */
 long		 socket_fd_budget(void);
+
+/* ------------------------------------------------------------------ */
+/* intake.c: the request socket. */
+
+int		 intake_init(void);
+void		 intake_answer(struct intake_conn *conn, const json_t *result);
+/* Stop or resume reading sockets (backpressure). */
+void		 intake_throttle(int stop);
+void		 intake_shutdown(void);
 
 /* ------------------------------------------------------------------ */
 /* status.c: the status socket. */
