@@ -12,6 +12,7 @@
 
 #include "usergate.h"
 
+struct bufferevent;
 struct event;
 struct evconnlistener;
 struct job;
@@ -276,6 +277,18 @@ struct socket_listener {
 int		 socket_listener_open(struct socket_listener *sl, const char *path,
 		    long mode, const char *what, socket_accept_cb accepted);
 void		 socket_listener_close(struct socket_listener *sl);
+/*
+ * An accepted client's bufferevent: it closes fd when freed, idle_s without
+ * progress reading or writing is a timeout (eventcb), and writecb runs when
+ * the output drains to output_low.  Not enabled yet.  NULL, with fd
+ * closed, when it cannot be made.
+ */
+typedef void	 listen_data_cb(struct bufferevent *bev, void *arg);
+typedef void	 listen_event_cb(struct bufferevent *bev, short what,
+		    void *arg);
+struct bufferevent *listen_bufferevent(int fd, long idle_s, size_t output_low,
+		    listen_data_cb *readcb, listen_data_cb *writecb,
+		    listen_event_cb *eventcb, void *arg);
 /* Descriptors the clients of the two sockets may hold together: the soft
  * RLIMIT_NOFILE less what Twilio, Redis and the daemon itself need. */
 long		 socket_fd_budget(void);

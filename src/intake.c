@@ -399,7 +399,6 @@ static void
 on_accept(int fd)
 {
 	struct intake_conn *c;
-	struct timeval idle = { ug.cfg->socket_idle_timeout_s, 0 };
 	long limit;
 
 	if (ug.draining) {
@@ -424,18 +423,15 @@ on_accept(int fd)
 		close(fd);
 		return;
 	}
-	c->bev = bufferevent_socket_new(ug.base, fd, BEV_OPT_CLOSE_ON_FREE);
+	/* conn_write runs when the answers drain to the low mark. */
+	c->bev = listen_bufferevent(fd, ug.cfg->socket_idle_timeout_s,
+	    INTAKE_OUTPUT_LOW, conn_read, conn_write, conn_event, c);
 	if (c->bev == NULL) {
-		close(fd);
 		free(c);
 		return;
 	}
 	TAILQ_INSERT_TAIL(&conns, c, link);
 	nconns++;
-	bufferevent_setcb(c->bev, conn_read, conn_write, conn_event, c);
-	bufferevent_set_timeouts(c->bev, &idle, &idle);
-	/* conn_write runs when the answers drain to the low mark. */
-	bufferevent_setwatermark(c->bev, EV_WRITE, INTAKE_OUTPUT_LOW, 0);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 

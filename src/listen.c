@@ -2,8 +2,12 @@
  * listen.c: the two Unix sockets' listeners (the request socket, intake.c,
  * and the status socket, status.c) and what they share: binding without
  * stealing a live daemon's socket, accepting on the event loop without
- * spinning when descriptors run out, and the descriptor budget of their
- * clients.
+ * spinning when descriptors run out, the descriptor budget of their
+ * clients, and a client's bufferevent as both set it up.
+ *
+ * What each socket does with a connection (framing, commands, the
+ * references pending replies hold, what closing releases) stays in its
+ * own file: those differ, the set-up does not.
  */
 #include "config.h"
 
@@ -18,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 
@@ -120,6 +125,29 @@ socket_listener_close(struct socket_listener *sl)
 		event_free(sl->resume);
 	sl->lev = NULL;
 	sl->resume = NULL;
+}
+
+/*
+ * The client's end as both sockets set it up.  The caller adds what is its
+ * own (a read watermark) and enables it; until then no callback runs.
+ */
+struct bufferevent *
+listen_bufferevent(int fd, long idle_s, size_t output_low,
+    listen_data_cb *readcb, listen_data_cb *writecb, listen_event_cb *eventcb,
+    void *arg)
+{
+	struct timeval idle = { idle_s, 0 };
+	struct bufferevent *bev;
+
+	bev = bufferevent_socket_new(ug.base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL) {
+		close(fd);
+		return NULL;
+	}
+	bufferevent_setcb(bev, readcb, writecb, eventcb, arg);
+	bufferevent_set_timeouts(bev, &idle, &idle);
+	bufferevent_setwatermark(bev, EV_WRITE, output_low, 0);
+	return bev;
 }
 
 /*

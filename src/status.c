@@ -432,28 +432,25 @@ static void
 on_accept(int fd)
 {
 	struct status_conn *c;
-	struct timeval idle = { STATUS_IDLE_S, 0 };
 
 	/* Operators need few; the descriptors are kept for Twilio. */
 	if (nconns >= STATUS_CONN_MAX || (c = calloc(1, sizeof(*c))) == NULL) {
 		close(fd);
 		return;
 	}
-	if ((c->bev = bufferevent_socket_new(ug.base, fd, BEV_OPT_CLOSE_ON_FREE)) ==
-	    NULL) {
+	/* The idle timeout also ends a client that takes none of its
+	 * answers for that long. */
+	c->bev = listen_bufferevent(fd, STATUS_IDLE_S, STATUS_OUTPUT_LOW,
+	    conn_read, conn_write, conn_event, c);
+	if (c->bev == NULL) {
 		free(c);
-		close(fd);
 		return;
 	}
 	TAILQ_INSERT_TAIL(&conns, c, link);
 	nconns++;
-	bufferevent_setcb(c->bev, conn_read, conn_write, conn_event, c);
-	/* Also a client that takes none of its answers for that long. */
-	bufferevent_set_timeouts(c->bev, &idle, &idle);
 	/* Commands sent ahead of their answers wait in the input buffer;
 	 * beyond this much, stop reading until they are answered. */
 	bufferevent_setwatermark(c->bev, EV_READ, 0, STATUS_INPUT_MAX);
-	bufferevent_setwatermark(c->bev, EV_WRITE, STATUS_OUTPUT_LOW, 0);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
