@@ -19,7 +19,7 @@ struct job;
 struct intake_conn;
 
 /* ------------------------------------------------------------------ */
-/* stats.c: counters declared once (X-macro), rendered everywhere. */
+/* stats.c: counters and gauges declared once (X-macros), rendered everywhere. */
 
 /* name, help text */
 #define STATS_COUNTERS(X)						\
@@ -55,18 +55,30 @@ extern struct histogram stats_twilio_seconds;
 extern struct histogram stats_result_seconds;
 
 void		 stats_observe(struct histogram *h, double seconds);
-/* Live values that are not counters, gathered by the caller. */
+/*
+ * Live values that are not counters, gathered by the caller: name, C type,
+ * how `show stats` renders it (stats.c's gauge_json_KIND), in the order of
+ * `show stats`, which puts them before the counters.  The Prometheus gauges
+ * are named for Prometheus (healthy, uptime_seconds) and written out in
+ * stats_prometheus().
+ */
+#define STATS_GAUGES(X)							\
+	X(version, const char *, STRING)	/* PACKAGE_VERSION */	\
+	X(uptime_s, double, INTEGER)					\
+	X(instance_id, const char *, STRING)				\
+	X(health, const char *, STRING)	/* "ok" or "degraded: ..." */	\
+	X(redis_connected, int, BOOLEAN)				\
+	X(paused, int, BOOLEAN)						\
+	X(inflight, long, INTEGER)					\
+	X(max_inflight, long, INTEGER)					\
+	X(queue_depth, long long, LENGTH)	/* -1 unknown */	\
+	X(processing, long long, LENGTH)				\
+	X(dead, long long, LENGTH)
+
 struct stats_gauges {
-	const char	*health;		/* "ok" or "degraded: ..." */
-	int		 redis_connected;
-	int		 paused;
-	long		 inflight;
-	long		 max_inflight;
-	long long	 queue_depth;		/* -1 unknown */
-	long long	 processing;
-	long long	 dead;
-	double		 uptime_s;
-	const char	*instance_id;
+#define STATS_GAUGE_FIELD(name, type, kind) type name;
+	STATS_GAUGES(STATS_GAUGE_FIELD)
+#undef STATS_GAUGE_FIELD
 };
 /* JSON object of `show stats` (caller frees). */
 json_t		*stats_json(const struct stats_gauges *g);
@@ -76,6 +88,8 @@ char		*stats_prometheus(const struct stats_gauges *g);
 void		 stats_log(void);
 /* Names of the counters, in declaration order (for tests). */
 const char	*const *stats_counter_names(size_t *count);
+/* Names of the gauges, in declaration order (for tests). */
+const char	*const *stats_gauge_names(size_t *count);
 
 /* ------------------------------------------------------------------ */
 /* clock.c */

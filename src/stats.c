@@ -1,7 +1,8 @@
 /*
- * stats.c: the counters, declared once in daemon.h (STATS_COUNTERS) and
- * rendered from that one declaration into `show stats` (JSON),
- * `show metrics` (Prometheus text exposition) and the periodic log line.
+ * stats.c: the counters and gauges, declared once in daemon.h
+ * (STATS_COUNTERS, STATS_GAUGES) and rendered from that one declaration
+ * into `show stats` (JSON), `show metrics` (Prometheus text exposition) and
+ * the periodic log line.
  */
 #include "config.h"
 
@@ -28,11 +29,24 @@ static const char *const counter_names[] = {
 #undef STATS_NAME
 };
 
+static const char *const gauge_names[] = {
+#define STATS_NAME(name, type, kind) #name,
+	STATS_GAUGES(STATS_NAME)
+#undef STATS_NAME
+};
+
 const char *const *
 stats_counter_names(size_t *count)
 {
 	*count = sizeof(counter_names) / sizeof(counter_names[0]);
 	return counter_names;
+}
+
+const char *const *
+stats_gauge_names(size_t *count)
+{
+	*count = sizeof(gauge_names) / sizeof(gauge_names[0]);
+	return gauge_names;
 }
 
 void
@@ -49,6 +63,32 @@ stats_observe(struct histogram *h, double seconds)
 	h->sum += seconds;
 }
 
+/* How `show stats` renders each kind of gauge (STATS_GAUGES). */
+static json_t *
+gauge_json_STRING(const char *v)
+{
+	return json_string(v);
+}
+
+static json_t *
+gauge_json_BOOLEAN(int v)
+{
+	return json_boolean(v);
+}
+
+static json_t *
+gauge_json_INTEGER(double v)
+{
+	return json_integer((json_int_t)v);
+}
+
+/* Lengths Redis could not tell us (it is down) are null, not 0. */
+static json_t *
+gauge_json_LENGTH(long long v)
+{
+	return v < 0 ? json_null() : json_integer(v);
+}
+
 json_t *
 stats_json(const struct stats_gauges *g)
 {
@@ -56,20 +96,10 @@ stats_json(const struct stats_gauges *g)
 
 	if (o == NULL)
 		return NULL;
-	json_object_set_new(o, "version", json_string(PACKAGE_VERSION));
-	json_object_set_new(o, "uptime_s", json_integer((json_int_t)g->uptime_s));
-	json_object_set_new(o, "instance_id", json_string(g->instance_id));
-	json_object_set_new(o, "health", json_string(g->health));
-	json_object_set_new(o, "redis_connected", json_boolean(g->redis_connected));
-	json_object_set_new(o, "paused", json_boolean(g->paused));
-	json_object_set_new(o, "inflight", json_integer(g->inflight));
-	json_object_set_new(o, "max_inflight", json_integer(g->max_inflight));
-	/* Lengths Redis could not tell us (it is down) are null, not 0. */
-	json_object_set_new(o, "queue_depth", g->queue_depth < 0 ? json_null() :
-	    json_integer(g->queue_depth));
-	json_object_set_new(o, "processing", g->processing < 0 ? json_null() :
-	    json_integer(g->processing));
-	json_object_set_new(o, "dead", g->dead < 0 ? json_null() : json_integer(g->dead));
+#define STATS_JSON_GAUGE(name, type, kind) \
+	json_object_set_new(o, #name, gauge_json_##kind(g->name));
+	STATS_GAUGES(STATS_JSON_GAUGE)
+#undef STATS_JSON_GAUGE
 #define STATS_JSON(name, help) \
 	json_object_set_new(o, #name, json_integer((json_int_t)stats.name));
 	STATS_COUNTERS(STATS_JSON)

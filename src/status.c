@@ -118,6 +118,7 @@ static void
 gather(struct stats_gauges *g, char *health, size_t hsize)
 {
 	memset(g, 0, sizeof(*g));
+	g->version = PACKAGE_VERSION;
 	g->health = daemon_health(health, hsize);
 	g->redis_connected = ug.redis_up;
 	g->paused = ug.paused;

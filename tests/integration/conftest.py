@@ -5,6 +5,7 @@ test starts is stopped by pid when the test ends; every wait polls for a
 condition under a generous deadline instead of sleeping."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +27,23 @@ USERGATECTL = os.path.join(BUILDDIR, "src", "usergatectl")
 FAKE = os.path.join(BUILDDIR, "tests", "fake-twilio")
 # Valgrind or a sanitizer build make everything slower: scale the deadlines.
 SLOW = float(os.environ.get("USERGATE_TEST_SLOWDOWN", "1"))
+
+def _xmacro_names(macro):
+    """The names of an X-macro of src/daemon.h (its first arguments), in
+    declaration order: the one declaration of the gauges and counters."""
+    with open(os.path.join(SRCDIR, "src", "daemon.h")) as f:
+        text = f.read()
+    body = re.search(r"^#define %s\(X\)((?:.*\\\n)*.*)$" % macro, text, re.M)
+    assert body, "no #define %s(X) in src/daemon.h" % macro
+    return re.findall(r"\bX\((\w+),", body.group(1))
+
+
+# The keys of `show stats` in their order (SPEC §6.2): the gauges, then the
+# counters.
+STATS_GAUGES = _xmacro_names("STATS_GAUGES")
+STATS_COUNTERS = _xmacro_names("STATS_COUNTERS")
+STATS_KEYS = STATS_GAUGES + STATS_COUNTERS
+
 WRAP = os.environ.get("USERGATE_TEST_WRAPPER", "").split()
 # The exit status the wrapper gives a daemon it found errors in (make
 # check-valgrind runs valgrind with --error-exitcode=99).

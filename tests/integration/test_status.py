@@ -11,14 +11,8 @@ import time
 import msgpack
 import pytest
 
-from conftest import SLOW, wait_for, run_clients
+from conftest import SLOW, STATS_COUNTERS, STATS_KEYS, wait_for, run_clients
 
-STATS_KEYS = ["version", "uptime_s", "instance_id", "health", "redis_connected", "paused",
-              "inflight", "max_inflight", "queue_depth", "processing", "dead",
-              "received", "invalid", "duplicate", "created", "exists", "updated", "failed",
-              "retries", "http_requests", "recovered", "rate_limited",
-              "dead_dropped"]
-COUNTERS = STATS_KEYS[11:]
 COMMANDS = ["show stats", "show metrics", "show queue", "health", "pause", "resume",
             "reload", "dead list [N]", "dead retry [N|all]", "help"]
 UNKNOWN = "error: unknown command, try help"
@@ -168,7 +162,7 @@ def test_show_stats_fields(stack):
     assert s["inflight"] == 0 and s["max_inflight"] == 64
     assert (s["queue_depth"], s["processing"], s["dead"]) == (0, 0, 0)
     assert isinstance(s["uptime_s"], int) and 0 <= s["uptime_s"] < 60 * SLOW
-    assert all(s[k] == 0 for k in COUNTERS)
+    assert all(s[k] == 0 for k in STATS_COUNTERS)
 
 
 def test_counters_are_exact(env):
@@ -207,7 +201,7 @@ def test_counters_are_exact(env):
     want = {"received": 9, "invalid": 1, "duplicate": 1, "created": 4, "exists": 1,
             "updated": 1, "failed": 1, "retries": 1, "http_requests": 11, "recovered": 1,
             "rate_limited": 1, "dead_dropped": 0}
-    assert {k: s[k] for k in COUNTERS} == want
+    assert {k: s[k] for k in STATS_COUNTERS} == want
     assert env.twilio.stats()["requests"] == 11
     assert (s["queue_depth"], s["processing"], s["dead"]) == (0, 0, 2)
     assert s["inflight"] == 0
@@ -236,7 +230,7 @@ def test_show_metrics_is_prometheus_text(stack):
     # Every counter of show stats, with the same value.
     counters = {n[len("usergate_"):-len("_total")]: f["samples"][0][2]
                 for n, f in fams.items() if f["type"] == "counter"}
-    assert counters == {k: float(s[k]) for k in COUNTERS}
+    assert counters == {k: float(s[k]) for k in STATS_COUNTERS}
     # The two histograms, in seconds.
     twilio = fams["usergate_twilio_request_duration_seconds"]
     result = fams["usergate_enqueue_to_result_seconds"]

@@ -9,13 +9,7 @@ import threading
 
 import pytest
 
-from conftest import SLOW, USERGATECTL, wait_for
-
-STATS_KEYS = ["version", "uptime_s", "instance_id", "health", "redis_connected", "paused",
-              "inflight", "max_inflight", "queue_depth", "processing", "dead",
-              "received", "invalid", "duplicate", "created", "exists", "updated", "failed",
-              "retries", "http_requests", "recovered", "rate_limited",
-              "dead_dropped"]
+from conftest import SLOW, STATS_KEYS, USERGATECTL, wait_for
 
 
 def ctl(*args, d=None, timeout=60):

@@ -3,7 +3,8 @@
  * every kind of error with its exact message, the SPEC's example block,
  * environment overrides, secret files and $CREDENTIALS_DIRECTORY, the
  * reload diff, and a check that every key is documented in
- * conf/usergate.conf and docs/usergate.conf.5 ($top_srcdir).
+ * conf/usergate.conf and docs/usergate.conf.5 ($top_srcdir), which show no
+ * key the table lacks.
  *
  * Every test starts from an environment without TWILIO_* variables and
  * without $CREDENTIALS_DIRECTORY, and writes its files under one temporary
@@ -1206,6 +1207,40 @@ section_text(const char *text, const char *head_fmt, const char *next,
 }
 
 /*
+ * The other way round: every key that part (the text of section in file)
+ * shows, as a line matching line_re (its first group the key), is a key of
+ * the table in that section, so the docs name nothing the code lacks.
+ */
+static void
+check_shown_keys(const char *file, const char *part, const char *line_re,
+    const char *section, const struct config_key *keys, size_t n)
+{
+	regex_t		 re;
+	regmatch_t	 m[2];
+	const char	*p = part;
+	size_t		 i, len;
+	int		 ok;
+
+	if (part == NULL || regcomp(&re, line_re, REG_EXTENDED | REG_NEWLINE) != 0)
+		return;
+	while (regexec(&re, p, 2, m, p == part ? 0 : REG_NOTBOL) == 0) {
+		len = (size_t)(m[1].rm_eo - m[1].rm_so);
+		ok = 0;
+		for (i = 0; i < n; i++)
+			ok |= strcmp(keys[i].section, section) == 0 &&
+			    strlen(keys[i].name) == len &&
+			    strncmp(keys[i].name, p + m[1].rm_so, len) == 0;
+		if (!ok)
+			fprintf(stderr, "\ndocs check: %s shows key \"%.*s\" in "
+			    "[%s], which the table does not have\n", file,
+			    (int)len, p + m[1].rm_so, section);
+		check_true("shown key in the table", ok, __LINE__);
+		p += m[0].rm_eo;
+	}
+	regfree(&re);
+}
+
+/*
  * Every key of the table is shown in the example configuration, in its
  * section, and described in usergate.conf(5), so neither can fall behind
  * the code (as PgBouncer's optscan.sh does for its settings).
@@ -1274,6 +1309,28 @@ test_docs(void)
 				    "", part != NULL ? keys[i].section : "",
 				    part != NULL ? "] section" : "");
 			check_true("key in docs/usergate.conf.5", ok, __LINE__);
+			free(part);
+		}
+	}
+
+	/* Each section shows no key but the table's. */
+	for (i = 0; i < n; i++) {
+		if (i > 0 && strcmp(keys[i].section, keys[i - 1].section) == 0)
+			continue;
+		if (conf_text != NULL) {
+			part = section_text(conf_text, "^[;# ]*\\[%s\\]",
+			    "^[;# ]*\\[", keys[i].section);
+			check_shown_keys(conf, part, "^[;# ]*([a-z0-9_]+) *=",
+			    keys[i].section, keys, n);
+			free(part);
+		}
+		if (man_text != NULL) {
+			part = section_text(man_text,
+			    "^\\.S[HSs][^\n]*\\[%s\\]", "^\\.S[HSs]",
+			    keys[i].section);
+			check_shown_keys(man, part,
+			    "^\\.BR? ([a-z0-9_]+) \" = \"", keys[i].section,
+			    keys, n);
 			free(part);
 		}
 	}

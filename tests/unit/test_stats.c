@@ -1,10 +1,13 @@
 /*
  * test_stats.c: pins the `show stats` keys (SPEC §6.2) and the shape of the
  * Prometheus rendering of stats.c (STYLE.md habit 7: counters declared
- * once, rendered everywhere from that one declaration).
+ * once, rendered everywhere from that one declaration), and checks the
+ * lists of them written out in docs/operations.md and usergatectl(1)
+ * against that declaration ($top_srcdir).
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +69,7 @@ sample_gauges(void)
 	struct stats_gauges g;
 
 	memset(&g, 0, sizeof(g));
+	g.version = PACKAGE_VERSION;
 	g.health = "ok";
 	g.redis_connected = 1;
 	g.paused = 0;
@@ -514,6 +518,256 @@ test_log_line(void)
 	    strchr(buf, '\n') == buf + strlen(buf) - 1); /* one line */
 }
 
+
+/* The gauges and counters of the X-macros are exactly the keys of SPEC §6.2. */
+static void
+test_gauge_names(void)
+{
+	const char *const *gauges, *const *counters;
+	size_t ng, nc, i;
+
+	gauges = stats_gauge_names(&ng);
+	counters = stats_counter_names(&nc);
+	CU_ASSERT_EQUAL_FATAL(ng + nc, NELEM(stats_keys));
+	for (i = 0; i < ng; i++)
+		CU_ASSERT_STRING_EQUAL(gauges[i], stats_keys[i]);
+	for (i = 0; i < nc; i++)
+		CU_ASSERT_STRING_EQUAL(counters[i], stats_keys[ng + i]);
+}
+
+/* ------------------------------------------------------------------ */
+/* The lists in the docs name every gauge and counter, and nothing else. */
+
+static char *
+read_doc(const char *name)
+{
+	const char *top;
+	char path[4096], *text;
+	FILE *f;
+	long len;
+
+	if ((top = getenv("top_srcdir")) == NULL &&
+	    (top = getenv("srcdir")) == NULL)
+		top = ".";
+	snprintf(path, sizeof(path), "%s/%s", top, name);
+	if ((f = fopen(path, "r")) == NULL) {
+		fprintf(stderr, "\ndocs check: cannot read %s (set top_srcdir "
+		    "to the source tree)\n", path);
+		return NULL;
+	}
+	if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 ||
+	    fseek(f, 0, SEEK_SET) != 0 ||
+	    (text = malloc((size_t)len + 1)) == NULL) {
+		fclose(f);
+		return NULL;
+	}
+	text[fread(text, 1, (size_t)len, f)] = '\0';
+	fclose(f);
+	return text;
+}
+
+/* The text from the first start (after it) to the first end after that,
+ * or NULL; malloc'd. */
+static char *
+between(const char *text, const char *start, const char *end)
+{
+	const char *a, *b;
+	char *out;
+
+	if (text == NULL || (a = strstr(text, start)) == NULL)
+		return NULL;
+	a += strlen(start);
+	if ((b = strstr(a, end)) == NULL)
+		return NULL;
+	if ((out = malloc((size_t)(b - a) + 1)) == NULL)
+		return NULL;
+	memcpy(out, a, (size_t)(b - a));
+	out[b - a] = '\0';
+	return out;
+}
+
+/* A set of names read from a doc, at most 64 of at most 63 bytes. */
+struct names {
+	char name[64][64];
+	size_t n;
+};
+
+static void
+names_add(struct names *set, const char *p, size_t len)
+{
+	size_t i;
+
+	if (len == 0 || len >= sizeof(set->name[0]))
+		return;
+	for (i = 0; i < set->n; i++)
+		if (strlen(set->name[i]) == len &&
+		    strncmp(set->name[i], p, len) == 0)
+			return;
+	if (set->n < NELEM(set->name)) {
+		memcpy(set->name[set->n], p, len);
+		set->name[set->n++][len] = '\0';
+	}
+}
+
+static int
+names_has(const struct names *set, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < set->n; i++)
+		if (strcmp(set->name[i], name) == 0)
+			return 1;
+	return 0;
+}
+
+static size_t
+word_len(const char *p)
+{
+	size_t len = 0;
+
+	while (islower((unsigned char)p[len]) ||
+	    isdigit((unsigned char)p[len]) || p[len] == '_')
+		len++;
+	return len;
+}
+
+/* Markdown: every `word` in text. */
+static void
+backticked(const char *text, struct names *set)
+{
+	const char *p;
+
+	for (p = text; (p = strchr(p, '`')) != NULL; p++) {
+		size_t len = word_len(p + 1);
+
+		if (p[1 + len] == '`') {
+			names_add(set, p + 1, len);
+			p += 1 + len;
+		}
+	}
+}
+
+/* man(7): the word after every .B or .BR at the start of a line. */
+static void
+bold(const char *text, struct names *set)
+{
+	const char *p;
+
+	for (p = text; p != NULL; p = strchr(p, '\n'), p = p ? p + 1 : p) {
+		if (strncmp(p, ".B ", 3) == 0)
+			names_add(set, p + 3, word_len(p + 3));
+		else if (strncmp(p, ".BR ", 4) == 0)
+			names_add(set, p + 4, word_len(p + 4));
+	}
+}
+
+/*
+ * Checks a list read from a doc against the X-macros: every gauge (when
+ * gauges) and counter is in it, and every name in it is one of them or one
+ * of the other words the list may name (other, NULL-terminated).
+ */
+static void
+check_list(const char *what, const struct names *set, int gauges,
+    const char *const *other)
+{
+	const char *const *names;
+	size_t n, i, j;
+	int known;
+
+	names = stats_counter_names(&n);
+	for (i = 0; i < n; i++)
+		if (!names_has(set, names[i])) {
+			fprintf(stderr, "\ndocs check: %s does not name "
+			    "counter %s\n", what, names[i]);
+			CU_FAIL("counter missing from a doc's list");
+		}
+	names = stats_gauge_names(&n);
+	for (i = 0; gauges && i < n; i++)
+		if (!names_has(set, names[i])) {
+			fprintf(stderr, "\ndocs check: %s does not name "
+			    "gauge %s\n", what, names[i]);
+			CU_FAIL("gauge missing from a doc's list");
+		}
+	for (j = 0; j < set->n; j++) {
+		known = 0;
+		for (i = 0; i < NELEM(stats_keys); i++)
+			known |= strcmp(set->name[j], stats_keys[i]) == 0;
+		for (i = 0; other != NULL && other[i] != NULL; i++)
+			known |= strcmp(set->name[j], other[i]) == 0;
+		if (!known) {
+			fprintf(stderr, "\ndocs check: %s names %s, which "
+			    "is no gauge or counter\n", what, set->name[j]);
+			CU_FAIL("unknown name in a doc's list");
+		}
+	}
+}
+
+/* Markdown: the NAME of every `usergate_NAME_total` in text. */
+static void
+prometheus_counters(const char *text, struct names *set)
+{
+	const char *p;
+
+	for (p = text; (p = strstr(p, "`usergate_")) != NULL; p++) {
+		size_t len = word_len(p + 10);
+
+		if (len > 6 && strncmp(p + 10 + len - 6, "_total`", 7) == 0)
+			names_add(set, p + 10, len - 6);
+	}
+}
+
+/* Adds to set the names read (by read) from the part of a doc between
+ * start and end, which must be there. */
+static void
+collect(struct names *set, const char *doc, const char *start,
+    const char *end, void (*read)(const char *, struct names *))
+{
+	char *part = between(doc, start, end);
+
+	if (part == NULL) {
+		fprintf(stderr, "\ndocs check: no \"%s\" up to \"%s\"\n",
+		    start, end);
+		CU_FAIL("a doc's list not found");
+		return;
+	}
+	read(part, set);
+	free(part);
+}
+
+static void
+test_docs(void)
+{
+	static const char *const ctl_other[] = { "dead_max", NULL };
+	struct names set;
+	char *ops, *ctl;
+
+	ops = read_doc("docs/operations.md");
+	ctl = read_doc("docs/usergatectl.1");
+	CU_ASSERT_FATAL(ops != NULL && ctl != NULL);
+
+	/* operations.md, the status commands: the row of show stats. */
+	memset(&set, 0, sizeof(set));
+	collect(&set, ops, "| `show stats` |", "\n", backticked);
+	check_list("docs/operations.md's row of show stats", &set, 1, NULL);
+
+	/* operations.md, the metrics: usergate_NAME_total in the table, and
+	 * the other counters named after it. */
+	memset(&set, 0, sizeof(set));
+	collect(&set, ops, "### The metrics that matter", "\n### ",
+	    prometheus_counters);
+	collect(&set, ops, "The other counters of `show stats` (", ")",
+	    backticked);
+	check_list("docs/operations.md's metrics", &set, 0, NULL);
+
+	/* usergatectl(1), show stats. */
+	memset(&set, 0, sizeof(set));
+	collect(&set, ctl, ".B show stats\n", "\n.TP\n", bold);
+	check_list("docs/usergatectl.1's show stats", &set, 1, ctl_other);
+
+	free(ops);
+	free(ctl);
+}
+
 /* ------------------------------------------------------------------ */
 
 int
@@ -528,6 +782,8 @@ main(void)
 	    CU_add_test(suite, "show stats keys", test_keys) == NULL ||
 	    CU_add_test(suite, "show stats values", test_values) == NULL ||
 	    CU_add_test(suite, "counter names", test_counter_names) == NULL ||
+	    CU_add_test(suite, "gauge names", test_gauge_names) == NULL ||
+	    CU_add_test(suite, "docs", test_docs) == NULL ||
 	    CU_add_test(suite, "prometheus", test_prometheus) == NULL ||
 	    CU_add_test(suite, "log line", test_log_line) == NULL) {
 		CU_cleanup_registry();
