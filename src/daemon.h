@@ -164,7 +164,7 @@ double		 job_oldest_age(void);
 long		 job_room(void);
 /* A socket client went away: its jobs finish but answer nobody. */
 void		 job_forget_conn(struct intake_conn *conn);
-/* Called by queue.c when the Redis link comes up or goes down. */
+/* Called by queue_link.c when the Redis link comes up or goes down. */
 void		 job_redis_changed(int up);
 /* The requests our jobs hold (at most max), for reconciling the processing
  * list; returns how many. */
@@ -183,7 +183,7 @@ void		 job_abandon_all(void);
 void		 job_reconfigure(void);
 
 /* ------------------------------------------------------------------ */
-/* queue.c: the only hiredis user. */
+/* queue_*.c: the only hiredis users (queue_int.h says which does what). */
 
 /* Result of one finished job, as written by queue_commit. */
 struct commit_item {

@@ -724,7 +724,7 @@ request_parse(const void *buf, size_t len, const struct reply_scope *scope,
 		return reject(err, errlen, REQ_TOO_LARGE,
 		    "request is %zu bytes, over the limit of %d", len,
 		    UG_FRAME_MAX);
-	/* What queue.c leaves of a Redis list element over the limit (the
+	/* What queue_take.c leaves of a Redis list element over the limit (the
 	 * length is read within len: buf need not be a C string). */
 	if (len > strlen(UG_OVERSIZE_MARK) &&
 	    memcmp(buf, UG_OVERSIZE_MARK, strlen(UG_OVERSIZE_MARK)) == 0) {

@@ -2,7 +2,7 @@
  * state.c: the daemon's process-wide state (ug), its health, and the one
  * way to say that the state changed.
  *
- * The adapters (queue.c, http.c, intake.c, status.c) and job.c write ug
+ * The adapters (queue_*.c, http.c, intake.c, status.c) and job.c write ug
  * and report changes here; what is done with a change (the sd_notify
  * STATUS= line) is main.c's, through the hooks it registers at start.
  */

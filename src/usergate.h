@@ -6,8 +6,9 @@
  *  - a function that returns a `char *` or `json_t *` gives the caller a
  *    reference to free (free() / json_decref()) unless its comment says
  *    otherwise;
- *  - library handles are owned by one file each: libcurl by http.c, hiredis by
- *    queue.c.  No other file includes their headers.
+ *  - library handles are owned by one module each: libcurl by http.c, hiredis
+ *    by the queue_*.c files, through queue_int.h.  No other file includes
+ *    their headers.
  */
 #ifndef USERGATE_H
 #define USERGATE_H

@@ -746,7 +746,7 @@ test_frame_size(void)
 	expect(&r, "JSON", s, len);
 	free(s);
 
-	/* The stub queue.c leaves of an oversize Redis element: too_large
+	/* The stub queue_take.c leaves of an oversize Redis element: too_large
 	 * with the element's length, read within the given bytes only. */
 	r = (struct row){ .name = "oversize stub", .want = REQ_TOO_LARGE,
 	    .err = "request is 31457280 bytes, over the limit of 65536" };

@@ -1,0 +1,515 @@
+/*
+ * queue_link.c: the link to Redis.  Its two connections (queue_int.h says
+ * why two), their setup (AUTH, SELECT, loading the scripts) and reconnection
+ * with backoff; the helpers every queue_*.c file sends with; the key names;
+ * and what Redis refuses us, for health.  queue_init and queue_shutdown set
+ * up and tear down the whole of the queue_*.c files.
+ */
+#include "config.h"
+
+#include <sys/types.h>
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "queue_int.h"
+
+#define RECONNECT_MIN_MS	100
+#define RECONNECT_MAX_MS	5000
+
+static const char *const script_source[SCRIPT_COUNT] = {
+	queue_take_lua, queue_claim_lua, queue_rate_lua, queue_takeover_lua,
+	queue_reconcile_lua, queue_guard_lua, queue_stub_lua, queue_head_lua,
+};
+char queue_script_sha[SCRIPT_COUNT][41];
+
+redisAsyncContext *queue_cmd;
+redisAsyncContext *queue_blk;
+int queue_ready;
+int queue_setup_failed;
+long long queue_blk_client_id = -1;
+struct queue_keys queue_keys;
+
+static int shutting_down;		/* queue_shutdown: no reconnects */
+static long reconnect_ms = RECONNECT_MIN_MS;
+static char outage_reason[128];		/* non-empty: an outage, logged once */
+static int scripts_loading;		/* SCRIPT LOADs on the wire */
+static struct event *reconnect_ev;
+
+static void	 connect_all(void);
+static void	 on_client_id(redisAsyncContext *, void *, void *);
+static void	 on_script_loaded(redisAsyncContext *, void *, void *);
+static void	 schedule_reconnect(void);
+
+static const char *const fault_operation[FAULT_COUNT] = {
+	"taking requests", "identity claims", "rate window",
+	"recovering processing lists", "result transaction",
+};
+static char fault_reason[FAULT_COUNT][192];
+
+void
+queue_fault_set(enum fault f, const char *error)
+{
+	char reason[sizeof(fault_reason[0])];
+	size_t n = strlen(WRONGTYPE_PREFIX);
+
+	if (strncmp(error, WRONGTYPE_PREFIX, n) == 0)
+		snprintf(reason, sizeof(reason), "redis key %s has wrong type", error + n);
+	else
+		snprintf(reason, sizeof(reason), "redis refused %s: %s", fault_operation[f],
+		    error);
+	if (strcmp(reason, fault_reason[f]) == 0)
+		return;
+	memcpy(fault_reason[f], reason, sizeof(reason));
+	/* An Identity (often an e-mail address) is named at debug level only. */
+	if (f == FAULT_CLAIM)
+		log_error("redis refused identity claims; retrying with backoff");
+	else
+		log_error("redis refused a command; retrying with backoff",
+		    "operation", fault_operation[f], "reason", reason);
+	log_debug("redis fault", "reason", reason);
+	state_changed();
+}
+
+void
+queue_fault_clear(enum fault f)
+{
+	if (fault_reason[f][0] == '\0')
+		return;
+	fault_reason[f][0] = '\0';
+	log_info("redis accepts our commands again", "operation", fault_operation[f]);
+	state_changed();
+}
+
+int
+queue_is_noscript(const redisReply *r)
+{
+	return r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+const char *
+queue_reply_error(const redisReply *r)
+{
+	return r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply";
+}
+
+/* The reason health gives, or NULL when Redis serves us well. */
+const char *
+queue_problem(void)
+{
+	int i;
+
+	if (!ug.redis_up)
+		return outage_reason[0] ? outage_reason : "redis unreachable";
+	for (i = 0; i < FAULT_COUNT; i++)
+		if (fault_reason[i][0])
+			return fault_reason[i];
+	return NULL;
+}
+
+/*
+ * The first failure of an outage is logged, and then only a change of
+ * reason: a wrong password retried with backoff for hours is one line.
+ */
+static void
+outage(const char *reason, const char *error)
+{
+	if (strcmp(reason, outage_reason) == 0)
+		return;
+	snprintf(outage_reason, sizeof(outage_reason), "%s", reason);
+	if (strcmp(reason, "redis unreachable") == 0)
+		log_warn("cannot connect to redis, retrying with backoff", "error", error);
+	else
+		log_error("redis refuses us, retrying with backoff", "reason", reason,
+		    "error", error);
+	state_changed();
+}
+
+/* Sends a SCRIPT LOAD of each script, counting those on the wire. */
+static void
+scripts_load(void)
+{
+	int i;
+
+	for (i = 0; i < SCRIPT_COUNT; i++)
+		if (queue_send_strings(queue_cmd, on_script_loaded,
+		    (void *)(intptr_t)i, 3, "SCRIPT", "LOAD",
+		    script_source[i]) == 0)
+			scripts_loading++;
+}
+
+/*
+ * Redis forgot our scripts (a restart, a failover, SCRIPT FLUSH): load them
+ * again, once for all the calls that failed together.  Callers retry their
+ * call, and on this ordered link every retry comes after the loads.
+ */
+void
+queue_scripts_reload(void)
+{
+	if (scripts_loading > 0 || queue_cmd == NULL)
+		return;
+	log_warn("redis lost our scripts (restart, failover or SCRIPT FLUSH); "
+	    "loading them again");
+	scripts_load();
+}
+
+/* An error reply to one of our calls: reload lost scripts, or record it. */
+void
+queue_refused(enum fault f, const redisReply *r)
+{
+	if (queue_is_noscript(r))
+		queue_scripts_reload();
+	else
+		queue_fault_set(f, queue_reply_error(r));
+}
+
+/* PREFIX + suffix + arg, malloc'd; two per result, so no printf. */
+char *
+queue_key(const char *suffix, const char *arg)
+{
+	size_t a = strlen(ug.cfg->prefix), b = strlen(suffix);
+	size_t c = arg != NULL ? strlen(arg) : 0;
+	char *s;
+
+	if ((s = malloc(a + b + c + 1)) == NULL)
+		return NULL;
+	memcpy(s, ug.cfg->prefix, a);
+	memcpy(s + a, suffix, b);
+	if (c > 0)
+		memcpy(s + a + b, arg, c);
+	s[a + b + c] = '\0';
+	return s;
+}
+
+/* Sends one command as argv; returns -1 when the link is down. */
+int
+queue_send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv,
+    int argc, const char **argv, const size_t *lens)
+{
+	sds text;
+	int len, rv;
+
+	if (ac == NULL)
+		return -1;
+	/* The sds formatter: redisFormatCommandArgv sprintf()s every
+	 * argument's length, about 60 % slower (docs/performance.md). */
+	if ((len = redisFormatSdsCommandArgv(&text, argc, argv, lens)) < 0)
+		return -1;
+	rv = redisAsyncFormattedCommand(ac, fn, priv, text, (size_t)len);
+	redisFreeSdsCommand(text);
+	return rv == REDIS_OK ? 0 : -1;
+}
+
+/* Convenience for commands made only of C strings. */
+int
+queue_send_strings(redisAsyncContext *ac, redisCallbackFn *fn, void *priv,
+    int argc, ...)
+{
+	const char *argv[16];
+	size_t lens[16];
+	va_list ap;
+	int i;
+
+	if (argc > 16)
+		return -1;
+	va_start(ap, argc);
+	for (i = 0; i < argc; i++) {
+		argv[i] = va_arg(ap, const char *);
+		lens[i] = strlen(argv[i]);
+	}
+	va_end(ap);
+	return queue_send_argv(ac, fn, priv, argc, argv, lens);
+}
+
+/* ------------------------------------------------------------------ */
+/* connection management */
+
+static void
+link_lost(void)
+{
+	int was = ug.redis_up;
+
+	queue_ready = 0;
+	ug.redis_up = 0;
+	queue_take_outstanding = 0;
+	if (was) {
+		log_warn("redis connection lost; requests stay queued, reconnecting");
+		job_redis_changed(0);
+		state_changed();
+	}
+}
+
+/*
+ * The instance is registered: the link is up and intake may start at once.
+ * A reconnect, or the end of an outage, is logged.
+ */
+void
+queue_link_up(int first)
+{
+	queue_ready = 1;
+	ug.redis_up = 1;
+	reconnect_ms = RECONNECT_MIN_MS;
+	queue_intake_reset();
+	if (outage_reason[0] || !first)
+		log_info("redis connection restored");
+	outage_reason[0] = '\0';
+	job_redis_changed(1);
+	state_changed();
+	queue_pump();
+}
+
+/*
+ * One of the two connections is gone (lost), or never came up: hiredis
+ * frees it after our callback, so we forget it, and drop the other one,
+ * which is re-made with it.  Only a lost blocking link had a BLMOVE on
+ * its way; losing it while draining leaves the command link up.
+ */
+static void
+link_closed(const redisAsyncContext *ac, int lost)
+{
+	if (ac == queue_cmd) {
+		queue_cmd = NULL;
+		link_lost();
+		/* Drop the blocking link too: it is re-made with cmd. */
+		if (queue_blk != NULL)
+			redisAsyncDisconnect(queue_blk);
+	} else if (ac == queue_blk) {
+		queue_blk = NULL;
+		if (lost)
+			queue_block_outstanding = 0;
+		if (queue_cmd != NULL && !(lost && ug.draining))
+			redisAsyncDisconnect(queue_cmd);
+	}
+	if (!shutting_down)
+		schedule_reconnect();
+}
+
+static void
+on_disconnect(const redisAsyncContext *ac, int status)
+{
+	link_closed(ac, 1);
+}
+
+static void
+on_connect(const redisAsyncContext *ac, int status)
+{
+	if (status == REDIS_OK)
+		return;
+	outage("redis unreachable", ac->errstr);
+	link_closed(ac, 0);
+}
+
+static void
+reconnect_cb(evutil_socket_t fd, short what, void *arg)
+{
+	if (queue_cmd == NULL && queue_blk == NULL && !shutting_down)
+		connect_all();
+}
+
+static void
+schedule_reconnect(void)
+{
+	struct timeval tv;
+
+	if (queue_cmd != NULL || queue_blk != NULL || shutting_down)
+		return;		/* the other link's disconnect will call us */
+	tv.tv_sec = reconnect_ms / 1000;
+	tv.tv_usec = (reconnect_ms % 1000) * 1000;
+	evtimer_add(reconnect_ev, &tv);
+	reconnect_ms = reconnect_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : reconnect_ms * 2;
+}
+
+/*
+ * A refused AUTH, SELECT or SCRIPT LOAD is a failed connection: the link is
+ * not up, health says why, and we retry with backoff (the operator may be
+ * fixing Redis).  Only the first refusal of an attempt counts: after a
+ * refused AUTH every later command is refused too.
+ */
+void
+queue_hello_failed(redisAsyncContext *ac, const char *what, const redisReply *r)
+{
+	char reason[sizeof(outage_reason)];
+
+	if (r != NULL && !queue_setup_failed) {
+		if (strcmp(what, "AUTH") == 0)
+			snprintf(reason, sizeof(reason), "redis auth refused");
+		else if (strcmp(what, "SELECT") == 0)
+			snprintf(reason, sizeof(reason), "redis db refused");
+		else
+			snprintf(reason, sizeof(reason), "redis refused %s", what);
+		outage(reason, queue_reply_error(r));
+	}
+	queue_setup_failed = 1;
+	if (ac != NULL && (ac == queue_cmd || ac == queue_blk))
+		redisAsyncDisconnect(ac);
+}
+
+static void
+on_setup_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	if (r == NULL)
+		return;		/* link lost; the disconnect path retries */
+	if (r->type == REDIS_REPLY_ERROR)
+		queue_hello_failed(ac, priv, r);
+}
+
+static void
+on_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+	enum script s = (enum script)(intptr_t)priv;
+
+	if (scripts_loading > 0)
+		scripts_loading--;
+	if (r == NULL)
+		return;
+	if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+		queue_hello_failed(ac, "SCRIPT LOAD", r);
+		return;
+	}
+	memcpy(queue_script_sha[s], r->str, 40);
+	queue_script_sha[s][40] = '\0';
+}
+
+static redisAsyncContext *
+connect_one(void)
+{
+	struct config *c = ug.cfg;
+	redisAsyncContext *ac;
+	char db[16];
+
+	if (c->redis_unix_socket && c->redis_unix_socket[0])
+		ac = redisAsyncConnectUnix(c->redis_unix_socket);
+	else
+		ac = redisAsyncConnect(c->redis_host, (int)c->redis_port);
+	if (ac == NULL)
+		return NULL;
+	if (ac->err) {
+		outage("redis unreachable", ac->errstr);
+		redisAsyncFree(ac);
+		return NULL;
+	}
+	if (redisLibeventAttach(ac, ug.base) != REDIS_OK) {
+		redisAsyncFree(ac);
+		return NULL;
+	}
+	redisAsyncSetConnectCallback(ac, on_connect);
+	redisAsyncSetDisconnectCallback(ac, on_disconnect);
+	/* Commands queue until the connection is up. */
+	if (c->redis_password)
+		queue_send_strings(ac, on_setup_reply, "AUTH", 2, "AUTH",
+		    c->redis_password);
+	if (c->redis_db != 0) {
+		snprintf(db, sizeof(db), "%ld", c->redis_db);
+		queue_send_strings(ac, on_setup_reply, "SELECT", 2, "SELECT",
+		    db);
+	}
+	return ac;
+}
+
+static void
+connect_all(void)
+{
+	queue_setup_failed = 0;
+	queue_cmd = connect_one();
+	if (queue_cmd == NULL) {
+		schedule_reconnect();
+		return;
+	}
+	queue_blk = connect_one();
+	if (queue_blk == NULL) {
+		redisAsyncDisconnect(queue_cmd);
+		return;
+	}
+	queue_blk_client_id = -1;
+	queue_send_strings(queue_blk, on_client_id, NULL, 2, "CLIENT", "ID");
+	scripts_loading = 0;
+	scripts_load();
+	queue_instance_check();
+}
+
+static void
+on_client_id(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+		queue_blk_client_id = r->integer;
+}
+
+/* ------------------------------------------------------------------ */
+/* setup, teardown */
+
+int
+queue_connected(void)
+{
+	return queue_ready;
+}
+
+int
+queue_init(void)
+{
+	const char *id = ug.cfg->instance_id;
+	struct queue_keys *k = &queue_keys;
+
+	if ((k->requests = queue_key("requests", NULL)) == NULL ||
+	    (k->processing = queue_key("processing:", id)) == NULL ||
+	    (k->recoveries = queue_key("recoveries", NULL)) == NULL ||
+	    (k->instances = queue_key("instances", NULL)) == NULL ||
+	    (k->rate = queue_key("rate", NULL)) == NULL ||
+	    (k->results = queue_key("results", NULL)) == NULL ||
+	    (k->events = queue_key("events", NULL)) == NULL ||
+	    (k->dead = queue_key("dead", NULL)) == NULL ||
+	    (k->instance = queue_key("instance:", id)) == NULL)
+		return -1;
+	if ((reconnect_ev = evtimer_new(ug.base, reconnect_cb, NULL)) == NULL ||
+	    queue_take_init() != 0 || queue_claim_init() != 0 ||
+	    queue_instance_init() != 0)
+		return -1;
+	connect_all();
+	return 0;
+}
+
+void
+queue_shutdown(void)
+{
+	shutting_down = 1;
+	if (reconnect_ev)
+		event_free(reconnect_ev);
+	reconnect_ev = NULL;
+	queue_take_shutdown();
+	queue_claim_shutdown();
+	/* Free rather than disconnect: pending callbacks run now with NULL
+	 * replies, while their owners still exist. */
+	if (queue_blk != NULL) {
+		redisAsyncContext *b = queue_blk;
+
+		queue_blk = NULL;
+		redisAsyncFree(b);
+	}
+	if (queue_cmd != NULL) {
+		redisAsyncContext *c = queue_cmd;
+
+		queue_cmd = NULL;
+		redisAsyncFree(c);
+	}
+	queue_instance_shutdown();
+	queue_admin_shutdown();
+	free(queue_keys.requests);
+	free(queue_keys.processing);
+	free(queue_keys.recoveries);
+	free(queue_keys.instances);
+	free(queue_keys.rate);
+	free(queue_keys.results);
+	free(queue_keys.events);
+	free(queue_keys.dead);
+	free(queue_keys.instance);
+}
