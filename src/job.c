@@ -608,7 +608,6 @@ static void
 http_start(struct job *j)
 {
 	char *url = NULL, *body = NULL;
-	const char *method = "POST";
 	int rv;
 
 	j->state = JOB_HTTP;
@@ -618,7 +617,6 @@ http_start(struct job *j)
 		body = twilio_form(&j->req, 1);
 		break;
 	case PHASE_FETCH:
-		method = "GET";
 		url = twilio_user_url(ug.cfg->api_base, ug.cfg->service_sid, j->req.identity);
 		break;
 	case PHASE_UPDATE:
@@ -634,7 +632,7 @@ http_start(struct job *j)
 	if (url == NULL || (j->phase != PHASE_FETCH && body == NULL))
 		rv = -1;
 	else
-		rv = http_send(method, url, body, j->phase == PHASE_FETCH ? -1 :
+		rv = http_send(url, body, j->phase == PHASE_FETCH ? -1 :
 		    j->req.webhook_enabled, on_http, j);
 	free(url);
 	free(body);
