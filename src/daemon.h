@@ -222,8 +222,9 @@ typedef void	 queue_lines_cb(int ok, char **lines, size_t n, void *arg);
 
 int		 queue_init(void);
 int		 queue_connected(void);
-/* Takes up to n requests into our processing list, handing each to
- * job_take.  Returns 0 when a take was started. */
+/* Takes as many requests as job_room() allows into our processing list,
+ * handing each to job_take; nothing while paused, draining, refused by
+ * Twilio or while a take is on its way. */
 void		 queue_pump(void);
 int		 queue_claim(const char *identity, queue_claim_cb *cb, void *arg);
 int		 queue_rate_acquire(long want, queue_rate_cb *cb, void *arg);
@@ -263,8 +264,8 @@ typedef void	 http_done_cb(const struct http_result *res, void *arg);
 int		 http_init(void);
 /* Applies timeouts, credentials and CA from ug.cfg (at start and reload). */
 void		 http_configure(void);
-/* method "GET" or "POST"; body NULL for GET; webhook -1/0/1. */
-int		 http_send(const char *method, const char *url, const char *body, int webhook,
+/* A GET when body is NULL, else a form POST; webhook -1/0/1. */
+int		 http_send(const char *url, const char *body, int webhook,
 		    http_done_cb *cb, void *arg);
 long		 http_inflight(void);
 void		 http_shutdown(void);

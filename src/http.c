@@ -60,7 +60,6 @@ static TAILQ_HEAD(, http_call) active_calls = TAILQ_HEAD_INITIALIZER(active_call
 static long inflight;
 /* "User-Agent: ..." as a ready header line (see headers_build). */
 static char user_agent[180];
-static int still_running;
 
 /*
  * The request headers come in six variants (GET or a form POST; webhook
@@ -413,8 +412,8 @@ set_url(struct http_call *c, const char *url)
 }
 
 int
-http_send(const char *method, const char *url, const char *body, int webhook,
-    http_done_cb *cb, void *arg)
+http_send(const char *url, const char *body, int webhook, http_done_cb *cb,
+    void *arg)
 {
 	struct http_call *c;
 	CURLMcode mc;
@@ -444,7 +443,6 @@ http_send(const char *method, const char *url, const char *body, int webhook,
 	} else {
 		curl_easy_setopt(c->easy, CURLOPT_HTTPGET, 1L);
 	}
-	(void)method;
 	c->started = now_monotonic();
 	if ((mc = curl_multi_add_handle(multi, c->easy)) != CURLM_OK) {
 		log_error("http: cannot start a request", "error", curl_multi_strerror(mc));
@@ -509,15 +507,18 @@ on_socket_event(evutil_socket_t fd, short kind, void *arg)
 {
 	int action = ((kind & EV_READ) ? CURL_CSELECT_IN : 0) |
 	    ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+	int running;	/* libcurl must write it; check_done finds what ended */
 
-	curl_multi_socket_action(multi, fd, action, &still_running);
+	curl_multi_socket_action(multi, fd, action, &running);
 	check_done();
 }
 
 static void
 on_timer(evutil_socket_t fd, short kind, void *arg)
 {
-	curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &still_running);
+	int running;	/* libcurl must write it; check_done finds what ended */
+
+	curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
 	check_done();
 }
 

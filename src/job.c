@@ -16,12 +16,14 @@
  *                       auth wait (401/403/TLS) ◄────────────┘
  *
  * Each job is in exactly one state, and in at most one of the queues below
- * (rate, send, auth, commit) or one owner's waiter list.  The job is freed
- * only after its result transaction succeeded (or at final exit, when its
- * request stays in the processing list for the next start).
+ * (rate, send, auth, commit) or one owner's waiter list, the one its state
+ * names: job_set_state changes both together.  The job is freed only after
+ * its result transaction succeeded (or at final exit, when its request
+ * stays in the processing list for the next start).
  */
 #include "config.h"
 
+#include <assert.h>
 #include <search.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -72,6 +74,8 @@ enum job_state {
 
 enum job_phase { PHASE_CREATE, PHASE_FETCH, PHASE_UPDATE };
 
+TAILQ_HEAD(job_list, job);
+
 struct job {
 	TAILQ_ENTRY(job)	 link;	/* the one queue or waiter list it is in */
 	TAILQ_ENTRY(job)	 all;
@@ -99,7 +103,7 @@ struct job {
 	long			 claim_poll_ms;
 	int			 owns_claim;	/* our claim is in Redis */
 	int			 is_owner;	/* in the local identity table */
-	TAILQ_HEAD(, job)	 waiters;	/* same Identity, behind us */
+	struct job_list		 waiters;	/* same Identity, behind us */
 	struct job		*owner;
 
 	long			 last_status;
@@ -119,14 +123,71 @@ struct job {
 	struct event		*timer;
 };
 
-TAILQ_HEAD(job_list, job);
-
 static struct job_list all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
 static struct job_list rate_q = TAILQ_HEAD_INITIALIZER(rate_q);
 static struct job_list send_q = TAILQ_HEAD_INITIALIZER(send_q);
 static struct job_list auth_q = TAILQ_HEAD_INITIALIZER(auth_q);
 static struct job_list commit_q = TAILQ_HEAD_INITIALIZER(commit_q);
 static long njobs;
+
+/*
+ * The queue a job in its state is in: each waiting state has its own, a
+ * local wait its owner's waiter list, every other state none.
+ */
+static struct job_list *
+state_queue(const struct job *j)
+{
+	switch (j->state) {
+	case JOB_LOCAL_WAIT:
+		return &j->owner->waiters;
+	case JOB_RATE_WAIT:
+		return &rate_q;
+	case JOB_SEND_WAIT:
+		return &send_q;
+	case JOB_AUTH_WAIT:
+		return &auth_q;
+	case JOB_COMMIT_WAIT:
+		return &commit_q;
+	default:
+		return NULL;
+	}
+}
+
+/*
+ * Every change of a job's state goes through here, as in PgBouncer's
+ * change_client_state: the job leaves the queue of its old state and
+ * enters q, which must be the new state's (NULL for a state without one),
+ * so that "one state, one queue" holds by construction.  A job whose turn
+ * was taken from it through no fault of its own goes back to the front.
+ */
+static void
+job_move(struct job *j, enum job_state state, struct job_list *q, int front)
+{
+	struct job_list *old = state_queue(j);
+
+	if (old != NULL)
+		TAILQ_REMOVE(old, j, link);
+	j->state = state;
+	assert(q == state_queue(j));
+	if (q == NULL)
+		return;
+	if (front)
+		TAILQ_INSERT_HEAD(q, j, link);
+	else
+		TAILQ_INSERT_TAIL(q, j, link);
+}
+
+static void
+job_set_state(struct job *j, enum job_state state, struct job_list *q)
+{
+	job_move(j, state, q, 0);
+}
+
+static void
+job_set_state_front(struct job *j, enum job_state state, struct job_list *q)
+{
+	job_move(j, state, q, 1);
+}
 
 static void *identities;		/* tsearch tree of owner jobs */
 static struct pace_window window;
@@ -328,7 +389,7 @@ job_take(char *raw, size_t len, enum job_source source, long recoveries,
 	j->conn = conn;
 	j->received_wall = now_wall();
 	j->received_mono = now_monotonic();
-	j->state = JOB_PARSED;
+	job_set_state(j, JOB_PARSED, NULL);
 
 	scope.allowed = ug.cfg->reply_prefix;
 	scope.own = ug.cfg->prefix;
@@ -378,9 +439,8 @@ identity_enter(struct job *j)
 		return;
 	}
 	if (*found != j) {
-		j->state = JOB_LOCAL_WAIT;
 		j->owner = *found;
-		TAILQ_INSERT_TAIL(&(*found)->waiters, j, link);
+		job_set_state(j, JOB_LOCAL_WAIT, &j->owner->waiters);
 		return;
 	}
 	j->is_owner = 1;
@@ -441,7 +501,7 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 		j->claim_poll_ms = j->claim_poll_ms ? j->claim_poll_ms * 2 : CLAIM_POLL_MIN_MS;
 		if (j->claim_poll_ms > CLAIM_POLL_MAX_MS)
 			j->claim_poll_ms = CLAIM_POLL_MAX_MS;
-		j->state = JOB_CLAIM_RETRY;
+		job_set_state(j, JOB_CLAIM_RETRY, NULL);
 		set_timer(j, j->claim_poll_ms, claim_timer_cb);
 		return;
 	case CLAIM_REFUSED:
@@ -456,12 +516,12 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 			fail(j, "redis_error", msg);
 			return;
 		}
-		j->state = JOB_CLAIM_RETRY;
+		job_set_state(j, JOB_CLAIM_RETRY, NULL);
 		set_timer(j, redis_backoff_ms(j->claim_refusals), claim_timer_cb);
 		return;
 	case CLAIM_ERROR:
 	default:
-		j->state = JOB_CLAIM_RETRY;
+		job_set_state(j, JOB_CLAIM_RETRY, NULL);
 		set_timer(j, REDIS_RETRY_MS, claim_timer_cb);
 		return;
 	}
@@ -470,9 +530,9 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 static void
 claim(struct job *j)
 {
-	j->state = JOB_CLAIMING;
+	job_set_state(j, JOB_CLAIMING, NULL);
 	if (queue_claim(j->req.identity, on_claim, j) != 0) {
-		j->state = JOB_CLAIM_RETRY;
+		job_set_state(j, JOB_CLAIM_RETRY, NULL);
 		set_timer(j, REDIS_RETRY_MS, claim_timer_cb);
 	}
 }
@@ -508,8 +568,7 @@ start_attempt(struct job *j)
 	if (auth_park(j))
 		return;
 	if (needs_rate_slot(j)) {
-		j->state = JOB_RATE_WAIT;
-		TAILQ_INSERT_TAIL(&rate_q, j, link);
+		job_set_state(j, JOB_RATE_WAIT, &rate_q);
 		rate_pump();
 		return;
 	}
@@ -534,10 +593,9 @@ on_rate(long granted, long wait_ms, void *arg)
 	} else {
 		rate_failures = 0;
 	}
-	while (granted-- > 0 && (j = TAILQ_FIRST(&rate_q)) != NULL) {
-		TAILQ_REMOVE(&rate_q, j, link);
+	/* send_enter moves each out of rate_q, whatever it does with it. */
+	while (granted-- > 0 && (j = TAILQ_FIRST(&rate_q)) != NULL)
 		send_enter(j);
-	}
 	if (TAILQ_EMPTY(&rate_q))
 		return;
 	if (wait_ms < 1)
@@ -581,8 +639,7 @@ send_enter(struct job *j)
 		http_start(j);
 		return;
 	}
-	j->state = JOB_SEND_WAIT;
-	TAILQ_INSERT_TAIL(&send_q, j, link);
+	job_set_state(j, JOB_SEND_WAIT, &send_q);
 }
 
 static void
@@ -592,7 +649,7 @@ send_pump(void)
 
 	while ((j = TAILQ_FIRST(&send_q)) != NULL &&
 	    http_inflight() < pace_window_limit(&window)) {
-		TAILQ_REMOVE(&send_q, j, link);
+		/* Either moves it out of send_q. */
 		if (!auth_park(j))
 			http_start(j);
 	}
@@ -608,17 +665,15 @@ static void
 http_start(struct job *j)
 {
 	char *url = NULL, *body = NULL;
-	const char *method = "POST";
 	int rv;
 
-	j->state = JOB_HTTP;
+	job_set_state(j, JOB_HTTP, NULL);
 	switch (j->phase) {
 	case PHASE_CREATE:
 		url = strdup(users_url);
 		body = twilio_form(&j->req, 1);
 		break;
 	case PHASE_FETCH:
-		method = "GET";
 		url = twilio_user_url(ug.cfg->api_base, ug.cfg->service_sid, j->req.identity);
 		break;
 	case PHASE_UPDATE:
@@ -634,7 +689,7 @@ http_start(struct job *j)
 	if (url == NULL || (j->phase != PHASE_FETCH && body == NULL))
 		rv = -1;
 	else
-		rv = http_send(method, url, body, j->phase == PHASE_FETCH ? -1 :
+		rv = http_send(url, body, j->phase == PHASE_FETCH ? -1 :
 		    j->req.webhook_enabled, on_http, j);
 	free(url);
 	free(body);
@@ -675,7 +730,7 @@ retry_or_fail(struct job *j)
 	}
 	ms = pace_backoff_ms(j->tries, ug.cfg->base_delay_ms, ug.cfg->max_delay_ms,
 	    j->last_retry_after_ms, random_unit());
-	j->state = JOB_BACKOFF;
+	job_set_state(j, JOB_BACKOFF, NULL);
 	set_timer(j, ms, backoff_cb);
 }
 
@@ -704,20 +759,18 @@ auth_park(struct job *j)
 {
 	if (!auth_blocked || j == auth_probe_job)
 		return 0;
-	j->state = JOB_AUTH_WAIT;
-	TAILQ_INSERT_TAIL(&auth_q, j, link);
+	job_set_state(j, JOB_AUTH_WAIT, &auth_q);
 	return 1;
 }
 
+/* Just blocked, with no probe yet: every job in q is parked. */
 static void
 auth_park_queue(struct job_list *q)
 {
 	struct job *j;
 
-	while ((j = TAILQ_FIRST(q)) != NULL) {
-		TAILQ_REMOVE(q, j, link);
-		(void)auth_park(j);
-	}
+	while ((j = TAILQ_FIRST(q)) != NULL)
+		job_set_state(j, JOB_AUTH_WAIT, &auth_q);
 }
 
 /*
@@ -732,8 +785,7 @@ static void
 auth_wait(struct job *j, const char *reason)
 {
 	j->tries--;		/* not the request's fault: not counted */
-	j->state = JOB_AUTH_WAIT;
-	TAILQ_INSERT_HEAD(&auth_q, j, link);
+	job_set_state_front(j, JOB_AUTH_WAIT, &auth_q);
 	if (j == auth_probe_job)
 		auth_probe_job = NULL;
 	if (!auth_blocked) {
@@ -757,7 +809,7 @@ auth_probe_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (j == NULL || auth_probe_job != NULL)
 		return;
-	TAILQ_REMOVE(&auth_q, j, link);
+	/* Not parked again (it is the probe): start_attempt moves it out. */
 	auth_probe_job = j;
 	start_attempt(j);
 }
@@ -792,10 +844,9 @@ auth_clear(void)
 	ug.auth_reason[0] = '\0';
 	evtimer_del(auth_ev);
 	log_info("twilio accepts this daemon again; intake resumed");
-	while ((j = TAILQ_FIRST(&auth_q)) != NULL) {
-		TAILQ_REMOVE(&auth_q, j, link);
+	/* No longer blocked: start_attempt moves each out of auth_q. */
+	while ((j = TAILQ_FIRST(&auth_q)) != NULL)
 		start_attempt(j);
-	}
 	state_changed();
 	queue_pump();
 }
@@ -873,7 +924,7 @@ on_http(const struct http_result *res, void *arg)
 		j->attempts--;
 		j->tries--;
 		remember_answer(j, res, 0, NULL);
-		j->state = JOB_BACKOFF;
+		job_set_state(j, JOB_BACKOFF, NULL);
 		set_timer(j, pace_backoff_ms(++j->fd_waits, ug.cfg->base_delay_ms,
 		    ug.cfg->max_delay_ms, -1, random_unit()), backoff_cb);
 		send_pump();
@@ -1038,7 +1089,7 @@ hand_over_waiters(struct job *j, int succeeded)
 
 	identity_leave(j);
 	while ((w = TAILQ_FIRST(&j->waiters)) != NULL) {
-		TAILQ_REMOVE(&j->waiters, w, link);
+		job_set_state(w, JOB_PARSED, NULL);	/* dedup again */
 		w->owner = NULL;
 		if (succeeded) {
 			w->user = json_incref(j->user);
@@ -1187,8 +1238,7 @@ finish(struct job *j, const char *status)
 		log_debug("request done", "request_id", j->request_id, "status", status,
 		    "identity", j->req.identity,
 		    "message", json_string_value(json_object_get(j->error, "message")));
-	j->state = JOB_COMMIT_WAIT;
-	TAILQ_INSERT_TAIL(&commit_q, j, link);
+	job_set_state(j, JOB_COMMIT_WAIT, &commit_q);
 	schedule_flush();
 	return;
 oom:
@@ -1217,10 +1267,9 @@ on_committed(int ok, void *arg)
 		/* Back to the front, in order; written again when Redis is
 		 * back.  Results are at-least-once: a lost EXEC reply may mean
 		 * this batch is written twice, never that it is lost. */
-		for (i = b->n; i-- > 0;) {
-			b->jobs[i]->state = JOB_COMMIT_WAIT;
-			TAILQ_INSERT_HEAD(&commit_q, b->jobs[i], link);
-		}
+		for (i = b->n; i-- > 0;)
+			job_set_state_front(b->jobs[i], JOB_COMMIT_WAIT,
+			    &commit_q);
 		free(b);
 		/* Redis refusing the transaction (a key of the wrong type) is
 		 * retried with backoff, not at the rate of the link checks. */
@@ -1266,8 +1315,7 @@ flush_cb(evutil_socket_t fd, short what, void *arg)
 	while (n < COMMIT_BATCH_MAX && (j = TAILQ_FIRST(&commit_q)) != NULL) {
 		struct commit_item *it = &items[n];
 
-		TAILQ_REMOVE(&commit_q, j, link);
-		j->state = JOB_COMMITTING;
+		job_set_state(j, JOB_COMMITTING, NULL);
 		memset(it, 0, sizeof(*it));
 		it->raw = j->raw;
 		it->rawlen = j->rawlen;

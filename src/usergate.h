@@ -1,6 +1,8 @@
 /*
- * usergate.h: the one project header.  Core structures, limits, and every
- * cross-file prototype, grouped under the file that defines it.
+ * usergate.h: the library's header, one of two.  Core structures, limits,
+ * and the prototypes of the modules below the daemon (log, config and the
+ * pure ones), grouped under the file that defines each.  The daemon's shared
+ * state and its I/O files are declared in daemon.h.
  *
  * Ownership rules that hold everywhere:
  *  - a function that returns a `char *` or `json_t *` gives the caller a
