@@ -38,7 +38,6 @@
 
 /* A secret longer than this is certainly not an API secret or a token. */
 #define SECRET_MAX		4096
-#define SID_HEX_DIGITS		32
 #define MESSAGE_MAX		512
 
 #define RELOAD			1	/* takes effect on SIGHUP */
@@ -225,7 +224,6 @@ static void	 fail(struct config_load *, int, const char *, ...)
 		    __attribute__((format(printf, 3, 4)));
 static void	 key_fail(struct config_load *, size_t, const char *, ...)
 		    __attribute__((format(printf, 3, 4)));
-static int	 is_sid(const char *, const char *);
 static int	 parse_long(struct config_load *, size_t, const char *, long *);
 static int	 parse_mode(struct config_load *, size_t, const char *, long *);
 static int	 key_set(struct config_load *, size_t, const char *);
@@ -344,36 +342,23 @@ key_fail(struct config_load *ld, size_t i, const char *fmt, ...)
 		    message);
 }
 
-/* 1 when s is prefix followed by exactly 32 hex digits (a Twilio SID). */
-static int
-is_sid(const char *s, const char *prefix)
-{
-	size_t	 n = strlen(prefix), i;
-
-	if (strncmp(s, prefix, n) != 0 || strlen(s) != n + SID_HEX_DIGITS)
-		return 0;
-	for (i = n; s[i] != '\0'; i++)
-		if (!isxdigit((unsigned char)s[i]))
-			return 0;
-	return 1;
-}
-
+/* Empty, or the SID of its kind (twilio_is_sid). */
 static int
 check_service_sid(const char *s)
 {
-	return *s == '\0' || is_sid(s, "IS");
+	return *s == '\0' || twilio_is_sid(s, strlen(s), "IS");
 }
 
 static int
 check_api_key(const char *s)
 {
-	return *s == '\0' || is_sid(s, "SK");
+	return *s == '\0' || twilio_is_sid(s, strlen(s), "SK");
 }
 
 static int
 check_account_sid(const char *s)
 {
-	return *s == '\0' || is_sid(s, "AC");
+	return *s == '\0' || twilio_is_sid(s, strlen(s), "AC");
 }
 
 static int
