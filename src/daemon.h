@@ -133,14 +133,6 @@ void		 state_changed(void);
 const char	*daemon_health(char *buf, size_t size);
 
 /* ------------------------------------------------------------------ */
-/* main.c: stop and reload, which reach every part of the daemon. */
-
-/* Ask the event loop to stop (after a drain when graceful). */
-void		 daemon_stop(int graceful);
-/* SIGHUP and the status socket's reload: 0, or -1 with the reason. */
-int		 daemon_reload(char *err, size_t errlen);
-
-/* ------------------------------------------------------------------ */
 /* job.c: every state of a request and every transition. */
 
 enum job_source { SOURCE_REDIS, SOURCE_SOCKET };
@@ -175,7 +167,15 @@ int		 job_auth_blocked(void);
 void		 job_refresh_claims(void);
 /* Periodic upkeep (called every second). */
 void		 job_tick(void);
-void		 job_init(void);
+/*
+ * What job.c asks of main.c, registered at job_init so that the
+ * orchestrator never names the wiring above it.
+ */
+struct job_hooks {
+	/* A drain finished its last job: the daemon may stop. */
+	void		(*drained)(void);
+};
+void		 job_init(const struct job_hooks *hooks);
 void		 job_shutdown(void);
 /* Frees every job without writing results (final exit). */
 void		 job_abandon_all(void);
@@ -220,7 +220,15 @@ typedef void	 queue_lengths_cb(int ok, long long requests, long long processing,
 		    long long dead, double oldest_age_s, void *arg);
 typedef void	 queue_lines_cb(int ok, char **lines, size_t n, void *arg);
 
-int		 queue_init(void);
+/*
+ * What the queue adapter reports to the rest of the daemon, registered by
+ * main.c at queue_init: the adapter never names the files above it.
+ */
+struct queue_events {
+	/* Another live daemon holds our instance_id: we must exit. */
+	void		(*instance_lost)(void);
+};
+int		 queue_init(const struct queue_events *events);
 int		 queue_connected(void);
 /* Takes as many requests as job_room() allows into our processing list,
  * handing each to job_take; nothing while paused, draining, refused by
@@ -323,7 +331,15 @@ void		 intake_shutdown(void);
 /* Operators' connections at once; the rest are closed at once. */
 #define STATUS_CONN_MAX		64
 
-int		 status_init(void);
+/* What the status socket's commands ask of the rest of the daemon,
+ * registered by main.c at status_init. */
+struct status_hooks {
+	/* reload: as SIGHUP; 0, or -1 with the reason in err. */
+	int		(*reload)(char *err, size_t errlen);
+	/* resume: ug.paused was cleared, requests may be taken again. */
+	void		(*resumed)(void);
+};
+int		 status_init(const struct status_hooks *hooks);
 void		 status_shutdown(void);
 
 #endif /* USERGATE_DAEMON_H */

@@ -220,6 +220,7 @@ static struct log_limit unexpected_limit =
     LOG_LIMIT("unexpected twilio answer body; fetching the user", LOG_LIMIT_PER_SECOND);
 
 static char *users_url;			/* api_base + /v1/Users (service) */
+static const struct job_hooks *hooks;	/* main.c's */
 
 static void	 identity_enter(struct job *);
 static void	 claim(struct job *);
@@ -1293,7 +1294,7 @@ on_committed(int ok, void *arg)
 	queue_pump();
 	intake_throttle(0);
 	if (ug.draining && njobs == 0)
-		daemon_stop(1);
+		hooks->drained();
 }
 
 /*
@@ -1434,7 +1435,7 @@ void
 job_tick(void)
 {
 	if (ug.draining && njobs == 0)
-		daemon_stop(1);
+		hooks->drained();
 }
 
 void
@@ -1461,8 +1462,9 @@ job_reconfigure(void)
 }
 
 void
-job_init(void)
+job_init(const struct job_hooks *h)
 {
+	hooks = h;
 	pace_window_init(&window, ug.cfg->max_inflight);
 	users_url = twilio_users_url(ug.cfg->api_base, ug.cfg->service_sid);
 	rate_ev = evtimer_new(ug.base, rate_timer_cb, NULL);

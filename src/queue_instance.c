@@ -162,7 +162,7 @@ on_instance_check(redisAsyncContext *ac, void *reply, void *priv)
 				log_error("another live daemon uses this instance_id; "
 				    "give each daemon a unique [redis] instance_id",
 				    "instance_id", ug.cfg->instance_id, "holder", r->str);
-				daemon_stop(-1);
+				queue_events->instance_lost();
 				return;
 			}
 		}

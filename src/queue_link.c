@@ -35,6 +35,7 @@ int queue_ready;
 int queue_setup_failed;
 long long queue_blk_client_id = -1;
 struct queue_keys queue_keys;
+const struct queue_events *queue_events;
 
 static int shutting_down;		/* queue_shutdown: no reconnects */
 static long reconnect_ms = RECONNECT_MIN_MS;
@@ -455,10 +456,12 @@ queue_connected(void)
 }
 
 int
-queue_init(void)
+queue_init(const struct queue_events *events)
 {
 	const char *id = ug.cfg->instance_id;
 	struct queue_keys *k = &queue_keys;
+
+	queue_events = events;
 
 	if ((k->requests = queue_key("requests", NULL)) == NULL ||
 	    (k->processing = queue_key("processing:", id)) == NULL ||
