@@ -144,6 +144,8 @@ enum job_source { SOURCE_REDIS, SOURCE_SOCKET };
  */
 void		 job_take(char *raw, size_t len, enum job_source source, long recoveries,
 		    struct intake_conn *conn, const char *request_id);
+/* The queue adapter's taken event: job_take of a request from Redis. */
+void		 job_take_redis(char *raw, size_t len, long recoveries);
 /* A fresh unique request id (32 hex digits, malloc'd). */
 char		*job_new_request_id(void);
 /* Jobs alive in memory: at most max_inflight + min(3 × max_inflight, 192)
@@ -154,15 +156,21 @@ long		 job_count(void);
 double		 job_oldest_age(void);
 /* Room for more work: that bound minus jobs alive. */
 long		 job_room(void);
+/*
+ * The intake pump, the one place that lets requests in: takes from Redis
+ * as much as there is room for (queue_take), nothing while paused,
+ * draining or refused by Twilio, and lets throttled socket clients read
+ * on.  Run wherever the room or those states may have changed.
+ */
+void		 job_pump(void);
 /* A socket client went away: its jobs finish but answer nobody. */
 void		 job_forget_conn(struct intake_conn *conn);
-/* Called by queue_link.c when the Redis link comes up or goes down. */
+/* The Redis link came up (results and rate calls resume, intake pumps)
+ * or went down. */
 void		 job_redis_changed(int up);
 /* The requests our jobs hold (at most max), for reconciling the processing
  * list; returns how many. */
 size_t		 job_held(const char **raws, size_t *lens, size_t max);
-/* Twilio refused our credentials/TLS: state exposed for health. */
-int		 job_auth_blocked(void);
 /* Refreshes the TTL of the identity claims this instance holds. */
 void		 job_refresh_claims(void);
 /* Periodic upkeep (called every second). */
@@ -225,15 +233,36 @@ typedef void	 queue_lines_cb(int ok, char **lines, size_t n, void *arg);
  * main.c at queue_init: the adapter never names the files above it.
  */
 struct queue_events {
+	/* A request taken into our processing list (raw is malloc'd and
+	 * the receiver's), with how often it was recovered after a crash. */
+	void		(*taken)(char *raw, size_t len, long recoveries);
+	/* A take ended, or requests may wait again: queue_take may be
+	 * called again. */
+	void		(*ready)(void);
+	/* The link came up (1) or went down (0). */
+	void		(*link)(int up);
+	/* The heartbeat: the TTL of the identity claims held is due for a
+	 * refresh (queue_refresh_claims). */
+	void		(*heartbeat)(void);
+	/* The requests held in memory, for reconciling our processing list:
+	 * how many, and which (at most max; returns how many). */
+	long		(*held_count)(void);
+	size_t		(*held)(const char **raws, size_t *lens, size_t max);
+	/* Seconds since the oldest request held was taken (0 when none). */
+	double		(*oldest_age)(void);
 	/* Another live daemon holds our instance_id: we must exit. */
 	void		(*instance_lost)(void);
 };
 int		 queue_init(const struct queue_events *events);
 int		 queue_connected(void);
-/* Takes as many requests as job_room() allows into our processing list,
- * handing each to job_take; nothing while paused, draining, refused by
- * Twilio or while a take is on its way. */
-void		 queue_pump(void);
+/*
+ * Takes up to room requests into our processing list, each reported as
+ * taken, then ready once the take ended; nothing while a take is on its
+ * way, during the backoff after an error reply or once intake stopped.
+ * Whether to take at all (paused, draining, refused by Twilio) is the
+ * caller's: the adapter never asks.
+ */
+void		 queue_take(long room);
 int		 queue_claim(const char *identity, queue_claim_cb *cb, void *arg);
 int		 queue_rate_acquire(long want, queue_rate_cb *cb, void *arg);
 int		 queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb,

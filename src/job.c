@@ -356,10 +356,14 @@ job_room(void)
 	return room > 0 ? room : 0;
 }
 
-int
-job_auth_blocked(void)
+void
+job_pump(void)
 {
-	return auth_blocked;
+	long room = job_room();
+
+	if (!ug.paused && !ug.draining && !auth_blocked)
+		queue_take(room);
+	intake_throttle(room <= 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -420,6 +424,12 @@ job_take(char *raw, size_t len, enum job_source source, long recoveries,
 		return;
 	}
 	identity_enter(j);
+}
+
+void
+job_take_redis(char *raw, size_t len, long recoveries)
+{
+	job_take(raw, len, SOURCE_REDIS, recoveries, NULL, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -849,7 +859,7 @@ auth_clear(void)
 	while ((j = TAILQ_FIRST(&auth_q)) != NULL)
 		start_attempt(j);
 	state_changed();
-	queue_pump();
+	job_pump();
 }
 
 /* ------------------------------------------------------------------ */
@@ -1291,8 +1301,7 @@ on_committed(int ok, void *arg)
 	free(b);
 	if (!TAILQ_EMPTY(&commit_q))
 		schedule_flush();
-	queue_pump();
-	intake_throttle(0);
+	job_pump();
 	if (ug.draining && njobs == 0)
 		hooks->drained();
 }
@@ -1399,6 +1408,7 @@ job_redis_changed(int up)
 	if (up) {
 		schedule_flush();
 		rate_pump();
+		job_pump();
 	}
 }
 
@@ -1458,7 +1468,7 @@ job_reconfigure(void)
 		}
 	}
 	send_pump();
-	queue_pump();
+	job_pump();
 }
 
 void

@@ -306,6 +306,13 @@ instance_lost(void)
 
 /* What the adapters and the orchestrator tell main.c. */
 static const struct queue_events queue_events = {
+	.taken = job_take_redis,
+	.ready = job_pump,
+	.link = job_redis_changed,
+	.heartbeat = job_refresh_claims,
+	.held_count = job_count,
+	.held = job_held,
+	.oldest_age = job_oldest_age,
 	.instance_lost = instance_lost,
 };
 static const struct job_hooks job_hooks = {
@@ -313,7 +320,7 @@ static const struct job_hooks job_hooks = {
 };
 static const struct status_hooks status_hooks = {
 	.reload = reload,
-	.resumed = queue_pump,
+	.resumed = job_pump,
 };
 
 int

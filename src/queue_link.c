@@ -241,7 +241,7 @@ link_lost(void)
 	queue_take_outstanding = 0;
 	if (was) {
 		log_warn("redis connection lost; requests stay queued, reconnecting");
-		job_redis_changed(0);
+		queue_events->link(0);
 		state_changed();
 	}
 }
@@ -260,9 +260,8 @@ queue_link_up(int first)
 	if (outage_reason[0] || !first)
 		log_info("redis connection restored");
 	outage_reason[0] = '\0';
-	job_redis_changed(1);
+	queue_events->link(1);
 	state_changed();
-	queue_pump();
 }
 
 /*
