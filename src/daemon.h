@@ -135,17 +135,28 @@ const char	*daemon_health(char *buf, size_t size);
 /* ------------------------------------------------------------------ */
 /* job.c: every state of a request and every transition. */
 
-enum job_source { SOURCE_REDIS, SOURCE_SOCKET };
-
 /*
- * A request taken from Redis (already in our processing list) or read from
- * the request socket (pushed to the processing list by intake before it is
- * handed over here).  job.c owns the raw bytes from then on.
+ * A request taken from Redis, already in our processing list (the queue
+ * adapter's taken event): job.c owns the raw bytes from then on.
  */
-void		 job_take(char *raw, size_t len, enum job_source source, long recoveries,
-		    struct intake_conn *conn, const char *request_id);
-/* The queue adapter's taken event: job_take of a request from Redis. */
-void		 job_take_redis(char *raw, size_t len, long recoveries);
+void		 job_take(char *raw, size_t len, long recoveries);
+/*
+ * A request read from the request socket, parsed once by intake.c (with
+ * the ReplyTo scope, as job_take parses) and pushed to our processing
+ * list.  The intake event hands over raw, request_id and req.
+ */
+struct socket_request {
+	char			*raw;
+	size_t			 len;
+	char			*request_id;	/* the request's, or fresh */
+	struct request		 req;
+	enum request_error	 err;
+	char			 errmsg[256];
+};
+/* The request socket's taken event: the job of a socket request, answered
+ * to conn when it is not NULL. */
+void		 job_take_socket(struct socket_request *r,
+		    struct intake_conn *conn);
 /* A fresh unique request id (32 hex digits, malloc'd). */
 char		*job_new_request_id(void);
 /* Jobs alive in memory: at most max_inflight + min(3 × max_inflight, 192)
@@ -154,8 +165,6 @@ long		 job_count(void);
 /* Seconds since the oldest job in memory was taken (0 when none); part of
  * show queue's oldest_age_s. */
 double		 job_oldest_age(void);
-/* Room for more work: that bound minus jobs alive. */
-long		 job_room(void);
 /*
  * The intake pump, the one place that lets requests in: takes from Redis
  * as much as there is room for (queue_take), nothing while paused,
@@ -348,9 +357,28 @@ long		 socket_fd_budget(void);
 /* ------------------------------------------------------------------ */
 /* intake.c: the request socket. */
 
-int		 intake_init(void);
+/*
+ * What the request socket reports, registered by main.c at intake_init:
+ * the adapter never names the files above it.
+ */
+struct intake_events {
+	/* A request is in our processing list: r's raw, request_id and req
+	 * are the receiver's now; conn is NULL when nobody waits for the
+	 * result. */
+	void		(*taken)(struct socket_request *r,
+			    struct intake_conn *conn);
+	/* A client went away: what it asked finishes but answers nobody. */
+	void		(*gone)(struct intake_conn *conn);
+	/* A fresh unique request id (malloc'd), for a request without one. */
+	char		*(*new_request_id)(void);
+};
+int		 intake_init(const struct intake_events *events);
 void		 intake_answer(struct intake_conn *conn, const json_t *result);
-/* Stop or resume reading sockets (backpressure). */
+/* The room there is for more requests, told by the orchestrator whenever
+ * it changes: the pushes on their way count against it here. */
+void		 intake_room(long room);
+/* Stop or resume reading sockets (backpressure): resuming reads the
+ * throttled clients again while there is room. */
 void		 intake_throttle(int stop);
 void		 intake_shutdown(void);
 

@@ -306,7 +306,7 @@ instance_lost(void)
 
 /* What the adapters and the orchestrator tell main.c. */
 static const struct queue_events queue_events = {
-	.taken = job_take_redis,
+	.taken = job_take,
 	.ready = job_pump,
 	.link = job_redis_changed,
 	.heartbeat = job_refresh_claims,
@@ -314,6 +314,11 @@ static const struct queue_events queue_events = {
 	.held = job_held,
 	.oldest_age = job_oldest_age,
 	.instance_lost = instance_lost,
+};
+static const struct intake_events intake_events = {
+	.taken = job_take_socket,
+	.gone = job_forget_conn,
+	.new_request_id = job_new_request_id,
 };
 static const struct job_hooks job_hooks = {
 	.drained = drained,
@@ -409,7 +414,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	job_init(&job_hooks);
-	if (intake_init() != 0 || status_init(&status_hooks) != 0)
+	if (intake_init(&intake_events) != 0 || status_init(&status_hooks) != 0)
 		return 1;	/* they said why */
 	if (queue_init(&queue_events) != 0) {
 		log_error("cannot set up the redis client");
