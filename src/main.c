@@ -304,7 +304,11 @@ instance_lost(void)
 	daemon_stop(-1);
 }
 
-/* What the adapters and the orchestrator tell main.c. */
+/*
+ * The wiring: what the adapters report goes to job.c's functions (and an
+ * instance id lost to main.c's); what job.c and the status socket's
+ * commands ask of the daemon as a whole comes here.
+ */
 static const struct queue_events queue_events = {
 	.taken = job_take,
 	.ready = job_pump,

@@ -27,7 +27,7 @@
 int queue_take_outstanding;
 int queue_block_outstanding;
 static int intake_stopped;
-static int take_short;			/* the batch came back short */
+static int take_short;			/* in on_taken's ready: came back short */
 static struct event *intake_retry_ev;
 static long intake_failures;		/* error replies to takes in a row */
 
