@@ -339,17 +339,65 @@ int		 socket_listener_open(struct socket_listener *sl, const char *path,
 		    long mode, const char *what, socket_accept_cb accepted);
 void		 socket_listener_close(struct socket_listener *sl);
 /*
- * An accepted client's bufferevent: it closes fd when freed, idle_s without
- * progress reading or writing is a timeout (eventcb), and writecb runs when
- * the output drains to output_low.  Not enabled yet.  NULL, with fd
- * closed, when it cannot be made.
+ * The connection skeleton both sockets share.  Each file's connection
+ * embeds a struct listen_conn (its protocol's state beside it); the
+ * listen_socket holds the listener and the open connections.  A
+ * connection is freed (release) only when it is closed AND no pending
+ * reply holds a reference to it, so a reply that comes back after the
+ * client left finds it still there, marked closed.
  */
+struct listen_conn;
+typedef void	 listen_conn_cb(struct listen_conn *lc);
 typedef void	 listen_data_cb(struct bufferevent *bev, void *arg);
 typedef void	 listen_event_cb(struct bufferevent *bev, short what,
 		    void *arg);
-struct bufferevent *listen_bufferevent(int fd, long idle_s, size_t output_low,
-		    listen_data_cb *readcb, listen_data_cb *writecb,
-		    listen_event_cb *eventcb, void *arg);
+struct listen_socket {
+	struct socket_listener	 listener;
+	TAILQ_HEAD(, listen_conn) conns;
+	long			 nconns;
+	int			 full;		/* the limit was logged */
+	listen_conn_cb		*closing;	/* before the socket goes */
+	listen_conn_cb		*release;	/* frees the connection */
+};
+struct listen_conn {
+	TAILQ_ENTRY(listen_conn) link;
+	struct listen_socket	*ls;
+	struct bufferevent	*bev;		/* NULL once closed */
+	int			 refs;		/* pending replies */
+	int			 closed;	/* socket gone or closing */
+	int			 eof;		/* client shut its writing side */
+};
+/* The struct embedding lc as its member named field. */
+#define LISTEN_CONN(lc, type, field)					\
+	((type *)(void *)((char *)(lc) - offsetof(type, field)))
+
+/* Listens on path; closing (may be NULL) and release as described above. */
+int		 listen_socket_open(struct listen_socket *ls, const char *path,
+		    long mode, const char *what, socket_accept_cb accepted,
+		    listen_conn_cb *closing, listen_conn_cb *release);
+/* Stops accepting and removes the socket file at path; the connections are
+ * closed, or with keep only stop being read (they go once answered). */
+void		 listen_socket_shutdown(struct listen_socket *ls, const char *path,
+		    int keep);
+/* At limit connections: 1, and warning (if not NULL) logged once until
+ * a connection is let in again. */
+int		 listen_socket_full(struct listen_socket *ls, long limit,
+		    const char *warning);
+/*
+ * Sets up an accepted client on ls: its bufferevent closes fd when freed,
+ * idle_s without progress reading or writing is a timeout (eventcb), and
+ * writecb runs when the output drains to output_low.  Not enabled yet.
+ * -1, with fd closed, when it cannot be made.
+ */
+int		 listen_conn_open(struct listen_socket *ls, struct listen_conn *lc,
+		    int fd, long idle_s, size_t output_low, listen_data_cb *readcb,
+		    listen_data_cb *writecb, listen_event_cb *eventcb, void *arg);
+void		 listen_conn_ref(struct listen_conn *lc);
+void		 listen_conn_unref(struct listen_conn *lc);
+void		 listen_conn_close(struct listen_conn *lc);
+/* Closes lc if all it was sent is written out (once more is pending, the
+ * writecb at the low mark is the time to ask again). */
+void		 listen_conn_close_drained(struct listen_conn *lc);
 /* Descriptors the clients of the two sockets may hold together: the soft
  * RLIMIT_NOFILE less what Twilio, Redis and the daemon itself need. */
 long		 socket_fd_budget(void);

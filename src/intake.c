@@ -40,23 +40,15 @@
 #define INTAKE_OUTPUT_LOW	(256 * 1024)
 
 struct intake_conn {
-	TAILQ_ENTRY(intake_conn) link;
-	struct bufferevent	*bev;
+	struct listen_conn	 lc;		/* refs: pushes waiting on Redis */
 	enum framing		 framing;
-	int			 refs;		/* pushes waiting on Redis */
 	int			 outstanding;	/* requests not yet answered */
-	int			 closed;	/* socket gone or closing */
-	int			 eof;		/* client finished writing */
 	struct framing_state	 fs;		/* framing_next's, between reads */
 	int			 throttled;
 	int			 output_full;	/* not read until answers drain */
 };
 
-TAILQ_HEAD(conn_list, intake_conn);
-static struct conn_list conns = TAILQ_HEAD_INITIALIZER(conns);
-static struct socket_listener listener;
-static long nconns;
-static int at_limit;		/* the connection limit was logged */
+static struct listen_socket sock;
 static long pending_pushes;
 static long room_told;		/* intake_room's */
 static int throttled;
@@ -69,13 +61,26 @@ struct push {
 };
 
 static void	 conn_read(struct bufferevent *, void *);
-static void	 conn_close(struct intake_conn *);
+
+static struct intake_conn *
+conn_of(struct listen_conn *lc)
+{
+	return LISTEN_CONN(lc, struct intake_conn, lc);
+}
+
+/* Closing: reported gone, so that no result is answered to it (the
+ * results still go to Redis). */
+static void
+conn_closing(struct listen_conn *lc)
+{
+	events->gone(conn_of(lc));
+}
 
 static void
-conn_unref(struct intake_conn *c)
+conn_release(struct listen_conn *lc)
 {
-	if (--c->refs > 0 || !c->closed)
-		return;
+	struct intake_conn *c = conn_of(lc);
+
 	framing_state_free(&c->fs);
 	free(c);
 }
@@ -86,14 +91,14 @@ send_value(struct intake_conn *c, const json_t *v)
 	char *out = NULL;
 	size_t len = 0;
 
-	if (c->closed || c->bev == NULL)
+	if (c->lc.closed || c->lc.bev == NULL)
 		return;
 	if (codec_encode(v, c->framing == FRAMING_MSGPACK ? FORMAT_MSGPACK : FORMAT_JSON,
 	    &out, &len) != 0)
 		return;
-	bufferevent_write(c->bev, out, len);
+	bufferevent_write(c->lc.bev, out, len);
 	if (c->framing != FRAMING_MSGPACK)
-		bufferevent_write(c->bev, "\n", 1);
+		bufferevent_write(c->lc.bev, "\n", 1);
 	free(out);
 }
 
@@ -102,10 +107,9 @@ send_value(struct intake_conn *c, const json_t *v)
 static void
 maybe_finish(struct intake_conn *c)
 {
-	if (c->closed || !c->eof || c->outstanding > 0)
+	if (c->lc.closed || !c->lc.eof || c->outstanding > 0)
 		return;
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-		conn_close(c);
+	listen_conn_close_drained(&c->lc);
 }
 
 static void
@@ -148,12 +152,12 @@ on_pushed(int ok, void *arg)
 	if (!ok) {
 		/* Nothing half-done: the request is not in Redis, the client
 		 * hears so and may send it again. */
-		if (!c->closed) {
+		if (!c->lc.closed) {
 			send_status(c, "unavailable", p->r.request_id);
 			c->outstanding--;
 		}
 		request_drop(&p->r);
-	} else if (c->closed) {
+	} else if (c->lc.closed) {
 		events->taken(&p->r, NULL);
 	} else if (!p->wait) {
 		send_status(c, "queued", p->r.request_id);
@@ -162,10 +166,10 @@ on_pushed(int ok, void *arg)
 	} else {
 		events->taken(&p->r, c);
 	}
-	if (!c->closed)
+	if (!c->lc.closed)
 		maybe_finish(c);
 	free(p);
-	conn_unref(c);
+	listen_conn_unref(&c->lc);
 	intake_throttle(0);
 }
 
@@ -217,7 +221,7 @@ submit(struct intake_conn *c, const char *data, size_t len)
 		free(p);
 		return;
 	}
-	c->refs++;
+	listen_conn_ref(&c->lc);
 	pending_pushes++;
 }
 
@@ -242,7 +246,7 @@ read_frames(struct intake_conn *c, struct evbuffer *in)
 	const char *data;
 	size_t have, frame_len, consumed;
 
-	while (!c->closed && room()) {
+	while (!c->lc.closed && room()) {
 		have = evbuffer_get_length(in);
 		/* A msgpack frame is found in its first UG_FRAME_MAX + 1
 		 * bytes; a JSON line's end may be anywhere. */
@@ -259,7 +263,7 @@ read_frames(struct intake_conn *c, struct evbuffer *in)
 		if (st == FRAME_READY)
 			submit(c, data, frame_len);	/* copies the frame */
 		if (st == FRAME_READY || st == FRAME_SKIP) {
-			if (!c->closed)
+			if (!c->lc.closed)
 				evbuffer_drain(in, consumed);
 			continue;
 		}
@@ -271,10 +275,10 @@ read_frames(struct intake_conn *c, struct evbuffer *in)
 		 * lost, read no more and hang up once that answer is out.
 		 */
 		submit(c, data, have);
-		if (!c->closed) {
+		if (!c->lc.closed) {
 			evbuffer_drain(in, evbuffer_get_length(in));
-			c->eof = 1;
-			bufferevent_disable(c->bev, EV_READ);
+			c->lc.eof = 1;
+			bufferevent_disable(c->lc.bev, EV_READ);
 		}
 		return;
 	}
@@ -305,13 +309,13 @@ conn_read(struct bufferevent *bev, void *arg)
 	 * that left without a word must still be closed below. */
 	if (c->framing != FRAMING_UNKNOWN)
 		read_frames(c, in);
-	if (!c->closed && !room() && evbuffer_get_length(in) > 0) {
+	if (!c->lc.closed && !room() && evbuffer_get_length(in) > 0) {
 		/* Backpressure: stop reading until there is room. */
 		bufferevent_disable(bev, EV_READ);
 		c->throttled = 1;
 		throttled = 1;
 	}
-	if (!c->closed)
+	if (!c->lc.closed)
 		maybe_finish(c);
 }
 
@@ -323,7 +327,7 @@ conn_write(struct bufferevent *bev, void *arg)
 
 	if (c->output_full) {
 		c->output_full = 0;
-		if (!c->eof && !c->throttled)
+		if (!c->lc.eof && !c->throttled)
 			bufferevent_enable(bev, EV_READ);
 		/* What is already buffered; ends with maybe_finish, which
 		 * may free c: do not touch it after. */
@@ -350,34 +354,19 @@ conn_event(struct bufferevent *bev, short what, void *arg)
 			return;
 		}
 		log_debug("request socket client idle; closing");
-		conn_close(c);
+		listen_conn_close(&c->lc);
 		return;
 	}
 	if (what & BEV_EVENT_EOF) {
 		/* The client may have only shut its writing side and still
 		 * wait for answers: finish what is buffered first. */
-		c->eof = 1;
+		c->lc.eof = 1;
 		conn_read(bev, c);	/* ends with maybe_finish, which may
 					 * free c: do not touch it after */
 		return;
 	}
 	if (what & BEV_EVENT_ERROR)
-		conn_close(c);
-}
-
-static void
-conn_close(struct intake_conn *c)
-{
-	if (c->closed)
-		return;
-	c->closed = 1;
-	events->gone(c);
-	TAILQ_REMOVE(&conns, c, link);
-	nconns--;
-	bufferevent_free(c->bev);
-	c->bev = NULL;
-	c->refs++;
-	conn_unref(c);
+		listen_conn_close(&c->lc);
 }
 
 void
@@ -389,19 +378,21 @@ intake_room(long n)
 void
 intake_throttle(int stop)
 {
-	struct intake_conn *c, *next;
+	struct listen_conn *lc, *next;
+	struct intake_conn *c;
 
 	if (stop || !throttled || !room())
 		return;
 	throttled = 0;
-	for (c = TAILQ_FIRST(&conns); c != NULL; c = next) {
-		next = TAILQ_NEXT(c, link);
-		if (!c->throttled || c->closed)
+	for (lc = TAILQ_FIRST(&sock.conns); lc != NULL; lc = next) {
+		next = TAILQ_NEXT(lc, link);
+		c = conn_of(lc);
+		if (!c->throttled || c->lc.closed)
 			continue;
 		c->throttled = 0;
-		if (!c->eof && !c->output_full)
-			bufferevent_enable(c->bev, EV_READ);
-		conn_read(c->bev, c);	/* what is already buffered */
+		if (!c->lc.eof && !c->output_full)
+			bufferevent_enable(c->lc.bev, EV_READ);
+		conn_read(c->lc.bev, c);	/* what is already buffered */
 	}
 }
 
@@ -421,40 +412,25 @@ static void
 on_accept(int fd)
 {
 	struct intake_conn *c;
-	long limit;
 
 	if (ug.draining) {
 		close(fd);
 		return;
 	}
-	if (nconns >= (limit = connection_limit())) {
-		/* Refused at once: the client sees its connection closed. */
-		if (!at_limit) {
-			char n[24];
-
-			snprintf(n, sizeof(n), "%ld", limit);
-			log_warn("request socket connection limit reached; closing new "
-			    "connections", "limit", n);
-			at_limit = 1;
-		}
-		close(fd);
-		return;
-	}
-	at_limit = 0;
-	if ((c = calloc(1, sizeof(*c))) == NULL) {
+	/* Refused at once: the client sees its connection closed. */
+	if (listen_socket_full(&sock, connection_limit(), "request socket "
+	    "connection limit reached; closing new connections") ||
+	    (c = calloc(1, sizeof(*c))) == NULL) {
 		close(fd);
 		return;
 	}
 	/* conn_write runs when the answers drain to the low mark. */
-	c->bev = listen_bufferevent(fd, ug.cfg->socket_idle_timeout_s,
-	    INTAKE_OUTPUT_LOW, conn_read, conn_write, conn_event, c);
-	if (c->bev == NULL) {
+	if (listen_conn_open(&sock, &c->lc, fd, ug.cfg->socket_idle_timeout_s,
+	    INTAKE_OUTPUT_LOW, conn_read, conn_write, conn_event, c) != 0) {
 		free(c);
 		return;
 	}
-	TAILQ_INSERT_TAIL(&conns, c, link);
-	nconns++;
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	bufferevent_enable(c->lc.bev, EV_READ | EV_WRITE);
 }
 
 int
@@ -463,8 +439,8 @@ intake_init(const struct intake_events *ev)
 	char want[24], have[24];
 
 	events = ev;
-	if (socket_listener_open(&listener, ug.cfg->socket_path, ug.cfg->socket_mode,
-	    "request", on_accept) != 0)
+	if (listen_socket_open(&sock, ug.cfg->socket_path, ug.cfg->socket_mode,
+	    "request", on_accept, conn_closing, conn_release) != 0)
 		return -1;
 	if (connection_limit() < ug.cfg->socket_max_connections) {
 		snprintf(want, sizeof(want), "%ld", ug.cfg->socket_max_connections);
@@ -483,17 +459,6 @@ intake_init(const struct intake_events *ev)
 void
 intake_shutdown(void)
 {
-	struct intake_conn *c;
-
-	if (listener.lev != NULL) {
-		socket_listener_close(&listener);
-		unlink(ug.cfg->socket_path);
-	}
-	if (!ug.draining || event_base_got_exit(ug.base)) {
-		while ((c = TAILQ_FIRST(&conns)) != NULL)
-			conn_close(c);
-	} else {
-		TAILQ_FOREACH(c, &conns, link)
-			bufferevent_disable(c->bev, EV_READ);
-	}
+	listen_socket_shutdown(&sock, ug.cfg->socket_path,
+	    ug.draining && !event_base_got_exit(ug.base));
 }

@@ -3,11 +3,13 @@
  * and the status socket, status.c) and what they share: binding without
  * stealing a live daemon's socket, accepting on the event loop without
  * spinning when descriptors run out, the descriptor budget of their
- * clients, and a client's bufferevent as both set it up.
+ * clients, and a connection's life: its bufferevent as both set it up, the
+ * connection limit, references held by pending replies, closing once the
+ * output is written, shutdown.
  *
- * What each socket does with a connection (framing, commands, the
- * references pending replies hold, what closing releases) stays in its
- * own file: those differ, the set-up does not.
+ * What each socket does with a connection (framing, commands, when it is
+ * idle, what closing releases) stays in its own file: those differ, the
+ * skeleton does not.
  */
 #include "config.h"
 
@@ -22,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
@@ -131,10 +134,10 @@ socket_listener_close(struct socket_listener *sl)
  * The client's end as both sockets set it up.  The caller adds what is its
  * own (a read watermark) and enables it; until then no callback runs.
  */
-struct bufferevent *
-listen_bufferevent(int fd, long idle_s, size_t output_low,
-    listen_data_cb *readcb, listen_data_cb *writecb, listen_event_cb *eventcb,
-    void *arg)
+int
+listen_conn_open(struct listen_socket *ls, struct listen_conn *lc, int fd,
+    long idle_s, size_t output_low, listen_data_cb *readcb,
+    listen_data_cb *writecb, listen_event_cb *eventcb, void *arg)
 {
 	struct timeval idle = { idle_s, 0 };
 	struct bufferevent *bev;
@@ -142,12 +145,104 @@ listen_bufferevent(int fd, long idle_s, size_t output_low,
 	bev = bufferevent_socket_new(ug.base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (bev == NULL) {
 		close(fd);
-		return NULL;
+		return -1;
 	}
 	bufferevent_setcb(bev, readcb, writecb, eventcb, arg);
 	bufferevent_set_timeouts(bev, &idle, &idle);
 	bufferevent_setwatermark(bev, EV_WRITE, output_low, 0);
-	return bev;
+	lc->ls = ls;
+	lc->bev = bev;
+	TAILQ_INSERT_TAIL(&ls->conns, lc, link);
+	ls->nconns++;
+	return 0;
+}
+
+void
+listen_conn_ref(struct listen_conn *lc)
+{
+	lc->refs++;
+}
+
+void
+listen_conn_unref(struct listen_conn *lc)
+{
+	if (--lc->refs > 0 || !lc->closed)
+		return;
+	lc->ls->release(lc);
+}
+
+void
+listen_conn_close(struct listen_conn *lc)
+{
+	struct listen_socket *ls = lc->ls;
+
+	if (lc->closed)
+		return;
+	lc->closed = 1;
+	if (ls->closing != NULL)
+		ls->closing(lc);
+	TAILQ_REMOVE(&ls->conns, lc, link);
+	ls->nconns--;
+	bufferevent_free(lc->bev);
+	lc->bev = NULL;
+	/* Freed here unless a pending reply still holds it. */
+	lc->refs++;
+	listen_conn_unref(lc);
+}
+
+void
+listen_conn_close_drained(struct listen_conn *lc)
+{
+	if (evbuffer_get_length(bufferevent_get_output(lc->bev)) == 0)
+		listen_conn_close(lc);
+}
+
+int
+listen_socket_full(struct listen_socket *ls, long limit, const char *warning)
+{
+	char n[24];
+
+	if (ls->nconns < limit) {
+		ls->full = 0;
+		return 0;
+	}
+	if (!ls->full && warning != NULL) {
+		snprintf(n, sizeof(n), "%ld", limit);
+		log_warn(warning, "limit", n);
+	}
+	ls->full = 1;
+	return 1;
+}
+
+int
+listen_socket_open(struct listen_socket *ls, const char *path, long mode,
+    const char *what, socket_accept_cb accepted, listen_conn_cb *closing,
+    listen_conn_cb *release)
+{
+	TAILQ_INIT(&ls->conns);
+	ls->nconns = 0;
+	ls->full = 0;
+	ls->closing = closing;
+	ls->release = release;
+	return socket_listener_open(&ls->listener, path, mode, what, accepted);
+}
+
+void
+listen_socket_shutdown(struct listen_socket *ls, const char *path, int keep)
+{
+	struct listen_conn *lc;
+
+	if (ls->listener.lev != NULL) {
+		socket_listener_close(&ls->listener);
+		unlink(path);
+	}
+	if (!keep) {
+		while ((lc = TAILQ_FIRST(&ls->conns)) != NULL)
+			listen_conn_close(lc);
+	} else {
+		TAILQ_FOREACH(lc, &ls->conns, link)
+			bufferevent_disable(lc->bev, EV_READ);
+	}
 }
 
 /*

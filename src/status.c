@@ -30,19 +30,12 @@
 #define PAUSE_WAIT_MAX_S	5
 
 struct status_conn {
-	TAILQ_ENTRY(status_conn) link;
-	struct bufferevent	*bev;
+	struct listen_conn	 lc;
 	int			 busy;		/* an answer is being prepared */
-	int			 closed;
-	int			 refs;
 	int			 closing;	/* close once the output is written */
-	int			 eof;		/* client shut its writing side */
 };
 
-TAILQ_HEAD(status_list, status_conn);
-static struct status_list conns = TAILQ_HEAD_INITIALIZER(conns);
-static struct socket_listener listener;
-static int nconns;
+static struct listen_socket sock;
 static const struct status_hooks *hooks;
 
 static const char help_text[] =
@@ -57,15 +50,12 @@ static const char help_text[] =
 	"dead retry [N|all] move dead requests back to the request list\n"
 	"help              this list\n";
 
-static void	 conn_close(struct status_conn *);
 static void	 conn_read(struct bufferevent *, void *);
 
 static void
-conn_unref(struct status_conn *c)
+conn_release(struct listen_conn *lc)
 {
-	if (--c->refs > 0 || !c->closed)
-		return;
-	free(c);
+	free(LISTEN_CONN(lc, struct status_conn, lc));
 }
 
 /* Writes text and the empty line that ends every answer. */
@@ -74,12 +64,12 @@ answer(struct status_conn *c, const char *text)
 {
 	size_t len = strlen(text);
 
-	if (c->closed)
+	if (c->lc.closed)
 		return;
-	bufferevent_write(c->bev, text, len);
+	bufferevent_write(c->lc.bev, text, len);
 	if (len == 0 || text[len - 1] != '\n')
-		bufferevent_write(c->bev, "\n", 1);
-	bufferevent_write(c->bev, "\n", 1);
+		bufferevent_write(c->lc.bev, "\n", 1);
+	bufferevent_write(c->lc.bev, "\n", 1);
 }
 
 static void
@@ -96,11 +86,10 @@ answer_json(struct status_conn *c, json_t *v)
 static void
 maybe_close(struct status_conn *c)
 {
-	if (c->closed || c->busy || !(c->eof || c->closing))
+	if (c->lc.closed || c->busy || !(c->lc.eof || c->closing))
 		return;
 	c->closing = 1;
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-		conn_close(c);
+	listen_conn_close_drained(&c->lc);
 }
 
 /* Called when an asynchronous answer is written: go on reading. */
@@ -108,11 +97,11 @@ static void
 done(struct status_conn *c)
 {
 	c->busy = 0;
-	if (!c->closed) {
-		conn_read(c->bev, c);
+	if (!c->lc.closed) {
+		conn_read(c->lc.bev, c);
 		maybe_close(c);
 	}
-	conn_unref(c);
+	listen_conn_unref(&c->lc);
 }
 
 static void
@@ -175,7 +164,7 @@ show_stats(struct status_conn *c, int metrics)
 	sc->c = c;
 	sc->metrics = metrics;
 	c->busy = 1;
-	c->refs++;
+	listen_conn_ref(&c->lc);
 	if (queue_lengths(on_stats_lengths, sc) != 0)
 		on_stats_lengths(0, -1, -1, -1, 0, sc);	/* Redis down: say null */
 }
@@ -203,12 +192,12 @@ on_dead_lines(int ok, char **lines, size_t n, void *arg)
 
 	if (!ok) {
 		answer(c, "error: redis unavailable");
-	} else if (!c->closed) {
+	} else if (!c->lc.closed) {
 		for (i = 0; i < n; i++) {
-			bufferevent_write(c->bev, lines[i], strlen(lines[i]));
-			bufferevent_write(c->bev, "\n", 1);
+			bufferevent_write(c->lc.bev, lines[i], strlen(lines[i]));
+			bufferevent_write(c->lc.bev, "\n", 1);
 		}
-		bufferevent_write(c->bev, "\n", 1);
+		bufferevent_write(c->lc.bev, "\n", 1);
 	}
 	done(c);
 }
@@ -277,7 +266,7 @@ pause_intake(struct status_conn *c)
 	pw->c = c;
 	pw->deadline = now_monotonic() + PAUSE_WAIT_MAX_S;
 	c->busy = 1;
-	c->refs++;
+	listen_conn_ref(&c->lc);
 	pause_check(-1, 0, pw);
 }
 
@@ -289,7 +278,7 @@ async_start(struct status_conn *c, int rv)
 		return -1;
 	}
 	c->busy = 1;
-	c->refs++;
+	listen_conn_ref(&c->lc);
 	return 0;
 }
 
@@ -358,7 +347,7 @@ conn_read(struct bufferevent *bev, void *arg)
 	char *line;
 	size_t len;
 
-	while (!c->closed && !c->busy && !c->closing) {
+	while (!c->lc.closed && !c->busy && !c->closing) {
 		/* Read on in conn_write, once the client took its answers. */
 		if (evbuffer_get_length(bufferevent_get_output(bev)) >
 		    STATUS_OUTPUT_MAX) {
@@ -393,7 +382,7 @@ conn_write(struct bufferevent *bev, void *arg)
 {
 	struct status_conn *c = arg;
 
-	if (!c->eof && !c->closing && !(bufferevent_get_enabled(bev) & EV_READ)) {
+	if (!c->lc.eof && !c->closing && !(bufferevent_get_enabled(bev) & EV_READ)) {
 		bufferevent_enable(bev, EV_READ);
 		conn_read(bev, c);
 	}
@@ -408,26 +397,12 @@ conn_event(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_EOF) {
 		/* A client that shut its writing side still gets its answers
 		 * (`echo health | socat - UNIX-CONNECT:...`). */
-		c->eof = 1;
+		c->lc.eof = 1;
 		conn_read(bev, c);
 		maybe_close(c);
 		return;
 	}
-	conn_close(c);		/* error or idle timeout */
-}
-
-static void
-conn_close(struct status_conn *c)
-{
-	if (c->closed)
-		return;
-	c->closed = 1;
-	TAILQ_REMOVE(&conns, c, link);
-	nconns--;
-	bufferevent_free(c->bev);
-	c->bev = NULL;
-	c->refs++;
-	conn_unref(c);
+	listen_conn_close(&c->lc);	/* error or idle timeout */
 }
 
 static void
@@ -436,43 +411,34 @@ on_accept(int fd)
 	struct status_conn *c;
 
 	/* Operators need few; the descriptors are kept for Twilio. */
-	if (nconns >= STATUS_CONN_MAX || (c = calloc(1, sizeof(*c))) == NULL) {
+	if (listen_socket_full(&sock, STATUS_CONN_MAX, NULL) ||
+	    (c = calloc(1, sizeof(*c))) == NULL) {
 		close(fd);
 		return;
 	}
 	/* The idle timeout also ends a client that takes none of its
 	 * answers for that long. */
-	c->bev = listen_bufferevent(fd, STATUS_IDLE_S, STATUS_OUTPUT_LOW,
-	    conn_read, conn_write, conn_event, c);
-	if (c->bev == NULL) {
+	if (listen_conn_open(&sock, &c->lc, fd, STATUS_IDLE_S, STATUS_OUTPUT_LOW,
+	    conn_read, conn_write, conn_event, c) != 0) {
 		free(c);
 		return;
 	}
-	TAILQ_INSERT_TAIL(&conns, c, link);
-	nconns++;
 	/* Commands sent ahead of their answers wait in the input buffer;
 	 * beyond this much, stop reading until they are answered. */
-	bufferevent_setwatermark(c->bev, EV_READ, 0, STATUS_INPUT_MAX);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	bufferevent_setwatermark(c->lc.bev, EV_READ, 0, STATUS_INPUT_MAX);
+	bufferevent_enable(c->lc.bev, EV_READ | EV_WRITE);
 }
 
 int
 status_init(const struct status_hooks *h)
 {
 	hooks = h;
-	return socket_listener_open(&listener, ug.cfg->status_path,
-	    ug.cfg->status_mode, "status", on_accept);
+	return listen_socket_open(&sock, ug.cfg->status_path,
+	    ug.cfg->status_mode, "status", on_accept, NULL, conn_release);
 }
 
 void
 status_shutdown(void)
 {
-	struct status_conn *c;
-
-	if (listener.lev != NULL) {
-		socket_listener_close(&listener);
-		unlink(ug.cfg->status_path);
-	}
-	while ((c = TAILQ_FIRST(&conns)) != NULL)
-		conn_close(c);
+	listen_socket_shutdown(&sock, ug.cfg->status_path, 0);
 }
