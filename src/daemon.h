@@ -58,25 +58,38 @@ void		 stats_observe(struct histogram *h, double seconds);
 /*
  * Live values that are not counters, gathered by the caller: name, C type,
  * how `show stats` renders it (stats.c's gauge_json_KIND), in the order of
- * `show stats`, which puts them before the counters.  The Prometheus gauges
- * are named for Prometheus (healthy, uptime_seconds) and written out in
- * stats_prometheus().
+ * `show stats`, which puts them before the counters; then how `show
+ * metrics` exports it (stats.c's gauge_prom_KIND, NONE: not exported), its
+ * place among the Prometheus gauges (which keep an order of their own),
+ * and its Prometheus name (after "usergate_") and help.
  */
 #define STATS_GAUGES(X)							\
-	X(version, const char *, STRING)	/* PACKAGE_VERSION */	\
-	X(uptime_s, double, INTEGER)					\
-	X(instance_id, const char *, STRING)				\
-	X(health, const char *, STRING)	/* "ok" or "degraded: ..." */	\
-	X(redis_connected, int, BOOLEAN)				\
-	X(paused, int, BOOLEAN)						\
-	X(inflight, long, INTEGER)					\
-	X(max_inflight, long, INTEGER)					\
-	X(queue_depth, long long, LENGTH)	/* -1 unknown */	\
-	X(processing, long long, LENGTH)				\
-	X(dead, long long, LENGTH)
+	X(version, const char *, STRING, NONE, 0, "", "")		\
+	X(uptime_s, double, INTEGER, VALUE, 9, "uptime_seconds",	\
+	    "Seconds since start")					\
+	X(instance_id, const char *, STRING, NONE, 0, "", "")		\
+	X(health, const char *, STRING, OK, 1, "healthy",		\
+	    "1 when health is ok, 0 when degraded")			\
+	X(redis_connected, int, BOOLEAN, VALUE, 2, "redis_connected",	\
+	    "1 while Redis is connected")				\
+	X(paused, int, BOOLEAN, VALUE, 3, "paused",			\
+	    "1 while intake is paused by an operator")			\
+	X(inflight, long, INTEGER, VALUE, 4, "inflight",		\
+	    "Twilio requests in flight from this instance")		\
+	X(max_inflight, long, INTEGER, VALUE, 5, "max_inflight",	\
+	    "Configured bound on concurrent Twilio requests")		\
+	X(queue_depth, long long, LENGTH, LENGTH, 6, "queue_depth",	\
+	    "Length of the request list")				\
+	X(processing, long long, LENGTH, LENGTH, 7, "processing",	\
+	    "Length of this instance's processing list")		\
+	X(dead, long long, LENGTH, LENGTH, 8, "dead",			\
+	    "Length of the dead list")
+/* The last place of a Prometheus gauge in STATS_GAUGES. */
+#define STATS_GAUGE_PLACES	9
 
 struct stats_gauges {
-#define STATS_GAUGE_FIELD(name, type, kind) type name;
+#define STATS_GAUGE_FIELD(name, type, kind, prom, place, pname, help) \
+	type name;
 	STATS_GAUGES(STATS_GAUGE_FIELD)
 #undef STATS_GAUGE_FIELD
 };

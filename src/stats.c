@@ -30,7 +30,7 @@ static const char *const counter_names[] = {
 };
 
 static const char *const gauge_names[] = {
-#define STATS_NAME(name, type, kind) #name,
+#define STATS_NAME(name, type, kind, prom, place, pname, help) #name,
 	STATS_GAUGES(STATS_NAME)
 #undef STATS_NAME
 };
@@ -96,7 +96,7 @@ stats_json(const struct stats_gauges *g)
 
 	if (o == NULL)
 		return NULL;
-#define STATS_JSON_GAUGE(name, type, kind) \
+#define STATS_JSON_GAUGE(name, type, kind, prom, place, pname, help) \
 	json_object_set_new(o, #name, gauge_json_##kind(g->name));
 	STATS_GAUGES(STATS_JSON_GAUGE)
 #undef STATS_JSON_GAUGE
@@ -151,12 +151,44 @@ gauge_text(struct evbuffer *b, const char *name, const char *help, double v)
 	    "usergate_%s %.17g\n", name, help, name, name, v);
 }
 
+/* How `show metrics` exports each kind of gauge (STATS_GAUGES). */
+static void
+gauge_prom_NONE(struct evbuffer *b, const char *name, const char *help,
+    const char *v)
+{
+}
+
+static void
+gauge_prom_VALUE(struct evbuffer *b, const char *name, const char *help,
+    double v)
+{
+	gauge_text(b, name, help, v);
+}
+
+/* Health as a number an alert can compare: 1 when "ok". */
+static void
+gauge_prom_OK(struct evbuffer *b, const char *name, const char *help,
+    const char *v)
+{
+	gauge_text(b, name, help, strcmp(v, "ok") == 0);
+}
+
+/* A length Redis could not tell us is left out, not made up as 0. */
+static void
+gauge_prom_LENGTH(struct evbuffer *b, const char *name, const char *help,
+    long long v)
+{
+	if (v >= 0)
+		gauge_text(b, name, help, v);
+}
+
 char *
 stats_prometheus(const struct stats_gauges *g)
 {
 	struct evbuffer *b = evbuffer_new();
 	size_t len;
 	char *out;
+	int place;
 
 	if (b == NULL)
 		return NULL;
@@ -166,22 +198,15 @@ stats_prometheus(const struct stats_gauges *g)
 	    stats.name);
 	STATS_COUNTERS(STATS_PROM)
 #undef STATS_PROM
+	/* Not a gathered value: that the daemon answers at all. */
 	gauge_text(b, "up", "1 while the daemon runs", 1);
-	gauge_text(b, "healthy", "1 when health is ok, 0 when degraded",
-	    strcmp(g->health, "ok") == 0);
-	gauge_text(b, "redis_connected", "1 while Redis is connected", g->redis_connected);
-	gauge_text(b, "paused", "1 while intake is paused by an operator", g->paused);
-	gauge_text(b, "inflight", "Twilio requests in flight from this instance", g->inflight);
-	gauge_text(b, "max_inflight", "Configured bound on concurrent Twilio requests",
-	    g->max_inflight);
-	if (g->queue_depth >= 0)
-		gauge_text(b, "queue_depth", "Length of the request list", g->queue_depth);
-	if (g->processing >= 0)
-		gauge_text(b, "processing", "Length of this instance's processing list",
-		    g->processing);
-	if (g->dead >= 0)
-		gauge_text(b, "dead", "Length of the dead list", g->dead);
-	gauge_text(b, "uptime_seconds", "Seconds since start", g->uptime_s);
+	for (place = 1; place <= STATS_GAUGE_PLACES; place++) {
+#define STATS_PROM_GAUGE(name, type, kind, prom, gplace, pname, help) \
+		if (place == gplace) \
+			gauge_prom_##prom(b, pname, help, g->name);
+		STATS_GAUGES(STATS_PROM_GAUGE)
+#undef STATS_PROM_GAUGE
+	}
 	histogram_text(b, "usergate_twilio_request_duration_seconds",
 	    "Time of one HTTP request to Twilio", &stats_twilio_seconds);
 	histogram_text(b, "usergate_enqueue_to_result_seconds",

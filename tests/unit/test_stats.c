@@ -478,6 +478,54 @@ test_prometheus(void)
 	free(text);
 }
 
+/*
+ * The gauges of `show metrics`, byte for byte and in their order: their
+ * names, help and values are what dashboards and alerts read
+ * (docs/operations.md), whatever the table in daemon.h looks like.
+ */
+static void
+test_prometheus_gauges(void)
+{
+	static const char want[] =
+	    "# HELP usergate_up 1 while the daemon runs\n"
+	    "# TYPE usergate_up gauge\nusergate_up 1\n"
+	    "# HELP usergate_healthy 1 when health is ok, 0 when degraded\n"
+	    "# TYPE usergate_healthy gauge\nusergate_healthy 1\n"
+	    "# HELP usergate_redis_connected 1 while Redis is connected\n"
+	    "# TYPE usergate_redis_connected gauge\n"
+	    "usergate_redis_connected 1\n"
+	    "# HELP usergate_paused 1 while intake is paused by an operator\n"
+	    "# TYPE usergate_paused gauge\nusergate_paused 0\n"
+	    "# HELP usergate_inflight Twilio requests in flight from this "
+	    "instance\n"
+	    "# TYPE usergate_inflight gauge\nusergate_inflight 3\n"
+	    "# HELP usergate_max_inflight Configured bound on concurrent "
+	    "Twilio requests\n"
+	    "# TYPE usergate_max_inflight gauge\nusergate_max_inflight 64\n"
+	    "# HELP usergate_queue_depth Length of the request list\n"
+	    "# TYPE usergate_queue_depth gauge\nusergate_queue_depth 7\n"
+	    "# HELP usergate_processing Length of this instance's processing "
+	    "list\n"
+	    "# TYPE usergate_processing gauge\nusergate_processing 2\n"
+	    "# HELP usergate_dead Length of the dead list\n"
+	    "# TYPE usergate_dead gauge\nusergate_dead 1\n"
+	    "# HELP usergate_uptime_seconds Seconds since start\n"
+	    "# TYPE usergate_uptime_seconds gauge\n"
+	    "usergate_uptime_seconds 12.699999999999999\n";
+	struct stats_gauges g = sample_gauges();
+	const char *from, *to;
+	char *text;
+
+	text = stats_prometheus(&g);
+	CU_ASSERT_FATAL(text != NULL);
+	from = strstr(text, "# HELP usergate_up ");
+	to = strstr(text, "# HELP usergate_twilio_request_duration_seconds ");
+	CU_ASSERT_FATAL(from != NULL && to != NULL && from < to);
+	CU_ASSERT_EQUAL(to - from, (ptrdiff_t)strlen(want));
+	CU_ASSERT_TRUE(strncmp(from, want, strlen(want)) == 0);
+	free(text);
+}
+
 /* The periodic log line: every counter, in declaration order. */
 static void
 test_log_line(void)
@@ -785,6 +833,8 @@ main(void)
 	    CU_add_test(suite, "gauge names", test_gauge_names) == NULL ||
 	    CU_add_test(suite, "docs", test_docs) == NULL ||
 	    CU_add_test(suite, "prometheus", test_prometheus) == NULL ||
+	    CU_add_test(suite, "prometheus gauges", test_prometheus_gauges) ==
+	    NULL ||
 	    CU_add_test(suite, "log line", test_log_line) == NULL) {
 		CU_cleanup_registry();
 		return 2;
