@@ -332,25 +332,14 @@ static const struct status_hooks status_hooks = {
 	.resumed = job_pump,
 };
 
-int
-main(int argc, char **argv)
+/*
+ * The command line: -1 to go on (check_only set for -n), or the exit
+ * status of a run that ends here (-V, -h, a usage error).
+ */
+static int
+parse_options(int argc, char **argv, int *check_only)
 {
-	char err[1024];
-	uint64_t wd_usec = 0;
-	int ch, check_only = 0;
-
-	/*
-	 * Before any secret is read: a core dump (or a ptrace attach or
-	 * /proc/PID/mem read by another process of our user) would hold the
-	 * API secret, the Basic header built from it and the Redis password.
-	 * A non-dumpable process leaves no core file and its /proc entries
-	 * belong to root.  systemd's LimitCORE=0 says the same for the unit.
-	 */
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == -1) {
-		fprintf(stderr, "usergated: cannot disable core dumps: %s\n",
-		    strerror(errno));
-		return 1;
-	}
+	int ch;
 
 	while ((ch = getopt(argc, argv, "c:nvVh")) != -1) {
 		switch (ch) {
@@ -358,7 +347,7 @@ main(int argc, char **argv)
 			config_path = optarg;
 			break;
 		case 'n':
-			check_only = 1;
+			*check_only = 1;
 			break;
 		case 'v':
 			verbose++;
@@ -379,6 +368,75 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	return -1;
+}
+
+/* The event loop and the signals it handles; 0, or -1 (logged). */
+static int
+loop_init(void)
+{
+	if ((ug.base = new_event_base()) == NULL) {
+		log_error("cannot create the event loop");
+		return -1;
+	}
+	ug.started = now_monotonic();
+	sig_term = evsignal_new(ug.base, SIGTERM, on_signal, NULL);
+	sig_int = evsignal_new(ug.base, SIGINT, on_signal, NULL);
+	sig_hup = evsignal_new(ug.base, SIGHUP, on_signal, NULL);
+	drain_ev = evtimer_new(ug.base, drain_timeout_cb, NULL);
+	if (sig_term == NULL || sig_int == NULL || sig_hup == NULL || drain_ev == NULL ||
+	    event_add(sig_term, NULL) || event_add(sig_int, NULL) || event_add(sig_hup, NULL)) {
+		log_error("cannot set up signal handling");
+		return -1;
+	}
+	return 0;
+}
+
+/* Teardown, in the reverse order of setup.  Redis first: its pending
+ * callbacks run (with no reply) while the jobs they point at still
+ * exist. */
+static void
+teardown(void)
+{
+	status_shutdown();
+	intake_shutdown();
+	queue_shutdown();
+	http_shutdown();
+	job_shutdown();
+	event_free(tick_ev);
+	if (watchdog_ev)
+		event_free(watchdog_ev);
+	event_free(drain_ev);
+	event_free(sig_term);
+	event_free(sig_int);
+	event_free(sig_hup);
+	event_base_free(ug.base);
+	log_info("usergated stopped");
+	config_free(ug.cfg);
+	free(ug.cfg);
+}
+
+int
+main(int argc, char **argv)
+{
+	char err[1024];
+	uint64_t wd_usec = 0;
+	int rv, check_only = 0;
+
+	/*
+	 * Before any secret is read: a core dump (or a ptrace attach or
+	 * /proc/PID/mem read by another process of our user) would hold the
+	 * API secret, the Basic header built from it and the Redis password.
+	 * A non-dumpable process leaves no core file and its /proc entries
+	 * belong to root.  systemd's LimitCORE=0 says the same for the unit.
+	 */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == -1) {
+		fprintf(stderr, "usergated: cannot disable core dumps: %s\n",
+		    strerror(errno));
+		return 1;
+	}
+	if ((rv = parse_options(argc, argv, &check_only)) != -1)
+		return rv;
 
 	state_init(&hooks);
 	if ((ug.cfg = calloc(1, sizeof(*ug.cfg))) == NULL)
@@ -399,20 +457,8 @@ main(int argc, char **argv)
 		    (enum log_level)(ug.cfg->log_level + verbose));
 	signal(SIGPIPE, SIG_IGN);
 
-	if ((ug.base = new_event_base()) == NULL) {
-		log_error("cannot create the event loop");
+	if (loop_init() != 0)
 		return 1;
-	}
-	ug.started = now_monotonic();
-	sig_term = evsignal_new(ug.base, SIGTERM, on_signal, NULL);
-	sig_int = evsignal_new(ug.base, SIGINT, on_signal, NULL);
-	sig_hup = evsignal_new(ug.base, SIGHUP, on_signal, NULL);
-	drain_ev = evtimer_new(ug.base, drain_timeout_cb, NULL);
-	if (sig_term == NULL || sig_int == NULL || sig_hup == NULL || drain_ev == NULL ||
-	    event_add(sig_term, NULL) || event_add(sig_int, NULL) || event_add(sig_hup, NULL)) {
-		log_error("cannot set up signal handling");
-		return 1;
-	}
 	if (http_init() != 0) {
 		log_error("cannot initialise libcurl");
 		return 1;
@@ -435,24 +481,6 @@ main(int argc, char **argv)
 
 	event_base_dispatch(ug.base);
 
-	/* Teardown, in the reverse order of setup.  Redis first: its pending
-	 * callbacks run (with no reply) while the jobs they point at still
-	 * exist. */
-	status_shutdown();
-	intake_shutdown();
-	queue_shutdown();
-	http_shutdown();
-	job_shutdown();
-	event_free(tick_ev);
-	if (watchdog_ev)
-		event_free(watchdog_ev);
-	event_free(drain_ev);
-	event_free(sig_term);
-	event_free(sig_int);
-	event_free(sig_hup);
-	event_base_free(ug.base);
-	log_info("usergated stopped");
-	config_free(ug.cfg);
-	free(ug.cfg);
+	teardown();
 	return exit_status;
 }

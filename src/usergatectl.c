@@ -243,8 +243,12 @@ status_command(int argc, char **argv)
 	return rv;
 }
 
+/*
+ * create's options and IDENTITY as one JSON request line (malloc'd into
+ * *text): -1 to go on, or the exit status of a run that ends here.
+ */
 static int
-create_command(int argc, char **argv)
+create_request(int argc, char **argv, char **text, long *timeout_ms, int *wait)
 {
 	static const struct option opts[] = {
 		{ "friendly-name", required_argument, NULL, 'f' },
@@ -258,12 +262,9 @@ create_command(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	json_t *req, *res;
-	json_error_t jerr;
-	char *text, *answer, *end;
-	const char *status;
-	long timeout_ms = -1;
-	int ch, fd, rv, wait = 1;
+	json_t *req;
+	char *end;
+	int ch;
 
 	if ((req = json_object()) == NULL)
 		return 2;
@@ -296,11 +297,11 @@ create_command(int argc, char **argv)
 			json_object_set_new(req, "ReplyTo", json_string(optarg));
 			break;
 		case 'n':
-			wait = 0;
+			*wait = 0;
 			break;
 		case 't':
-			timeout_ms = strtol(optarg, &end, 10) * 1000;
-			if (*end != '\0' || timeout_ms <= 0) {
+			*timeout_ms = strtol(optarg, &end, 10) * 1000;
+			if (*end != '\0' || *timeout_ms <= 0) {
 				fprintf(stderr, "usergatectl: --timeout takes seconds > 0\n");
 				json_decref(req);
 				return 2;
@@ -329,28 +330,45 @@ create_command(int argc, char **argv)
 		json_decref(req);
 		return 2;
 	}
-	if (!wait)
+	if (!*wait)
 		json_object_set_new(req, "Wait", json_false());
-	text = json_dumps(req, JSON_COMPACT);
+	*text = json_dumps(req, JSON_COMPACT);
 	json_decref(req);
-	if (text == NULL)
-		return 2;
-	if ((fd = connect_to(request_path)) < 0) {
-		free(text);
-		return 2;
-	}
-	rv = write_all(fd, text, strlen(text)) || write_all(fd, "\n", 1);
-	free(text);
-	if (rv != 0) {
+	return *text == NULL ? 2 : -1;
+}
+
+/* Sends one request line and reads its answer line (malloc'd), or NULL
+ * (said why). */
+static char *
+send_request(const char *text, long timeout_ms)
+{
+	char *answer;
+	int fd;
+
+	if ((fd = connect_to(request_path)) < 0)
+		return NULL;
+	if (write_all(fd, text, strlen(text)) || write_all(fd, "\n", 1)) {
 		fprintf(stderr, "usergatectl: cannot send to %s: %s\n", request_path,
 		    strerror(errno));
 		close(fd);
-		return 2;
+		return NULL;
 	}
 	answer = read_until(fd, "\n", 0, timeout_ms);
 	close(fd);
-	if (answer == NULL)
-		return 2;
+	return answer;
+}
+
+/* Prints the answer, indented, and frees it; the exit status is 0 when
+ * the user is there (or, without waiting, its request queued). */
+static int
+print_result(char *answer, int wait)
+{
+	json_t *res;
+	json_error_t jerr;
+	const char *status;
+	char *text;
+	int rv;
+
 	res = json_loads(answer, 0, &jerr);
 	if (res == NULL) {
 		fprintf(stderr, "usergatectl: unreadable answer: %s\n", jerr.text);
@@ -369,6 +387,22 @@ create_command(int argc, char **argv)
 		rv = 0;
 	json_decref(res);
 	return rv;
+}
+
+static int
+create_command(int argc, char **argv)
+{
+	char *text, *answer;
+	long timeout_ms = -1;
+	int rv, wait = 1;
+
+	if ((rv = create_request(argc, argv, &text, &timeout_ms, &wait)) != -1)
+		return rv;
+	answer = send_request(text, timeout_ms);
+	free(text);
+	if (answer == NULL)
+		return 2;
+	return print_result(answer, wait);
 }
 
 int
