@@ -959,35 +959,39 @@ log_fd_shortage(void)
 	    "retrying without counting the attempt");
 }
 
+/*
+ * Nothing reached Twilio: not an attempt, whatever holds the descriptors.
+ * Retried with a backoff of its own, which grows as max_attempts would not
+ * let the usual one.
+ */
 static void
-on_http(const struct http_result *res, void *arg)
+retry_without_descriptor(struct job *j, const struct http_result *res)
 {
-	struct job *j = arg;
-	enum twilio_outcome o;
-	enum record_answer what;
-	long code = 0;
-	char *message = NULL;
-	json_t *rec;
+	log_fd_shortage();
+	log_debug("no descriptor for a Twilio connection; retrying",
+	    "request_id", j->request_id);
+	j->attempts--;
+	j->tries--;
+	remember_answer(j, res, 0, NULL);
+	job_set_state(j, JOB_BACKOFF, NULL);
+	set_timer(j, pace_backoff_ms(++j->fd_waits, ug.cfg->base_delay_ms,
+	    ug.cfg->max_delay_ms, -1, random_unit()), backoff_cb);
+}
 
-	if (res->out_of_fds) {
-		/* Nothing reached Twilio: not an attempt, whatever holds the
-		 * descriptors.  Retried with a backoff of its own, which grows
-		 * as max_attempts would not let the usual one. */
-		log_fd_shortage();
-		log_debug("no descriptor for a Twilio connection; retrying",
-		    "request_id", j->request_id);
-		j->attempts--;
-		j->tries--;
-		remember_answer(j, res, 0, NULL);
-		job_set_state(j, JOB_BACKOFF, NULL);
-		set_timer(j, pace_backoff_ms(++j->fd_waits, ug.cfg->base_delay_ms,
-		    ug.cfg->max_delay_ms, -1, random_unit()), backoff_cb);
-		send_pump();
-		return;
-	}
+/*
+ * What Twilio's answer means for j; on the way, what it tells the rate
+ * window and whether a refusal of our credentials is over.  *message is
+ * Twilio's error message (malloc'd) or NULL.
+ */
+static enum twilio_outcome
+classify_answer(struct job *j, const struct http_result *res, char **message)
+{
+	enum twilio_outcome o;
+	long code = 0;
+
 	if (res->status >= 400)
-		record_twilio_error(res->body, res->len, &code, &message);
-	remember_answer(j, res, code, message);
+		record_twilio_error(res->body, res->len, &code, message);
+	remember_answer(j, res, code, *message);
 	o = twilio_classify(res->status, code);
 	if (res->tls_failure)
 		o = TWILIO_AUTH;
@@ -1002,53 +1006,76 @@ on_http(const struct http_result *res, void *arg)
 	 * before the refusal may have been made before it. */
 	if (o != TWILIO_AUTH && j == auth_probe_job)
 		auth_clear();
+	return o;
+}
 
-	switch (o) {
+/* Twilio answered 200 or 201: the user created, fetched or updated. */
+static void
+on_user_answer(struct job *j, const struct http_result *res)
+{
+	enum record_answer what;
+	json_t *rec;
+
+	if (record_straight(j, res)) {
+		finish(j, "created");
+		return;
+	}
+	rec = record_from_twilio(res->body, res->len, j->req.identity, &what);
+	if (what == RECORD_WRONG_USER) {
+		/* Not a hiccup a retry fixes: something between us and
+		 * Twilio is broken.  Nothing is stored, and the Identity is
+		 * free again (fail releases it). */
+		fail(j, "twilio_invalid_answer", "Twilio's answer is not this "
+		    "Identity's user: a sid that is not US followed by 32 hex "
+		    "digits, or another identity");
+		return;
+	}
+	if (rec == NULL) {
+		/* Twilio answered but the body is not a user: the user may
+		 * exist now, so look it up by Identity. */
+		if (log_limit_allow(&unexpected_limit, now_monotonic()))
+			log_warn("unexpected twilio answer body; fetching the user",
+			    "request_id", j->request_id);
+		j->phase = PHASE_FETCH;
+		retry_or_fail(j);
+		return;
+	}
+	if (j->phase == PHASE_FETCH && ug.cfg->on_exists == ON_EXISTS_UPDATE &&
+	    record_differs(rec, &j->req)) {
+		json_t *sid = json_object_get(rec, "sid");
+
+		free(j->sid);
+		j->sid = strdup(json_string_value(sid));
+		json_decref(rec);
+		if (j->sid == NULL) {
+			fail(j, "retries_exhausted", "out of memory");
+			return;
+		}
+		j->phase = PHASE_UPDATE;
+		start_attempt(j);
+		return;
+	}
+	json_decref(j->user);
+	j->user = rec;
+	finish(j, j->phase == PHASE_CREATE ? "created" :
+	    j->phase == PHASE_FETCH ? "exists" : "updated");
+}
+
+static void
+on_http(const struct http_result *res, void *arg)
+{
+	struct job *j = arg;
+	char *message = NULL;
+
+	if (res->out_of_fds) {
+		retry_without_descriptor(j, res);
+		send_pump();
+		return;
+	}
+	switch (classify_answer(j, res, &message)) {
 	case TWILIO_CREATED:
 	case TWILIO_OK:
-		if (record_straight(j, res)) {
-			finish(j, "created");
-			break;
-		}
-		rec = record_from_twilio(res->body, res->len, j->req.identity, &what);
-		if (what == RECORD_WRONG_USER) {
-			/* Not a hiccup a retry fixes: something between us
-			 * and Twilio is broken.  Nothing is stored, and the
-			 * Identity is free again (fail releases it). */
-			fail(j, "twilio_invalid_answer", "Twilio's answer is not this "
-			    "Identity's user: a sid that is not US followed by 32 hex "
-			    "digits, or another identity");
-			break;
-		}
-		if (rec == NULL) {
-			/* Twilio answered but the body is not a user: the
-			 * user may exist now, so look it up by Identity. */
-			if (log_limit_allow(&unexpected_limit, now_monotonic()))
-				log_warn("unexpected twilio answer body; fetching the user",
-				    "request_id", j->request_id);
-			j->phase = PHASE_FETCH;
-			retry_or_fail(j);
-			break;
-		}
-		if (j->phase == PHASE_FETCH && ug.cfg->on_exists == ON_EXISTS_UPDATE &&
-		    record_differs(rec, &j->req)) {
-			json_t *sid = json_object_get(rec, "sid");
-
-			free(j->sid);
-			j->sid = strdup(json_string_value(sid));
-			json_decref(rec);
-			if (j->sid == NULL) {
-				fail(j, "retries_exhausted", "out of memory");
-				break;
-			}
-			j->phase = PHASE_UPDATE;
-			start_attempt(j);
-			break;
-		}
-		json_decref(j->user);
-		j->user = rec;
-		finish(j, j->phase == PHASE_CREATE ? "created" :
-		    j->phase == PHASE_FETCH ? "exists" : "updated");
+		on_user_answer(j, res);
 		break;
 	case TWILIO_EXISTS:
 		if (j->phase != PHASE_CREATE) {
