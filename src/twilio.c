@@ -124,6 +124,37 @@ path_segment(const char *s)
 }
 
 /*
+ * Cuts copy (of host, named in err) into its dot-separated labels, at most
+ * TWILIO_HOST_MAX_LABELS, none empty: their number, or 0 with err set.
+ */
+static size_t
+host_labels(char *copy, const char *host, const char **labels, char *err,
+    size_t errlen)
+{
+	char	*p;
+	size_t	 nlabels = 0, i;
+
+	for (p = copy; p != NULL; ) {
+		if (nlabels == TWILIO_HOST_MAX_LABELS) {
+			snprintf(err, errlen, "host \"%s\" has more labels "
+			    "than product.edge.region.twilio.com", host);
+			return 0;
+		}
+		labels[nlabels++] = p;
+		if ((p = strchr(p, '.')) != NULL)
+			*p++ = '\0';
+	}
+	for (i = 0; i < nlabels; i++) {
+		if (*labels[i] == '\0') {
+			snprintf(err, errlen, "host \"%s\" has an empty label",
+			    host);
+			return 0;
+		}
+	}
+	return nlabels;
+}
+
+/*
  * Rewrites host the way twilio-python's get_hostname and twilio-node's
  * getHostname do: the host is prefix[.edge][.region].twilio.com; an edge
  * or region already in the host is kept unless a new one is given; an edge
@@ -136,8 +167,8 @@ apply_edge_region(const char *host, const char *edge, const char *region,
 {
 	const char	*labels[TWILIO_HOST_MAX_LABELS];
 	const char	*host_edge = NULL, *host_region = NULL;
-	char		*copy, *p, *out;
-	size_t		 nlabels = 0, hostlen, suffixlen, i;
+	char		*copy, *out;
+	size_t		 nlabels, hostlen, suffixlen;
 
 	if (is_set(edge) && !is_dns_label(edge)) {
 		snprintf(err, errlen, "edge is not a host name label "
@@ -165,24 +196,9 @@ apply_edge_region(const char *host, const char *edge, const char *region,
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	for (p = copy; p != NULL; ) {
-		if (nlabels == TWILIO_HOST_MAX_LABELS) {
-			snprintf(err, errlen, "host \"%s\" has more labels "
-			    "than product.edge.region.twilio.com", host);
-			free(copy);
-			return NULL;
-		}
-		labels[nlabels++] = p;
-		if ((p = strchr(p, '.')) != NULL)
-			*p++ = '\0';
-	}
-	for (i = 0; i < nlabels; i++) {
-		if (*labels[i] == '\0') {
-			snprintf(err, errlen, "host \"%s\" has an empty label",
-			    host);
-			free(copy);
-			return NULL;
-		}
+	if ((nlabels = host_labels(copy, host, labels, err, errlen)) == 0) {
+		free(copy);
+		return NULL;
 	}
 
 	/* labels: prefix [edge] [region] "twilio" "com" */
@@ -214,18 +230,72 @@ apply_edge_region(const char *host, const char *edge, const char *region,
 
 /*
  * base_url is scheme://host[:port] with nothing after it but an optional
- * single "/".  The answer is rebuilt from the parsed parts, so it never
+ * single "/": 0, or -1 with err naming what is wrong, since this message
+ * is what an operator sees from "usergated -n"; none quotes the whole
+ * base_url, whose user information or query could hold a secret (SPEC §2).
+ */
+static int
+check_base_url(const struct evhttp_uri *uri, char *err, size_t errlen)
+{
+	const char	*scheme, *host, *path;
+
+	scheme = evhttp_uri_get_scheme(uri);
+	host = evhttp_uri_get_host(uri);
+	path = evhttp_uri_get_path(uri);
+
+	if (scheme == NULL || (strcasecmp(scheme, "http") != 0 &&
+	    strcasecmp(scheme, "https") != 0)) {
+		snprintf(err, errlen, "base_url must start with http:// or "
+		    "https://");
+		return -1;
+	}
+	if (evhttp_uri_get_userinfo(uri) != NULL) {
+		snprintf(err, errlen, "base_url must not carry user "
+		    "information; credentials go in api_key and "
+		    "api_secret_file");
+		return -1;
+	}
+	if (host == NULL || *host == '\0') {
+		snprintf(err, errlen, "base_url has no host");
+		return -1;
+	}
+	if (strchr(host, '%') != NULL) {
+		snprintf(err, errlen, "base_url host \"%s\" must not be "
+		    "percent-encoded", host);
+		return -1;
+	}
+	if (evhttp_uri_get_port(uri) == 0) {
+		snprintf(err, errlen, "base_url port 0 is not a valid port");
+		return -1;
+	}
+	if (path != NULL && *path != '\0' && strcmp(path, "/") != 0) {
+		snprintf(err, errlen, "base_url must not have a path "
+		    "(\"%s\"): usergate adds the API paths", path);
+		return -1;
+	}
+	if (evhttp_uri_get_query(uri) != NULL) {
+		snprintf(err, errlen, "base_url must not have a query");
+		return -1;
+	}
+	if (evhttp_uri_get_fragment(uri) != NULL) {
+		snprintf(err, errlen, "base_url must not have a fragment");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * The API base from base_url (check_base_url), with edge and region put
+ * in its host.  The answer is rebuilt from the parsed parts, so it never
  * carries a trailing "/" and the resource paths can be appended as they
- * are.  Every rejection names what is wrong, since this message is what an
- * operator sees from "usergated -n"; none quotes the whole base_url, whose
- * user information or query could hold a secret (SPEC §2).
+ * are.
  */
 char *
 twilio_api_base(const char *base_url, const char *edge, const char *region,
     char *err, size_t errlen)
 {
 	struct evhttp_uri *uri;
-	const char	*scheme, *host, *path, *query, *fragment, *userinfo;
+	const char	*scheme, *host;
 	char		 portbuf[16];
 	char		*newhost = NULL, *out = NULL;
 	int		 port;
@@ -239,52 +309,11 @@ twilio_api_base(const char *base_url, const char *edge, const char *region,
 		    "(expected http[s]://host[:port], port 1-65535)");
 		return NULL;
 	}
+	if (check_base_url(uri, err, errlen) != 0)
+		goto done;
 	scheme = evhttp_uri_get_scheme(uri);
 	host = evhttp_uri_get_host(uri);
 	port = evhttp_uri_get_port(uri);
-	path = evhttp_uri_get_path(uri);
-	query = evhttp_uri_get_query(uri);
-	fragment = evhttp_uri_get_fragment(uri);
-	userinfo = evhttp_uri_get_userinfo(uri);
-
-	if (scheme == NULL || (strcasecmp(scheme, "http") != 0 &&
-	    strcasecmp(scheme, "https") != 0)) {
-		snprintf(err, errlen, "base_url must start with http:// or "
-		    "https://");
-		goto done;
-	}
-	if (userinfo != NULL) {
-		snprintf(err, errlen, "base_url must not carry user "
-		    "information; credentials go in api_key and "
-		    "api_secret_file");
-		goto done;
-	}
-	if (host == NULL || *host == '\0') {
-		snprintf(err, errlen, "base_url has no host");
-		goto done;
-	}
-	if (strchr(host, '%') != NULL) {
-		snprintf(err, errlen, "base_url host \"%s\" must not be "
-		    "percent-encoded", host);
-		goto done;
-	}
-	if (port == 0) {
-		snprintf(err, errlen, "base_url port 0 is not a valid port");
-		goto done;
-	}
-	if (path != NULL && *path != '\0' && strcmp(path, "/") != 0) {
-		snprintf(err, errlen, "base_url must not have a path "
-		    "(\"%s\"): usergate adds the API paths", path);
-		goto done;
-	}
-	if (query != NULL) {
-		snprintf(err, errlen, "base_url must not have a query");
-		goto done;
-	}
-	if (fragment != NULL) {
-		snprintf(err, errlen, "base_url must not have a fragment");
-		goto done;
-	}
 
 	if (is_set(edge) || is_set(region)) {
 		if ((newhost = apply_edge_region(host, edge, region, err,
