@@ -188,6 +188,33 @@ fail:
 	return NULL;
 }
 
+/* An array becomes an array, or NULL with err set. */
+static json_t *
+from_msgpack_array(const msgpack_object_array *array, int depth, char *err,
+    size_t errlen)
+{
+	json_t		*v, *child;
+	uint32_t	 i;
+
+	if ((v = json_array()) == NULL) {
+		set_error(err, errlen, "out of memory");
+		return NULL;
+	}
+	for (i = 0; i < array->size; i++) {
+		child = from_msgpack(&array->ptr[i], depth + 1, err, errlen);
+		if (child == NULL) {
+			json_decref(v);
+			return NULL;
+		}
+		if (json_array_append_new(v, child) == -1) {
+			json_decref(v);
+			set_error(err, errlen, "out of memory");
+			return NULL;
+		}
+	}
+	return v;
+}
+
 /*
  * One msgpack object to a new jansson value, or NULL with err set.  depth is
  * the nesting level of o (1 for the top).  Strings are kept as they are,
@@ -197,8 +224,7 @@ fail:
 static json_t *
 from_msgpack(const msgpack_object *o, int depth, char *err, size_t errlen)
 {
-	json_t		*v = NULL, *child;
-	uint32_t	 i;
+	json_t		*v = NULL;
 
 	/*
 	 * Only containers count, as in json_depth_ok: a scalar inside the
@@ -247,24 +273,9 @@ from_msgpack(const msgpack_object *o, int depth, char *err, size_t errlen)
 		    o->via.bin.size);
 		break;
 	case MSGPACK_OBJECT_ARRAY:
-		if ((v = json_array()) == NULL)
-			break;
-		for (i = 0; i < o->via.array.size; i++) {
-			child = from_msgpack(&o->via.array.ptr[i], depth + 1,
-			    err, errlen);
-			if (child == NULL) {
-				json_decref(v);
-				return NULL;
-			}
-			if (json_array_append_new(v, child) == -1) {
-				json_decref(v);
-				v = NULL;
-				break;
-			}
-		}
-		break;
+		/* These two set err themselves, on allocation failure too. */
+		return from_msgpack_array(&o->via.array, depth, err, errlen);
 	case MSGPACK_OBJECT_MAP:
-		/* Sets err itself, including on allocation failure. */
 		return from_msgpack_map(&o->via.map, depth, err, errlen);
 	case MSGPACK_OBJECT_EXT:
 		set_error(err, errlen, "msgpack ext type %d is not supported",
@@ -359,6 +370,38 @@ static int decode_zone_ready;
 static msgpack_sbuffer encode_buf;	/* reused by every msgpack encode */
 
 /*
+ * 1 when buf is one whole msgpack value, within the depth limit, whose
+ * headers announce nothing bigger than the bytes could hold (msgpack-c
+ * would reserve it before finding out); else 0 with err set.
+ */
+static int
+msgpack_bounded(const char *buf, size_t len, char *err, size_t errlen)
+{
+	struct codec_scan	 scan;
+
+	memset(&scan, 0, sizeof(scan));
+	switch (codec_msgpack_scan(&scan, buf, len, len)) {
+	case CODEC_SCAN_DONE:
+		return 1;
+	case CODEC_SCAN_MORE:
+		set_error(err, errlen, "truncated msgpack (%zu bytes)", len);
+		return 0;
+	case CODEC_SCAN_TOO_LARGE:
+		set_error(err, errlen, "truncated msgpack: the header at byte "
+		    "%zu announces more than the %zu bytes hold", scan.off, len);
+		return 0;
+	case CODEC_SCAN_TOO_DEEP:
+		set_error(err, errlen, "msgpack nested deeper than %d levels",
+		    CODEC_DEPTH_MAX);
+		return 0;
+	case CODEC_SCAN_INVALID:
+	default:
+		set_error(err, errlen, "neither JSON nor valid msgpack");
+		return 0;
+	}
+}
+
+/*
  * Exactly one msgpack object must cover buf.  msgpack_unpack_next reports
  * SUCCESS with off short of len when bytes follow the object; those are
  * refused, since they are either a second request glued on or garbage.
@@ -369,7 +412,6 @@ decode_msgpack(const char *buf, size_t len, int want_map, json_t **out,
 {
 	msgpack_unpacked	 unpacked;
 	msgpack_unpack_return	 ret;
-	struct codec_scan	 scan;
 	enum codec_status	 status = CODEC_MALFORMED;
 	size_t			 off = 0;
 	json_t			*v;
@@ -388,28 +430,8 @@ decode_msgpack(const char *buf, size_t len, int want_map, json_t **out,
 		}
 		decode_zone_ready = 1;
 	}
-	/* Nothing announced may be bigger than what the bytes could hold:
-	 * msgpack-c would reserve it before finding out. */
-	memset(&scan, 0, sizeof(scan));
-	switch (codec_msgpack_scan(&scan, buf, len, len)) {
-	case CODEC_SCAN_DONE:
-		break;
-	case CODEC_SCAN_MORE:
-		set_error(err, errlen, "truncated msgpack (%zu bytes)", len);
+	if (!msgpack_bounded(buf, len, err, errlen))
 		goto done;
-	case CODEC_SCAN_TOO_LARGE:
-		set_error(err, errlen, "truncated msgpack: the header at byte "
-		    "%zu announces more than the %zu bytes hold", scan.off, len);
-		goto done;
-	case CODEC_SCAN_TOO_DEEP:
-		set_error(err, errlen, "msgpack nested deeper than %d levels",
-		    CODEC_DEPTH_MAX);
-		goto done;
-	case CODEC_SCAN_INVALID:
-	default:
-		set_error(err, errlen, "neither JSON nor valid msgpack");
-		goto done;
-	}
 	memset(&unpacked, 0, sizeof(unpacked));
 	ret = msgpack_unpack(buf, len, &off, &decode_zone, &unpacked.data);
 	switch (ret) {
