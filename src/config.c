@@ -746,12 +746,9 @@ derive_api_base(struct config_load *ld)
 }
 
 /*
- * Reads a secret file into *out: refuses anything but a regular file that
- * only its owner can access, strips trailing white space (editors add a
- * newline), refuses an empty result.  Messages never hold a byte of the
- * content, and name the file only when shown is given: the path of a
- * *_file key is not quoted, since it may be the secret itself, pasted
- * where its file's name belongs (the key and line say which file).
+ * Opens a secret file for read_secret: the descriptor of a regular file
+ * that only its owner can access, or -1 with msg set (what and shown name
+ * the file, as there).
  *
  * The file is opened without blocking: a FIFO or a device named by
  * mistake would otherwise wait for a writer forever, at start or, on
@@ -760,19 +757,12 @@ derive_api_base(struct config_load *ld)
  * stores are often links.
  */
 static int
-read_secret(const char *path, const char *shown, char **out, char *msg,
+open_secret(const char *path, const char *what, const char *shown, char *msg,
     size_t msglen)
 {
-	const char	*what = shown != NULL ? "secret file " : "the secret file";
 	struct stat	 st;
-	char		*buf;
-	size_t		 len = 0;
-	ssize_t		 n;
 	int		 fd, saved;
 
-	if (shown == NULL)
-		shown = "";
-	*out = NULL;
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) ==
 	    -1) {
 		(void)snprintf(msg, msglen, "cannot open %s%s: %s", what, shown,
@@ -800,6 +790,52 @@ read_secret(const char *path, const char *shown, char **out, char *msg,
 		    (unsigned int)(st.st_mode & 07777));
 		return -1;
 	}
+	return fd;
+}
+
+/* Up to size bytes of fd into buf: how many, or -1 (errno set). */
+static ssize_t
+read_upto(int fd, char *buf, size_t size)
+{
+	size_t	 len = 0;
+	ssize_t	 n;
+
+	while (len < size) {
+		n = read(fd, buf + len, size - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return -1;
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	return (ssize_t)len;
+}
+
+/*
+ * Reads a secret file into *out: refuses anything but a regular file that
+ * only its owner can access, strips trailing white space (editors add a
+ * newline), refuses an empty result.  Messages never hold a byte of the
+ * content, and name the file only when shown is given: the path of a
+ * *_file key is not quoted, since it may be the secret itself, pasted
+ * where its file's name belongs (the key and line say which file).
+ */
+static int
+read_secret(const char *path, const char *shown, char **out, char *msg,
+    size_t msglen)
+{
+	const char	*what = shown != NULL ? "secret file " : "the secret file";
+	char		*buf;
+	size_t		 len;
+	ssize_t		 n;
+	int		 fd, saved;
+
+	if (shown == NULL)
+		shown = "";
+	*out = NULL;
+	if ((fd = open_secret(path, what, shown, msg, msglen)) == -1)
+		return -1;
 	if ((buf = malloc(SECRET_MAX + 1)) == NULL) {
 		saved = errno;
 		(void)close(fd);
@@ -808,23 +844,16 @@ read_secret(const char *path, const char *shown, char **out, char *msg,
 		return -1;
 	}
 	/* One byte more than allowed tells a too large file. */
-	while (len < SECRET_MAX + 1) {
-		n = read(fd, buf + len, SECRET_MAX + 1 - len);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1) {
-			saved = errno;
-			explicit_bzero(buf, SECRET_MAX + 1);
-			free(buf);
-			(void)close(fd);
-			(void)snprintf(msg, msglen, "cannot read %s%s: %s",
-			    what, shown, strerror(saved));
-			return -1;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
+	if ((n = read_upto(fd, buf, SECRET_MAX + 1)) == -1) {
+		saved = errno;
+		explicit_bzero(buf, SECRET_MAX + 1);
+		free(buf);
+		(void)close(fd);
+		(void)snprintf(msg, msglen, "cannot read %s%s: %s", what, shown,
+		    strerror(saved));
+		return -1;
 	}
+	len = (size_t)n;
 	(void)close(fd);	/* read-only: nothing to lose on close */
 	if (len > SECRET_MAX) {
 		explicit_bzero(buf, SECRET_MAX + 1);
