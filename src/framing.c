@@ -71,6 +71,45 @@ next_json_line(const char *buf, size_t len, int *discarding,
 	return FRAME_READY;
 }
 
+/* Gives the unpacker the bytes of buf up to look it has not had yet: 0,
+ * or -1 when out of memory. */
+static int
+feed_unpacker(struct framing_state *st, const char *buf, size_t look)
+{
+	size_t	 n;
+
+	if ((n = look - st->fed) == 0)
+		return 0;
+	if (!msgpack_unpacker_reserve_buffer(st->mp, n))
+		return -1;
+	memcpy(msgpack_unpacker_buffer(st->mp), buf + st->fed, n);
+	msgpack_unpacker_buffer_consumed(st->mp, n);
+	st->fed = look;
+	return 0;
+}
+
+/*
+ * The unpacker holds a whole value: it forgets it and goes on with the
+ * bytes after it.  The value's length (parsed counts the bytes of this
+ * value alone), or 0 when out of memory.  The value goes with its zone,
+ * as in msgpack_unpacker_next.
+ */
+static size_t
+release_value(struct framing_state *st)
+{
+	msgpack_zone	*z;
+	size_t		 n;
+
+	n = msgpack_unpacker_parsed_size(st->mp);
+	if ((z = msgpack_unpacker_release_zone(st->mp)) == NULL)
+		return 0;
+	msgpack_zone_free(z);
+	msgpack_unpacker_reset(st->mp);
+	memset(&st->scan, 0, sizeof(st->scan));
+	st->fed -= n;
+	return n;
+}
+
 /*
  * The unpacker builds the value to find where it ends; that costs a second
  * decoding later (request_parse), but keeps all msgpack parsing in the
@@ -120,32 +159,16 @@ next_msgpack_value(const char *buf, size_t len, struct framing_state *st,
 		status = FRAME_MALFORMED;
 		goto end;
 	}
-	if ((n = look - st->fed) > 0) {
-		if (!msgpack_unpacker_reserve_buffer(st->mp, n)) {
-			status = FRAME_MALFORMED;
-			goto end;
-		}
-		memcpy(msgpack_unpacker_buffer(st->mp), buf + st->fed, n);
-		msgpack_unpacker_buffer_consumed(st->mp, n);
-		st->fed = look;
+	if (feed_unpacker(st, buf, look) != 0) {
+		status = FRAME_MALFORMED;	/* out of memory */
+		goto end;
 	}
 	rc = msgpack_unpacker_execute(st->mp);
 	if (rc > 0) {
-		/*
-		 * parsed counts the bytes of this value alone.  The value
-		 * goes with its zone, as in msgpack_unpacker_next.
-		 */
-		msgpack_zone	*z;
-
-		n = msgpack_unpacker_parsed_size(st->mp);
-		if ((z = msgpack_unpacker_release_zone(st->mp)) == NULL) {
+		if ((n = release_value(st)) == 0) {
 			status = FRAME_MALFORMED;	/* out of memory */
 			goto end;
 		}
-		msgpack_zone_free(z);
-		msgpack_unpacker_reset(st->mp);
-		memset(&st->scan, 0, sizeof(st->scan));
-		st->fed -= n;
 		*frame_len = n;
 		*consumed = n;
 		return FRAME_READY;

@@ -704,22 +704,14 @@ request_error_code(enum request_error e)
 	return error_codes[e];
 }
 
-enum request_error
-request_parse(const void *buf, size_t len, const struct reply_scope *scope,
-    struct request *req, char *err, size_t errlen)
+/*
+ * REQ_TOO_LARGE (err set) when the request is over the frame limit: its
+ * length, what queue_take.c left of a Redis list element over the limit,
+ * or a msgpack header announcing more; else REQ_OK.
+ */
+static enum request_error
+check_size(const void *buf, size_t len, char *err, size_t errlen)
 {
-	struct fields		 f;
-	enum request_error	 e;
-	enum codec_status	 cs;
-	json_t			*map = NULL;
-	char			 cerr[256];
-
-	memset(req, 0, sizeof(*req));
-	req->webhook_enabled = -1;
-	req->wait = 1;
-	if (err != NULL && errlen > 0)
-		err[0] = '\0';
-
 	if (len > UG_FRAME_MAX)
 		return reject(err, errlen, REQ_TOO_LARGE,
 		    "request is %zu bytes, over the limit of %d", len,
@@ -753,14 +745,23 @@ request_parse(const void *buf, size_t len, const struct reply_scope *scope,
 			    "msgpack header at byte %zu announces more than the "
 			    "limit of %d bytes", scan.off, UG_FRAME_MAX);
 	}
+	return REQ_OK;
+}
+
+/* The request as a map (*map, the caller's), or an error with err set. */
+static enum request_error
+decode_map(const void *buf, size_t len, json_t **map, char *err,
+    size_t errlen)
+{
+	enum request_error	 e;
+	char			 cerr[256];
 
 	/*
 	 * codec_decode_any rather than codec_decode: the "not a map"
 	 * message names the request, and a value that does not start with
 	 * '{' is msgpack, so its type is named as such.
 	 */
-	cs = codec_decode_any(buf, len, &map, cerr, sizeof(cerr));
-	switch (cs) {
+	switch (codec_decode_any(buf, len, map, cerr, sizeof(cerr))) {
 	case CODEC_OK:
 		break;
 	case CODEC_BAD_UTF8:
@@ -770,13 +771,34 @@ request_parse(const void *buf, size_t len, const struct reply_scope *scope,
 	default:
 		return reject(err, errlen, REQ_MALFORMED, "%s", cerr);
 	}
-	if (!json_is_object(map)) {
+	if (!json_is_object(*map)) {
 		e = reject(err, errlen, REQ_MALFORMED,
 		    "request must be a map, got a msgpack %s",
-		    json_is_null(map) ? "nil" : type_name(map));
-		json_decref(map);
+		    json_is_null(*map) ? "nil" : type_name(*map));
+		json_decref(*map);
+		*map = NULL;
 		return e;
 	}
+	return REQ_OK;
+}
+
+enum request_error
+request_parse(const void *buf, size_t len, const struct reply_scope *scope,
+    struct request *req, char *err, size_t errlen)
+{
+	struct fields		 f;
+	enum request_error	 e;
+	json_t			*map = NULL;
+
+	memset(req, 0, sizeof(*req));
+	req->webhook_enabled = -1;
+	req->wait = 1;
+	if (err != NULL && errlen > 0)
+		err[0] = '\0';
+
+	if ((e = check_size(buf, len, err, errlen)) != REQ_OK ||
+	    (e = decode_map(buf, len, &map, err, errlen)) != REQ_OK)
+		return e;
 
 	memset(&f, 0, sizeof(f));
 	e = find_fields(map, &f, err, errlen);
