@@ -243,6 +243,65 @@ status_command(int argc, char **argv)
 	return rv;
 }
 
+/* create's options whose argument is a request field as it is. */
+static const struct {
+	int		 ch;
+	const char	*field;
+} create_fields[] = {
+	{ 'f', "FriendlyName" },
+	{ 'a', "Attributes" },
+	{ 'r', "RoleSid" },
+	{ 'i', "RequestId" },
+	{ 'R', "ReplyTo" },
+};
+
+/* One option of create (ch, its argument in optarg) into req: -1 to go
+ * on, or the exit status of a run that ends here. */
+static int
+create_option(json_t *req, int ch, long *timeout_ms, int *wait)
+{
+	char *end;
+	size_t i;
+
+	for (i = 0; i < sizeof(create_fields) / sizeof(create_fields[0]); i++) {
+		if (create_fields[i].ch == ch) {
+			json_object_set_new(req, create_fields[i].field,
+			    json_string(optarg));
+			return -1;
+		}
+	}
+	switch (ch) {
+	case 'w':
+		if (strcmp(optarg, "true") != 0 &&
+		    strcmp(optarg, "false") != 0) {
+			fprintf(stderr, "usergatectl: --webhook-enabled takes "
+			    "true or false\n");
+			return 2;
+		}
+		json_object_set_new(req, "WebhookEnabled",
+		    json_boolean(strcmp(optarg, "true") == 0));
+		break;
+	case 'n':
+		*wait = 0;
+		break;
+	case 't':
+		*timeout_ms = strtol(optarg, &end, 10) * 1000;
+		if (*end != '\0' || *timeout_ms <= 0) {
+			fprintf(stderr,
+			    "usergatectl: --timeout takes seconds > 0\n");
+			return 2;
+		}
+		break;
+	case 'h':
+		usage(stdout);
+		return 0;
+	default:
+		usage(stderr);
+		return 2;
+	}
+	return -1;
+}
+
 /*
  * create's options and IDENTITY as one JSON request line (malloc'd into
  * *text): -1 to go on, or the exit status of a run that ends here.
@@ -263,58 +322,15 @@ create_request(int argc, char **argv, char **text, long *timeout_ms, int *wait)
 		{ NULL, 0, NULL, 0 },
 	};
 	json_t *req;
-	char *end;
-	int ch;
+	int ch, rv;
 
 	if ((req = json_object()) == NULL)
 		return 2;
 	optind = 0;	/* full re-initialisation after main's getopt */
 	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'f':
-			json_object_set_new(req, "FriendlyName", json_string(optarg));
-			break;
-		case 'a':
-			json_object_set_new(req, "Attributes", json_string(optarg));
-			break;
-		case 'r':
-			json_object_set_new(req, "RoleSid", json_string(optarg));
-			break;
-		case 'w':
-			if (strcmp(optarg, "true") != 0 && strcmp(optarg, "false") != 0) {
-				fprintf(stderr, "usergatectl: --webhook-enabled takes true or "
-				    "false\n");
-				json_decref(req);
-				return 2;
-			}
-			json_object_set_new(req, "WebhookEnabled",
-			    json_boolean(strcmp(optarg, "true") == 0));
-			break;
-		case 'i':
-			json_object_set_new(req, "RequestId", json_string(optarg));
-			break;
-		case 'R':
-			json_object_set_new(req, "ReplyTo", json_string(optarg));
-			break;
-		case 'n':
-			*wait = 0;
-			break;
-		case 't':
-			*timeout_ms = strtol(optarg, &end, 10) * 1000;
-			if (*end != '\0' || *timeout_ms <= 0) {
-				fprintf(stderr, "usergatectl: --timeout takes seconds > 0\n");
-				json_decref(req);
-				return 2;
-			}
-			break;
-		case 'h':
-			usage(stdout);
+		if ((rv = create_option(req, ch, timeout_ms, wait)) != -1) {
 			json_decref(req);
-			return 0;
-		default:
-			usage(stderr);
-			json_decref(req);
-			return 2;
+			return rv;
 		}
 	}
 	if (optind + 1 != argc) {
