@@ -388,7 +388,8 @@ msgpack_bounded(const char *buf, size_t len, char *err, size_t errlen)
 		return 0;
 	case CODEC_SCAN_TOO_LARGE:
 		set_error(err, errlen, "truncated msgpack: the header at byte "
-		    "%zu announces more than the %zu bytes hold", scan.off, len);
+		    "%zu announces more than the %zu bytes hold", scan.off,
+		    len);
 		return 0;
 	case CODEC_SCAN_TOO_DEEP:
 		set_error(err, errlen, "msgpack nested deeper than %d levels",

@@ -825,12 +825,13 @@ static int
 read_secret(const char *path, const char *shown, char **out, char *msg,
     size_t msglen)
 {
-	const char	*what = shown != NULL ? "secret file " : "the secret file";
+	const char	*what;
 	char		*buf;
 	size_t		 len;
 	ssize_t		 n;
 	int		 fd, saved;
 
+	what = shown != NULL ? "secret file " : "the secret file";
 	if (shown == NULL)
 		shown = "";
 	*out = NULL;

@@ -378,7 +378,7 @@ struct listen_conn {
 	struct bufferevent	*bev;		/* NULL once closed */
 	int			 refs;		/* pending replies */
 	int			 closed;	/* socket gone or closing */
-	int			 eof;		/* client shut its writing side */
+	int			 eof;		/* client shut its writing */
 };
 /* The struct embedding lc as its member named field. */
 #define LISTEN_CONN(lc, type, field)					\
@@ -390,8 +390,8 @@ int		 listen_socket_open(struct listen_socket *ls, const char *path,
 		    listen_conn_cb *closing, listen_conn_cb *release);
 /* Stops accepting and removes the socket file at path; the connections are
  * closed, or with keep only stop being read (they go once answered). */
-void		 listen_socket_shutdown(struct listen_socket *ls, const char *path,
-		    int keep);
+void		 listen_socket_shutdown(struct listen_socket *ls,
+		    const char *path, int keep);
 /* At limit connections: 1, and warning (if not NULL) logged once until
  * a connection is let in again. */
 int		 listen_socket_full(struct listen_socket *ls, long limit,
@@ -402,9 +402,11 @@ int		 listen_socket_full(struct listen_socket *ls, long limit,
  * writecb runs when the output drains to output_low.  Not enabled yet.
  * -1, with fd closed, when it cannot be made.
  */
-int		 listen_conn_open(struct listen_socket *ls, struct listen_conn *lc,
-		    int fd, long idle_s, size_t output_low, listen_data_cb *readcb,
-		    listen_data_cb *writecb, listen_event_cb *eventcb, void *arg);
+int		 listen_conn_open(struct listen_socket *ls,
+		    struct listen_conn *lc, int fd, long idle_s,
+		    size_t output_low, listen_data_cb *readcb,
+		    listen_data_cb *writecb, listen_event_cb *eventcb,
+		    void *arg);
 void		 listen_conn_ref(struct listen_conn *lc);
 void		 listen_conn_unref(struct listen_conn *lc);
 void		 listen_conn_close(struct listen_conn *lc);

@@ -40,7 +40,7 @@
 #define INTAKE_OUTPUT_LOW	(256 * 1024)
 
 struct intake_conn {
-	struct listen_conn	 lc;		/* refs: pushes waiting on Redis */
+	struct listen_conn	 lc;		/* refs: pushes on their way */
 	enum framing		 framing;
 	int			 outstanding;	/* requests not yet answered */
 	struct framing_state	 fs;		/* framing_next's, between reads */

@@ -1034,8 +1034,8 @@ on_user_answer(struct job *j, const struct http_result *res)
 		/* Twilio answered but the body is not a user: the user may
 		 * exist now, so look it up by Identity. */
 		if (log_limit_allow(&unexpected_limit, now_monotonic()))
-			log_warn("unexpected twilio answer body; fetching the user",
-			    "request_id", j->request_id);
+			log_warn("unexpected twilio answer body; fetching the "
+			    "user", "request_id", j->request_id);
 		j->phase = PHASE_FETCH;
 		retry_or_fail(j);
 		return;

@@ -384,8 +384,9 @@ loop_init(void)
 	sig_int = evsignal_new(ug.base, SIGINT, on_signal, NULL);
 	sig_hup = evsignal_new(ug.base, SIGHUP, on_signal, NULL);
 	drain_ev = evtimer_new(ug.base, drain_timeout_cb, NULL);
-	if (sig_term == NULL || sig_int == NULL || sig_hup == NULL || drain_ev == NULL ||
-	    event_add(sig_term, NULL) || event_add(sig_int, NULL) || event_add(sig_hup, NULL)) {
+	if (sig_term == NULL || sig_int == NULL || sig_hup == NULL ||
+	    drain_ev == NULL || event_add(sig_term, NULL) ||
+	    event_add(sig_int, NULL) || event_add(sig_hup, NULL)) {
 		log_error("cannot set up signal handling");
 		return -1;
 	}

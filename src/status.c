@@ -194,7 +194,8 @@ on_dead_lines(int ok, char **lines, size_t n, void *arg)
 		answer(c, "error: redis unavailable");
 	} else if (!c->lc.closed) {
 		for (i = 0; i < n; i++) {
-			bufferevent_write(c->lc.bev, lines[i], strlen(lines[i]));
+			bufferevent_write(c->lc.bev, lines[i],
+			    strlen(lines[i]));
 			bufferevent_write(c->lc.bev, "\n", 1);
 		}
 		bufferevent_write(c->lc.bev, "\n", 1);
@@ -382,7 +383,8 @@ conn_write(struct bufferevent *bev, void *arg)
 {
 	struct status_conn *c = arg;
 
-	if (!c->lc.eof && !c->closing && !(bufferevent_get_enabled(bev) & EV_READ)) {
+	if (!c->lc.eof && !c->closing &&
+	    !(bufferevent_get_enabled(bev) & EV_READ)) {
 		bufferevent_enable(bev, EV_READ);
 		conn_read(bev, c);
 	}
@@ -418,8 +420,8 @@ on_accept(int fd)
 	}
 	/* The idle timeout also ends a client that takes none of its
 	 * answers for that long. */
-	if (listen_conn_open(&sock, &c->lc, fd, STATUS_IDLE_S, STATUS_OUTPUT_LOW,
-	    conn_read, conn_write, conn_event, c) != 0) {
+	if (listen_conn_open(&sock, &c->lc, fd, STATUS_IDLE_S,
+	    STATUS_OUTPUT_LOW, conn_read, conn_write, conn_event, c) != 0) {
 		free(c);
 		return;
 	}
