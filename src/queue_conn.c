@@ -180,12 +180,16 @@ fail_soon(struct queue_conn *c, const char *fmt, ...)
 	timer_add(c, 0);
 }
 
-/* OpenSSL's reason for an error code, without its library and function. */
+/* OpenSSL's reason for an error code, without its library and function;
+ * a failed system call (a missing file, say) is told by its errno. */
 static const char *
 ssl_reason(unsigned long e)
 {
-	const char *s = ERR_reason_error_string(e);
+	const char *s;
 
+	if (ERR_SYSTEM_ERROR(e))
+		return strerror(ERR_GET_REASON(e));
+	s = ERR_reason_error_string(e);
 	return s != NULL ? s : "unknown TLS error";
 }
 
