@@ -106,7 +106,7 @@ const char queue_reconcile_lua[] =
 	"push(KEYS[1], kept)\n"
 	"return #back\n";
 
-static void	 on_registered(redisAsyncContext *, void *, void *);
+static void	 on_registered(struct queue_conn *, redisReply *, void *);
 
 /* The value of our heartbeat key: who holds this instance_id. */
 void
@@ -140,7 +140,7 @@ process_alive(int pid)
  * process is gone (killed, crashed) is ours to take over.
  */
 static void
-on_instance_check(redisAsyncContext *ac, void *reply, void *priv)
+on_instance_check(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	char self[300];
@@ -184,7 +184,7 @@ heartbeat_write(void)
 }
 
 static void
-on_recovered(redisAsyncContext *ac, void *reply, void *priv)
+on_recovered(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 
@@ -232,7 +232,7 @@ takeover(int self)
  * then is exactly what of the list is being worked on.
  */
 static void
-on_reconcile(redisAsyncContext *ac, void *reply, void *priv)
+on_reconcile(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 
@@ -276,7 +276,7 @@ queue_reconcile_send(void)
 }
 
 static void
-on_registered(redisAsyncContext *ac, void *reply, void *priv)
+on_registered(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	int first = !queue_registered_once;
 

@@ -1,17 +1,18 @@
 /*
  * queue_int.h: what the queue_*.c files share, and the only header that
- * includes hiredis (queue_link.c alone adds its libevent adapter, whose
- * functions are static).  No other file includes it: the rest of the
- * daemon speaks to Redis through the queue_* functions of daemon.h.
+ * includes hiredis (for its reply type, parser and command formatter; the
+ * connections are queue_conn.c's own).  No other file includes it: the rest
+ * of the daemon speaks to Redis through the queue_* functions of daemon.h.
  *
  * Two connections: `queue_cmd` carries every ordinary command and script, in
  * order, so a claim, a commit and a refresh issued in that order are
  * executed in that order; `queue_blk` carries only the blocking BLMOVE used
  * when the request list is empty, so a long block never delays a result.
  *
- * hiredis' contract: every command callback is called exactly once, with a
- * NULL reply when the connection is lost; the context is freed by hiredis
- * after the disconnect callback, so we forget our pointer there.
+ * queue_conn.c's contract (hiredis' async one): every command callback is
+ * called exactly once, with a NULL reply when the connection is lost; the
+ * connection is freed after its `closed` callback, so we forget our pointer
+ * there.
  *
  * The files, one concern each:
  *   queue_link.c      connections, setup, script loading, send helpers, key
@@ -27,7 +28,6 @@
 #ifndef USERGATE_QUEUE_INT_H
 #define USERGATE_QUEUE_INT_H
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
 #include "daemon.h"
@@ -84,40 +84,6 @@ struct queue_keys {
 	char	*results, *events, *dead, *instance;
 };
 
-/* queue_link.c */
-extern redisAsyncContext *queue_cmd;	/* NULL while disconnected */
-extern redisAsyncContext *queue_blk;
-extern int queue_ready;			/* scripts loaded, registered */
-extern int queue_setup_failed;		/* Redis refused this setup */
-extern long long queue_blk_client_id;	/* for CLIENT UNBLOCK; -1: unknown */
-extern struct queue_keys queue_keys;
-
-/*
- * What Redis refuses us while the link is up, by the operation that met it:
- * a key of the wrong type under our prefix, or any error reply (OOM at
- * maxmemory, say).  Health names the first; each is logged when it appears
- * or changes and once when it is gone, not once per try: every operation
- * here is retried with backoff.
- */
-enum fault {
-	FAULT_TAKE, FAULT_CLAIM, FAULT_RATE, FAULT_TAKEOVER, FAULT_COMMIT,
-	FAULT_COUNT
-};
-void		 queue_fault_set(enum fault, const char *);
-void		 queue_fault_clear(enum fault);
-int		 queue_is_noscript(const redisReply *);
-const char	*queue_reply_error(const redisReply *);
-void		 queue_scripts_reload(void);
-void		 queue_refused(enum fault, const redisReply *);
-void		 queue_link_up(int);
-void		 queue_hello_failed(redisAsyncContext *, const char *,
-		    const redisReply *);
-char		*queue_key(const char *, const char *);
-int		 queue_send_argv(redisAsyncContext *, redisCallbackFn *, void *,
-		    int, const char **, const size_t *);
-int		 queue_send_strings(redisAsyncContext *, redisCallbackFn *,
-		    void *, int, ...);
-
 /*
  * queue_conn.c: one connection to Redis, driven on our libevent loop
  * (bufferevent_socket for TCP and Unix sockets, bufferevent_openssl for
@@ -172,6 +138,40 @@ int		 queue_conn_send_argv(struct queue_conn *, queue_conn_cb *,
 void		 queue_conn_close(struct queue_conn *);
 int		 queue_conn_is_up(const struct queue_conn *);
 size_t		 queue_conn_pending(const struct queue_conn *);
+
+/* queue_link.c */
+extern struct queue_conn *queue_cmd;	/* NULL while disconnected */
+extern struct queue_conn *queue_blk;
+extern int queue_ready;			/* scripts loaded, registered */
+extern int queue_setup_failed;		/* Redis refused this setup */
+extern long long queue_blk_client_id;	/* for CLIENT UNBLOCK; -1: unknown */
+extern struct queue_keys queue_keys;
+
+/*
+ * What Redis refuses us while the link is up, by the operation that met it:
+ * a key of the wrong type under our prefix, or any error reply (OOM at
+ * maxmemory, say).  Health names the first; each is logged when it appears
+ * or changes and once when it is gone, not once per try: every operation
+ * here is retried with backoff.
+ */
+enum fault {
+	FAULT_TAKE, FAULT_CLAIM, FAULT_RATE, FAULT_TAKEOVER, FAULT_COMMIT,
+	FAULT_COUNT
+};
+void		 queue_fault_set(enum fault, const char *);
+void		 queue_fault_clear(enum fault);
+int		 queue_is_noscript(const redisReply *);
+const char	*queue_reply_error(const redisReply *);
+void		 queue_scripts_reload(void);
+void		 queue_refused(enum fault, const redisReply *);
+void		 queue_link_up(int);
+void		 queue_hello_failed(struct queue_conn *, const char *,
+		    const redisReply *);
+char		*queue_key(const char *, const char *);
+int		 queue_send_argv(struct queue_conn *, queue_conn_cb *, void *,
+		    int, const char **, const size_t *);
+int		 queue_send_strings(struct queue_conn *, queue_conn_cb *,
+		    void *, int, ...);
 
 /* queue_take.c */
 extern int queue_take_outstanding;
