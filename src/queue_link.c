@@ -402,36 +402,56 @@ on_script_loaded(struct queue_conn *ac, redisReply *reply, void *priv)
 	queue_script_sha[s][40] = '\0';
 }
 
-/* Opens the connection slot points to, AUTH and SELECT queued first. */
+/* Where the configured Redis is, for queue_conn_open; no timeouts. */
+void
+queue_link_params(struct queue_conn_params *p)
+{
+	struct config *c = ug.cfg;
+
+	memset(p, 0, sizeof(*p));
+	p->host = c->redis_host;
+	p->port = (unsigned)c->redis_port;
+	p->unix_socket = c->redis_unix_socket;
+}
+
+/*
+ * Sends what every new connection sends first, AUTH and SELECT as the
+ * config asks; the replies go to cb (NULL: ignored).  Commands wait until
+ * the connection is up.
+ */
+void
+queue_link_hello(struct queue_conn *qc, queue_conn_cb *cb)
+{
+	struct config *c = ug.cfg;
+	char db[16];
+
+	if (c->redis_password)
+		queue_send_strings(qc, cb, "AUTH", 2, "AUTH",
+		    c->redis_password);
+	if (c->redis_db != 0) {
+		snprintf(db, sizeof(db), "%ld", c->redis_db);
+		queue_send_strings(qc, cb, "SELECT", 2, "SELECT", db);
+	}
+}
+
+/* Opens the connection slot points to. */
 static struct queue_conn *
 connect_one(struct queue_conn **slot)
 {
-	struct config *c = ug.cfg;
-	struct queue_conn_params p = {
-		.host = c->redis_host,
-		.port = (unsigned)c->redis_port,
-		.unix_socket = c->redis_unix_socket,
-		.connect_timeout_ms = CONNECT_TIMEOUT_MS,
-	};
+	struct queue_conn_params p;
 	struct queue_conn_events ev = {
 		on_connected, on_closed, NULL, slot
 	};
 	struct queue_conn *qc;
-	char db[16], err[128];
+	char err[128];
 
+	queue_link_params(&p);
+	p.connect_timeout_ms = CONNECT_TIMEOUT_MS;
 	if ((qc = queue_conn_open(ug.base, &p, &ev, err, sizeof(err))) == NULL) {
 		outage("redis unreachable", err);
 		return NULL;
 	}
-	/* Commands queue until the connection is up. */
-	if (c->redis_password)
-		queue_send_strings(qc, on_setup_reply, "AUTH", 2, "AUTH",
-		    c->redis_password);
-	if (c->redis_db != 0) {
-		snprintf(db, sizeof(db), "%ld", c->redis_db);
-		queue_send_strings(qc, on_setup_reply, "SELECT", 2, "SELECT",
-		    db);
-	}
+	queue_link_hello(qc, on_setup_reply);
 	return qc;
 }
 
