@@ -133,25 +133,30 @@ void		 state_changed(void);
 const char	*daemon_health(char *buf, size_t size);
 
 /* ------------------------------------------------------------------ */
-/* main.c: stop and reload, which reach every part of the daemon. */
-
-/* Ask the event loop to stop (after a drain when graceful). */
-void		 daemon_stop(int graceful);
-/* SIGHUP and the status socket's reload: 0, or -1 with the reason. */
-int		 daemon_reload(char *err, size_t errlen);
-
-/* ------------------------------------------------------------------ */
 /* job.c: every state of a request and every transition. */
 
-enum job_source { SOURCE_REDIS, SOURCE_SOCKET };
-
 /*
- * A request taken from Redis (already in our processing list) or read from
- * the request socket (pushed to the processing list by intake before it is
- * handed over here).  job.c owns the raw bytes from then on.
+ * A request taken from Redis, already in our processing list (the queue
+ * adapter's taken event): job.c owns the raw bytes from then on.
  */
-void		 job_take(char *raw, size_t len, enum job_source source, long recoveries,
-		    struct intake_conn *conn, const char *request_id);
+void		 job_take(char *raw, size_t len, long recoveries);
+/*
+ * A request read from the request socket, parsed once by intake.c (with
+ * the ReplyTo scope, as job_take parses) and pushed to our processing
+ * list.  The intake event hands over raw, request_id and req.
+ */
+struct socket_request {
+	char			*raw;
+	size_t			 len;
+	char			*request_id;	/* the request's, or fresh */
+	struct request		 req;
+	enum request_error	 err;
+	char			 errmsg[256];
+};
+/* The request socket's taken event: the job of a socket request, answered
+ * to conn when it is not NULL. */
+void		 job_take_socket(struct socket_request *r,
+		    struct intake_conn *conn);
 /* A fresh unique request id (32 hex digits, malloc'd). */
 char		*job_new_request_id(void);
 /* Jobs alive in memory: at most max_inflight + min(3 × max_inflight, 192)
@@ -160,22 +165,34 @@ long		 job_count(void);
 /* Seconds since the oldest job in memory was taken (0 when none); part of
  * show queue's oldest_age_s. */
 double		 job_oldest_age(void);
-/* Room for more work: that bound minus jobs alive. */
-long		 job_room(void);
+/*
+ * The intake pump, the one place that lets requests in: takes from Redis
+ * as much as there is room for (queue_take), nothing while paused,
+ * draining or refused by Twilio, and lets throttled socket clients read
+ * on.  Run wherever the room or those states may have changed.
+ */
+void		 job_pump(void);
 /* A socket client went away: its jobs finish but answer nobody. */
 void		 job_forget_conn(struct intake_conn *conn);
-/* Called by queue_link.c when the Redis link comes up or goes down. */
+/* The Redis link came up (results and rate calls resume, intake pumps)
+ * or went down. */
 void		 job_redis_changed(int up);
 /* The requests our jobs hold (at most max), for reconciling the processing
  * list; returns how many. */
 size_t		 job_held(const char **raws, size_t *lens, size_t max);
-/* Twilio refused our credentials/TLS: state exposed for health. */
-int		 job_auth_blocked(void);
 /* Refreshes the TTL of the identity claims this instance holds. */
 void		 job_refresh_claims(void);
 /* Periodic upkeep (called every second). */
 void		 job_tick(void);
-void		 job_init(void);
+/*
+ * What job.c asks of main.c, registered at job_init so that the
+ * orchestrator never names the wiring above it.
+ */
+struct job_hooks {
+	/* A drain finished its last job: the daemon may stop. */
+	void		(*drained)(void);
+};
+void		 job_init(const struct job_hooks *hooks);
 void		 job_shutdown(void);
 /* Frees every job without writing results (final exit). */
 void		 job_abandon_all(void);
@@ -220,12 +237,41 @@ typedef void	 queue_lengths_cb(int ok, long long requests, long long processing,
 		    long long dead, double oldest_age_s, void *arg);
 typedef void	 queue_lines_cb(int ok, char **lines, size_t n, void *arg);
 
-int		 queue_init(void);
+/*
+ * What the queue adapter reports to the rest of the daemon, registered by
+ * main.c at queue_init: the adapter never names the files above it.
+ */
+struct queue_events {
+	/* A request taken into our processing list (raw is malloc'd and
+	 * the receiver's), with how often it was recovered after a crash. */
+	void		(*taken)(char *raw, size_t len, long recoveries);
+	/* A take ended, or requests may wait again: queue_take may be
+	 * called again. */
+	void		(*ready)(void);
+	/* The link came up (1) or went down (0). */
+	void		(*link)(int up);
+	/* The heartbeat: the TTL of the identity claims held is due for a
+	 * refresh (queue_refresh_claims). */
+	void		(*heartbeat)(void);
+	/* The requests held in memory, for reconciling our processing list:
+	 * how many, and which (at most max; returns how many). */
+	long		(*held_count)(void);
+	size_t		(*held)(const char **raws, size_t *lens, size_t max);
+	/* Seconds since the oldest request held was taken (0 when none). */
+	double		(*oldest_age)(void);
+	/* Another live daemon holds our instance_id: we must exit. */
+	void		(*instance_lost)(void);
+};
+int		 queue_init(const struct queue_events *events);
 int		 queue_connected(void);
-/* Takes as many requests as job_room() allows into our processing list,
- * handing each to job_take; nothing while paused, draining, refused by
- * Twilio or while a take is on its way. */
-void		 queue_pump(void);
+/*
+ * Takes up to room requests into our processing list, each reported as
+ * taken, then ready once the take ended; nothing while a take is on its
+ * way, during the backoff after an error reply or once intake stopped.
+ * Whether to take at all (paused, draining, refused by Twilio) is the
+ * caller's: the adapter never asks.
+ */
+void		 queue_take(long room);
 int		 queue_claim(const char *identity, queue_claim_cb *cb, void *arg);
 int		 queue_rate_acquire(long want, queue_rate_cb *cb, void *arg);
 int		 queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb,
@@ -311,9 +357,28 @@ long		 socket_fd_budget(void);
 /* ------------------------------------------------------------------ */
 /* intake.c: the request socket. */
 
-int		 intake_init(void);
+/*
+ * What the request socket reports, registered by main.c at intake_init:
+ * the adapter never names the files above it.
+ */
+struct intake_events {
+	/* A request is in our processing list: r's raw, request_id and req
+	 * are the receiver's now; conn is NULL when nobody waits for the
+	 * result. */
+	void		(*taken)(struct socket_request *r,
+			    struct intake_conn *conn);
+	/* A client went away: what it asked finishes but answers nobody. */
+	void		(*gone)(struct intake_conn *conn);
+	/* A fresh unique request id (malloc'd), for a request without one. */
+	char		*(*new_request_id)(void);
+};
+int		 intake_init(const struct intake_events *events);
 void		 intake_answer(struct intake_conn *conn, const json_t *result);
-/* Stop or resume reading sockets (backpressure). */
+/* The room there is for more requests, told by the orchestrator whenever
+ * it changes: the pushes on their way count against it here. */
+void		 intake_room(long room);
+/* Stop or resume reading sockets (backpressure): resuming reads the
+ * throttled clients again while there is room. */
 void		 intake_throttle(int stop);
 void		 intake_shutdown(void);
 
@@ -323,7 +388,15 @@ void		 intake_shutdown(void);
 /* Operators' connections at once; the rest are closed at once. */
 #define STATUS_CONN_MAX		64
 
-int		 status_init(void);
+/* What the status socket's commands ask of the rest of the daemon,
+ * registered by main.c at status_init. */
+struct status_hooks {
+	/* reload: as SIGHUP; 0, or -1 with the reason in err. */
+	int		(*reload)(char *err, size_t errlen);
+	/* resume: ug.paused was cleared, requests may be taken again. */
+	void		(*resumed)(void);
+};
+int		 status_init(const struct status_hooks *hooks);
 void		 status_shutdown(void);
 
 #endif /* USERGATE_DAEMON_H */

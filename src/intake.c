@@ -4,13 +4,16 @@
  * A connection's framing is fixed by its first byte: '{' means one JSON
  * object per line, answered by JSON lines; anything else is read as a
  * stream of msgpack values, answered by msgpack maps.  Each request is
- * pushed to our processing list before anything is acknowledged, then
- * handed to job.c like a request taken from Redis; its result comes back
- * here through intake_answer, in completion order.
+ * parsed once, here, and pushed to our processing list before anything is
+ * acknowledged, then handed over (intake_events' taken) like a request
+ * taken from Redis; its result comes back here through intake_answer, in
+ * completion order.  How many requests may come in is the orchestrator's
+ * to say (intake_room); the pushes on their way count against it.
  *
  * A connection is freed only when it is closed AND no request of it waits
- * on Redis (refs); jobs forget a closed connection (job_forget_conn), so a
- * client that goes away loses nothing: its results still go to Redis.
+ * on Redis (refs); a closed connection is reported gone, so that no
+ * result is answered to it, and a client that goes away loses nothing:
+ * its results still go to Redis.
  *
  * What a client may hold is bounded: [socket] max_connections connections
  * (fewer when the descriptor limit leaves fewer, see socket_fd_budget),
@@ -55,13 +58,13 @@ static struct socket_listener listener;
 static long nconns;
 static int at_limit;		/* the connection limit was logged */
 static long pending_pushes;
+static long room_told;		/* intake_room's */
 static int throttled;
+static const struct intake_events *events;
 
 struct push {
 	struct intake_conn	*conn;
-	char			*raw;
-	size_t			 len;
-	char			*request_id;
+	struct socket_request	 r;	/* handed over once pushed */
 	int			 wait;
 };
 
@@ -126,6 +129,15 @@ intake_answer(struct intake_conn *c, const json_t *result)
 	maybe_finish(c);
 }
 
+/* Frees what a request that is not handed over holds. */
+static void
+request_drop(struct socket_request *r)
+{
+	free(r->raw);
+	free(r->request_id);
+	request_free(&r->req);
+}
+
 static void
 on_pushed(int ok, void *arg)
 {
@@ -137,78 +149,82 @@ on_pushed(int ok, void *arg)
 		/* Nothing half-done: the request is not in Redis, the client
 		 * hears so and may send it again. */
 		if (!c->closed) {
-			send_status(c, "unavailable", p->request_id);
+			send_status(c, "unavailable", p->r.request_id);
 			c->outstanding--;
 		}
-		free(p->raw);
+		request_drop(&p->r);
 	} else if (c->closed) {
-		job_take(p->raw, p->len, SOURCE_SOCKET, 0, NULL, p->request_id);
+		events->taken(&p->r, NULL);
 	} else if (!p->wait) {
-		send_status(c, "queued", p->request_id);
+		send_status(c, "queued", p->r.request_id);
 		c->outstanding--;
-		job_take(p->raw, p->len, SOURCE_SOCKET, 0, NULL, p->request_id);
+		events->taken(&p->r, NULL);
 	} else {
-		job_take(p->raw, p->len, SOURCE_SOCKET, 0, c, p->request_id);
+		events->taken(&p->r, c);
 	}
 	if (!c->closed)
 		maybe_finish(c);
-	free(p->request_id);
 	free(p);
 	conn_unref(c);
 	intake_throttle(0);
 }
 
 /*
- * One frame from a client.  The request id is settled here so that a
- * "queued" acknowledgement and the later result carry the same one.
+ * One frame from a client, parsed here once: the request id is settled so
+ * that a "queued" acknowledgement and the later result carry the same one.
  */
 static void
 submit(struct intake_conn *c, const char *data, size_t len)
 {
-	struct request req;
+	struct reply_scope scope;
+	struct request any;
 	struct push *p;
-	char err[256];
 
-	memset(&req, 0, sizeof(req));
-	/* Only RequestId and Wait are read here: no scope for ReplyTo. */
-	(void)request_parse(data, len, NULL, &req, err, sizeof(err));
-	if ((p = calloc(1, sizeof(*p))) == NULL)
-		goto oom;
+	if ((p = calloc(1, sizeof(*p))) == NULL) {
+		send_status(c, "unavailable", NULL);
+		return;
+	}
 	p->conn = c;
-	p->wait = req.wait;
-	p->len = len;
-	p->request_id = req.request_id ? strdup(req.request_id) : job_new_request_id();
-	if ((p->raw = malloc(len + 1)) == NULL || p->request_id == NULL)
-		goto oom;
-	memcpy(p->raw, data, len);
-	p->raw[len] = '\0';
-	request_free(&req);
+	scope.allowed = ug.cfg->reply_prefix;
+	scope.own = ug.cfg->prefix;
+	p->r.err = request_parse(data, len, &scope, &p->r.req, p->r.errmsg,
+	    sizeof(p->r.errmsg));
+	p->wait = p->r.req.wait;
+	if (p->r.err == REQ_REPLY_TO_FORBIDDEN) {
+		/* The checks stop at a ReplyTo out of scope, before Wait is
+		 * read; Wait is honoured as if its scope were not checked. */
+		(void)request_parse(data, len, NULL, &any, NULL, 0);
+		p->wait = any.wait;
+		request_free(&any);
+	}
+	p->r.len = len;
+	p->r.request_id = p->r.req.request_id ? strdup(p->r.req.request_id) :
+	    events->new_request_id();
+	if ((p->r.raw = malloc(len + 1)) == NULL || p->r.request_id == NULL) {
+		request_drop(&p->r);
+		free(p);
+		send_status(c, "unavailable", NULL);
+		return;
+	}
+	memcpy(p->r.raw, data, len);
+	p->r.raw[len] = '\0';
 	c->outstanding++;
-	if (!queue_connected() || queue_push_processing(p->raw, len, on_pushed, p) != 0) {
-		send_status(c, "unavailable", p->request_id);
+	if (!queue_connected() ||
+	    queue_push_processing(p->r.raw, len, on_pushed, p) != 0) {
+		send_status(c, "unavailable", p->r.request_id);
 		c->outstanding--;
-		free(p->raw);
-		free(p->request_id);
+		request_drop(&p->r);
 		free(p);
 		return;
 	}
 	c->refs++;
 	pending_pushes++;
-	return;
-oom:
-	request_free(&req);
-	if (p != NULL) {
-		free(p->raw);
-		free(p->request_id);
-		free(p);
-	}
-	send_status(c, "unavailable", NULL);
 }
 
 static int
 room(void)
 {
-	return job_room() - pending_pushes > 0;
+	return room_told - pending_pushes > 0;
 }
 
 /*
@@ -355,13 +371,19 @@ conn_close(struct intake_conn *c)
 	if (c->closed)
 		return;
 	c->closed = 1;
-	job_forget_conn(c);
+	events->gone(c);
 	TAILQ_REMOVE(&conns, c, link);
 	nconns--;
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 	c->refs++;
 	conn_unref(c);
+}
+
+void
+intake_room(long n)
+{
+	room_told = n;
 }
 
 void
@@ -436,10 +458,11 @@ on_accept(int fd)
 }
 
 int
-intake_init(void)
+intake_init(const struct intake_events *ev)
 {
 	char want[24], have[24];
 
+	events = ev;
 	if (socket_listener_open(&listener, ug.cfg->socket_path, ug.cfg->socket_mode,
 	    "request", on_accept) != 0)
 		return -1;

@@ -74,6 +74,8 @@ enum job_state {
 
 enum job_phase { PHASE_CREATE, PHASE_FETCH, PHASE_UPDATE };
 
+enum job_source { SOURCE_REDIS, SOURCE_SOCKET };
+
 TAILQ_HEAD(job_list, job);
 
 struct job {
@@ -220,7 +222,9 @@ static struct log_limit unexpected_limit =
     LOG_LIMIT("unexpected twilio answer body; fetching the user", LOG_LIMIT_PER_SECOND);
 
 static char *users_url;			/* api_base + /v1/Users (service) */
+static const struct job_hooks *hooks;	/* main.c's */
 
+static long	 job_room(void);
 static void	 identity_enter(struct job *);
 static void	 claim(struct job *);
 static void	 start_attempt(struct job *);
@@ -312,6 +316,7 @@ job_free(struct job *j)
 {
 	TAILQ_REMOVE(&all_jobs, j, all);
 	njobs--;
+	intake_room(job_room());
 	if (j->timer)
 		event_free(j->timer);
 	request_free(&j->req);
@@ -342,7 +347,8 @@ job_oldest_age(void)
 	return j ? now_monotonic() - j->received_mono : 0;
 }
 
-long
+/* Room for more work: that bound minus jobs alive. */
+static long
 job_room(void)
 {
 	long extra = HELD_EXTRA_PER_SLOT * ug.cfg->max_inflight;
@@ -355,32 +361,46 @@ job_room(void)
 	return room > 0 ? room : 0;
 }
 
-int
-job_auth_blocked(void)
+/*
+ * The one place that decides how much may come in, so that no adapter
+ * asks.  Pause, drain and a refusal by Twilio hold back Redis only: the
+ * request socket is told its room and woken whatever the state, as it
+ * always was.
+ */
+void
+job_pump(void)
 {
-	return auth_blocked;
+	long room = job_room();
+
+	intake_room(room);
+	if (!ug.paused && !ug.draining && !auth_blocked)
+		queue_take(room);
+	intake_throttle(room <= 0);
 }
 
 /* ------------------------------------------------------------------ */
 /* intake */
 
-void
-job_take(char *raw, size_t len, enum job_source source, long recoveries,
-    struct intake_conn *conn, const char *request_id)
+/*
+ * A new job for raw, not parsed yet; NULL (raw freed) when out of memory:
+ * the request stays in the processing list and the next start handles it.
+ * Nothing is lost, nothing is answered twice.
+ */
+static struct job *
+job_new(char *raw, size_t len, enum job_source source, long recoveries,
+    struct intake_conn *conn)
 {
-	struct reply_scope scope;
 	struct job *j;
 
 	stats.received++;
 	if ((j = calloc(1, sizeof(*j))) == NULL) {
-		/* The request stays in the processing list: the next start
-		 * handles it.  Nothing is lost, nothing is answered twice. */
 		log_error("out of memory for a request; it stays in the processing list");
 		free(raw);
-		return;
+		return NULL;
 	}
 	TAILQ_INSERT_TAIL(&all_jobs, j, all);
 	njobs++;
+	intake_room(job_room());
 	TAILQ_INIT(&j->waiters);
 	j->raw = raw;
 	j->rawlen = len;
@@ -390,16 +410,14 @@ job_take(char *raw, size_t len, enum job_source source, long recoveries,
 	j->received_wall = now_wall();
 	j->received_mono = now_monotonic();
 	job_set_state(j, JOB_PARSED, NULL);
+	return j;
+}
 
-	scope.allowed = ug.cfg->reply_prefix;
-	scope.own = ug.cfg->prefix;
-	j->err = request_parse(raw, len, &scope, &j->req, j->errmsg, sizeof(j->errmsg));
-	if (j->req.request_id != NULL)
-		j->request_id = strdup(j->req.request_id);
-	else if (request_id != NULL)
-		j->request_id = strdup(request_id);
-	else
-		j->request_id = job_new_request_id();
+/* The job's request is parsed: answered at once when invalid or poison,
+ * else on to dedup. */
+static void
+job_start(struct job *j)
+{
 	if (j->request_id == NULL) {
 		fail(j, "retries_exhausted", "out of memory");
 		return;
@@ -410,15 +428,52 @@ job_take(char *raw, size_t len, enum job_source source, long recoveries,
 		finish(j, "invalid");
 		return;
 	}
-	if (recoveries >= UG_POISON_RECOVERIES) {
+	if (j->recoveries >= UG_POISON_RECOVERIES) {
 		char msg[160];
 
-		snprintf(msg, sizeof(msg), "request was in flight during %ld crashes or "
-		    "takeovers; treated as poison and not retried", recoveries);
+		snprintf(msg, sizeof(msg), "request was in flight during %ld "
+		    "crashes or takeovers; treated as poison and not retried",
+		    j->recoveries);
 		fail(j, "retries_exhausted", msg);
 		return;
 	}
 	identity_enter(j);
+}
+
+void
+job_take(char *raw, size_t len, long recoveries)
+{
+	struct reply_scope scope;
+	struct job *j;
+
+	if ((j = job_new(raw, len, SOURCE_REDIS, recoveries, NULL)) == NULL)
+		return;
+	scope.allowed = ug.cfg->reply_prefix;
+	scope.own = ug.cfg->prefix;
+	j->err = request_parse(raw, len, &scope, &j->req, j->errmsg,
+	    sizeof(j->errmsg));
+	if (j->req.request_id != NULL)
+		j->request_id = strdup(j->req.request_id);
+	else
+		j->request_id = job_new_request_id();
+	job_start(j);
+}
+
+void
+job_take_socket(struct socket_request *r, struct intake_conn *conn)
+{
+	struct job *j;
+
+	if ((j = job_new(r->raw, r->len, SOURCE_SOCKET, 0, conn)) == NULL) {
+		request_free(&r->req);
+		free(r->request_id);
+		return;
+	}
+	j->req = r->req;
+	j->err = r->err;
+	memcpy(j->errmsg, r->errmsg, sizeof(j->errmsg));
+	j->request_id = r->request_id;
+	job_start(j);
 }
 
 /* ------------------------------------------------------------------ */
@@ -848,7 +903,7 @@ auth_clear(void)
 	while ((j = TAILQ_FIRST(&auth_q)) != NULL)
 		start_attempt(j);
 	state_changed();
-	queue_pump();
+	job_pump();
 }
 
 /* ------------------------------------------------------------------ */
@@ -1290,10 +1345,9 @@ on_committed(int ok, void *arg)
 	free(b);
 	if (!TAILQ_EMPTY(&commit_q))
 		schedule_flush();
-	queue_pump();
-	intake_throttle(0);
+	job_pump();
 	if (ug.draining && njobs == 0)
-		daemon_stop(1);
+		hooks->drained();
 }
 
 /*
@@ -1398,6 +1452,7 @@ job_redis_changed(int up)
 	if (up) {
 		schedule_flush();
 		rate_pump();
+		job_pump();
 	}
 }
 
@@ -1434,7 +1489,7 @@ void
 job_tick(void)
 {
 	if (ug.draining && njobs == 0)
-		daemon_stop(1);
+		hooks->drained();
 }
 
 void
@@ -1457,12 +1512,14 @@ job_reconfigure(void)
 		}
 	}
 	send_pump();
-	queue_pump();
+	job_pump();
 }
 
 void
-job_init(void)
+job_init(const struct job_hooks *h)
 {
+	hooks = h;
+	intake_room(job_room());
 	pace_window_init(&window, ug.cfg->max_inflight);
 	users_url = twilio_users_url(ug.cfg->api_base, ug.cfg->service_sid);
 	rate_ev = evtimer_new(ug.base, rate_timer_cb, NULL);

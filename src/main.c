@@ -33,7 +33,8 @@ static struct event *tick_ev, *watchdog_ev, *drain_ev;
 static struct event *sig_term, *sig_int, *sig_hup;
 static char last_status_line[256];
 
-void
+/* Ask the event loop to stop (after a drain when graceful; -1: failed). */
+static void
 daemon_stop(int graceful)
 {
 	if (graceful < 0)
@@ -142,10 +143,11 @@ reload(char *err, size_t errlen)
 	return 0;
 }
 
-int
-daemon_reload(char *err, size_t errlen)
+/* job.c's: the drain has finished every job. */
+static void
+drained(void)
 {
-	return reload(err, errlen);
+	daemon_stop(1);
 }
 
 static void
@@ -295,6 +297,41 @@ static const struct state_hooks hooks = {
 	.redis_problem = queue_problem,
 };
 
+/* The queue adapter's: another live daemon has our instance_id. */
+static void
+instance_lost(void)
+{
+	daemon_stop(-1);
+}
+
+/*
+ * The wiring: what the adapters report goes to job.c's functions (and an
+ * instance id lost to main.c's); what job.c and the status socket's
+ * commands ask of the daemon as a whole comes here.
+ */
+static const struct queue_events queue_events = {
+	.taken = job_take,
+	.ready = job_pump,
+	.link = job_redis_changed,
+	.heartbeat = job_refresh_claims,
+	.held_count = job_count,
+	.held = job_held,
+	.oldest_age = job_oldest_age,
+	.instance_lost = instance_lost,
+};
+static const struct intake_events intake_events = {
+	.taken = job_take_socket,
+	.gone = job_forget_conn,
+	.new_request_id = job_new_request_id,
+};
+static const struct job_hooks job_hooks = {
+	.drained = drained,
+};
+static const struct status_hooks status_hooks = {
+	.reload = reload,
+	.resumed = job_pump,
+};
+
 int
 main(int argc, char **argv)
 {
@@ -380,10 +417,10 @@ main(int argc, char **argv)
 		log_error("cannot initialise libcurl");
 		return 1;
 	}
-	job_init();
-	if (intake_init() != 0 || status_init() != 0)
+	job_init(&job_hooks);
+	if (intake_init(&intake_events) != 0 || status_init(&status_hooks) != 0)
 		return 1;	/* they said why */
-	if (queue_init() != 0) {
+	if (queue_init(&queue_events) != 0) {
 		log_error("cannot set up the redis client");
 		return 1;
 	}

@@ -65,7 +65,7 @@ static double
 oldest_age(void)
 {
 	double queued = head_seen != NULL ? now_monotonic() - head_since : 0;
-	double taken = job_oldest_age();
+	double taken = queue_events->oldest_age();
 
 	return queued > taken ? queued : taken;
 }
@@ -261,7 +261,7 @@ on_retry_range(struct queue_conn *ac, redisReply *reply, void *priv)
 		free(c);
 	}
 	(void)queued;
-	queue_pump();
+	queue_events->ready();
 }
 
 int

@@ -162,7 +162,7 @@ on_instance_check(struct queue_conn *ac, redisReply *reply, void *priv)
 				log_error("another live daemon uses this instance_id; "
 				    "give each daemon a unique [redis] instance_id",
 				    "instance_id", ug.cfg->instance_id, "holder", r->str);
-				daemon_stop(-1);
+				queue_events->instance_lost();
 				return;
 			}
 		}
@@ -208,7 +208,7 @@ on_recovered(struct queue_conn *ac, redisReply *reply, void *priv)
 		stats.recovered += (unsigned long long)r->integer;
 		log_warn("requests recovered from a processing list", "count", n,
 		    "from", priv ? "own list (previous run)" : "dead instance");
-		queue_pump();
+		queue_events->ready();
 	}
 }
 
@@ -228,7 +228,7 @@ takeover(int self)
  * knows: a take or a BLMOVE whose reply was lost with the connection.
  * Nobody else would ever finish them (we are alive), so they go back to the
  * request list, where intake takes them as room allows (queue_reconcile_lua).
- * Sent by queue_pump, only while no take is on its way: what our jobs hold
+ * Sent by queue_take, only while no take is on its way: what our jobs hold
  * then is exactly what of the list is being worked on.
  */
 static void
@@ -246,7 +246,7 @@ on_reconcile(struct queue_conn *ac, redisReply *reply, void *priv)
 		log_warn("requests in our processing list that no job holds went back to "
 		    "the request list", "count", n);
 	}
-	queue_pump();
+	queue_events->ready();
 }
 
 int
@@ -256,11 +256,11 @@ queue_reconcile_send(void)
 	size_t *lens, n;
 	int rv = -1;
 
-	n = (size_t)job_count();
+	n = (size_t)queue_events->held_count();
 	argv = calloc(n + 5, sizeof(*argv));
 	lens = calloc(n + 5, sizeof(*lens));
 	if (argv != NULL && lens != NULL) {
-		n = job_held(argv + 5, lens + 5, n);
+		n = queue_events->held(argv + 5, lens + 5, n);
 		argv[0] = "EVALSHA"; lens[0] = 7;
 		argv[1] = queue_script_sha[SCRIPT_RECONCILE];
 		lens[1] = strlen(argv[1]);
@@ -309,7 +309,7 @@ heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	if (!queue_ready)
 		return;
 	heartbeat_write();
-	job_refresh_claims();
+	queue_events->heartbeat();
 	takeover(0);
 }
 

@@ -146,6 +146,7 @@ extern int queue_ready;			/* scripts loaded, registered */
 extern int queue_setup_failed;		/* Redis refused this setup */
 extern long long queue_blk_client_id;	/* for CLIENT UNBLOCK; -1: unknown */
 extern struct queue_keys queue_keys;
+extern const struct queue_events *queue_events;	/* queue_init's */
 
 /*
  * What Redis refuses us while the link is up, by the operation that met it:

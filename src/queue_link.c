@@ -35,6 +35,7 @@ int queue_ready;
 int queue_setup_failed;
 long long queue_blk_client_id = -1;
 struct queue_keys queue_keys;
+const struct queue_events *queue_events;
 
 static int shutting_down;		/* queue_shutdown: no reconnects */
 static long reconnect_ms = RECONNECT_MIN_MS;
@@ -230,7 +231,7 @@ link_lost(void)
 	queue_take_outstanding = 0;
 	if (was) {
 		log_warn("redis connection lost; requests stay queued, reconnecting");
-		job_redis_changed(0);
+		queue_events->link(0);
 		state_changed();
 	}
 }
@@ -249,9 +250,8 @@ queue_link_up(int first)
 	if (outage_reason[0] || !first)
 		log_info("redis connection restored");
 	outage_reason[0] = '\0';
-	job_redis_changed(1);
+	queue_events->link(1);
 	state_changed();
-	queue_pump();
 }
 
 /*
@@ -494,10 +494,12 @@ queue_connected(void)
 }
 
 int
-queue_init(void)
+queue_init(const struct queue_events *events)
 {
 	const char *id = ug.cfg->instance_id;
 	struct queue_keys *k = &queue_keys;
+
+	queue_events = events;
 
 	if ((k->requests = queue_key("requests", NULL)) == NULL ||
 	    (k->processing = queue_key("processing:", id)) == NULL ||

@@ -1,9 +1,10 @@
 /*
  * queue_take.c: taking requests from the request list into our processing
- * list and handing them to job_take: the batch script while the list may
- * be deep, one BLMOVE on the blocking connection while it is empty, the
- * stub of an oversize element, and a socket request's LPUSH.  An error
- * reply to a take backs intake off; the pump resumes it.
+ * list and reporting each as taken (queue_events): the batch script while
+ * the list may be deep, one BLMOVE on the blocking connection while it is
+ * empty, the stub of an oversize element, and a socket request's LPUSH.
+ * How much to take is the caller's (queue_take's room); an error reply to
+ * a take backs intake off, and ready says when to take again.
  */
 #include "config.h"
 
@@ -26,6 +27,7 @@
 int queue_take_outstanding;
 int queue_block_outstanding;
 static int intake_stopped;
+static int take_short;			/* in on_taken's ready: came back short */
 static struct event *intake_retry_ev;
 static long intake_failures;		/* error replies to takes in a row */
 
@@ -98,7 +100,7 @@ intake_backoff(void)
 static void
 intake_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
-	queue_pump();
+	queue_events->ready();
 }
 
 /* The link is up again: take at once, with no backoff left from before. */
@@ -144,19 +146,22 @@ take_one_blocking(void)
 }
 
 /*
- * Takes what there is room for.  A batch script when the list may be deep;
- * when a batch came back short the list is empty, and one BLMOVE waits for
- * the next request so that an idle daemon answers within a millisecond
- * without polling.
+ * Takes up to room requests.  A batch script when the list may be deep;
+ * when a batch came back short the list is empty, and the take that its
+ * ready asks for is one BLMOVE, which waits for the next request so that
+ * an idle daemon answers within a millisecond without polling.
  */
 void
-queue_pump(void)
+queue_take(long room)
 {
-	long room;
 	char n[16], max[16];
 
-	if (!queue_ready || intake_stopped || ug.paused || ug.draining ||
-	    job_auth_blocked())
+	if (take_short) {
+		if (room > 0)
+			take_one_blocking();
+		return;
+	}
+	if (!queue_ready || intake_stopped)
 		return;
 	if (queue_take_outstanding || queue_block_outstanding ||
 	    evtimer_pending(intake_retry_ev, NULL))
@@ -166,7 +171,6 @@ queue_pump(void)
 			queue_take_outstanding = 1;
 		return;
 	}
-	room = job_room();
 	if (room <= 0)
 		return;
 	if (room > TAKE_BATCH_MAX)
@@ -215,13 +219,13 @@ on_taken(struct queue_conn *ac, redisReply *reply, void *priv)
 			log_error("out of memory taking a request");
 			continue;
 		}
-		job_take(raw, v->len, SOURCE_REDIS,
-		    n->type == REDIS_REPLY_INTEGER ? (long)n->integer : 0, NULL, NULL);
+		queue_events->taken(raw, v->len,
+		    n->type == REDIS_REPLY_INTEGER ? (long)n->integer : 0);
 	}
-	if ((long)got >= asked)
-		queue_pump();
-	else if (job_room() > 0 && !ug.paused && !ug.draining)
-		take_one_blocking();
+	/* Short: the list is empty, and the next take waits on it. */
+	take_short = (long)got < asked;
+	queue_events->ready();
+	take_short = 0;
 }
 
 struct blocked_item {
@@ -240,9 +244,9 @@ on_blocked_recoveries(struct queue_conn *ac, redisReply *reply, void *priv)
 		n = strtol(r->str, NULL, 10);
 	/* Even without an answer the request is ours: it sits in our
 	 * processing list, so handle it rather than strand it there. */
-	job_take(b->raw, b->len, SOURCE_REDIS, n, NULL, NULL);
+	queue_events->taken(b->raw, b->len, n);
 	free(b);
-	queue_pump();
+	queue_events->ready();
 }
 
 /*
@@ -279,7 +283,7 @@ take_oversize(const char *v, size_t len)
 	argv[5] = v; lens[5] = head;
 	argv[6] = stub; lens[6] = (size_t)n + head;
 	queue_send_argv(queue_cmd, NULL, NULL, 7, argv, lens);
-	job_take(stub, (size_t)n + head, SOURCE_REDIS, 0, NULL, NULL);
+	queue_events->taken(stub, (size_t)n + head, 0);
 }
 
 static void
@@ -300,7 +304,7 @@ on_blocked(struct queue_conn *ac, redisReply *reply, void *priv)
 	queue_fault_clear(FAULT_TAKE);
 	if (r->type == REDIS_REPLY_STRING && r->len > UG_FRAME_MAX) {
 		take_oversize(r->str, r->len);
-		queue_pump();
+		queue_events->ready();
 		return;
 	}
 	if (r->type == REDIS_REPLY_STRING) {
@@ -322,12 +326,12 @@ on_blocked(struct queue_conn *ac, redisReply *reply, void *priv)
 				return;
 		}
 		{
-			job_take(b->raw, b->len, SOURCE_REDIS, 0, NULL, NULL);
+			queue_events->taken(b->raw, b->len, 0);
 			free(b);
 		}
 		return;
 	}
-	queue_pump();
+	queue_events->ready();
 }
 
 /*

@@ -43,6 +43,7 @@ TAILQ_HEAD(status_list, status_conn);
 static struct status_list conns = TAILQ_HEAD_INITIALIZER(conns);
 static struct socket_listener listener;
 static int nconns;
+static const struct status_hooks *hooks;
 
 static const char help_text[] =
 	"show stats        counters and state, one JSON object\n"
@@ -322,12 +323,12 @@ command(struct status_conn *c, const char *line, size_t len)
 		if (ug.paused)
 			log_info("intake resumed by operator");
 		ug.paused = 0;
-		queue_pump();
+		hooks->resumed();
 		state_changed();
 		answer(c, "ok");
 		break;
 	case STATUS_RELOAD:
-		if (daemon_reload(err, sizeof(err)) == 0)
+		if (hooks->reload(err, sizeof(err)) == 0)
 			answer(c, "ok");
 		else {
 			snprintf(msg, sizeof(msg), "error: %s", err);
@@ -456,8 +457,9 @@ on_accept(int fd)
 }
 
 int
-status_init(void)
+status_init(const struct status_hooks *h)
 {
+	hooks = h;
 	return socket_listener_open(&listener, ug.cfg->status_path,
 	    ug.cfg->status_mode, "status", on_accept);
 }
