@@ -37,7 +37,7 @@ static size_t head_seen_len;
 static double head_since;
 
 static void
-on_head(redisAsyncContext *ac, void *reply, void *priv)
+on_head(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 
@@ -77,7 +77,7 @@ struct lengths_call {
 };
 
 static void
-on_length(redisAsyncContext *ac, void *reply, void *priv)
+on_length(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct lengths_call *c = priv;
@@ -141,7 +141,7 @@ queue_last_lengths(long long *requests, long long *processing, long long *dead)
 }
 
 static void
-on_dead_range(redisAsyncContext *ac, void *reply, void *priv)
+on_dead_range(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct queue_call *c = priv;
@@ -169,7 +169,7 @@ on_dead_range(redisAsyncContext *ac, void *reply, void *priv)
 /* Asks for the dead list's entries 0 to stop, whose reply fn hands to
  * the caller of call. */
 static int
-dead_range(long stop, redisCallbackFn *fn, struct queue_call call)
+dead_range(long stop, queue_conn_cb *fn, struct queue_call call)
 {
 	struct queue_call *c;
 	char s[32];
@@ -195,7 +195,7 @@ queue_dead_list(long n, queue_lines_cb *cb, void *arg)
 }
 
 static void
-on_retry_exec(redisAsyncContext *ac, void *reply, void *priv)
+on_retry_exec(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct queue_call *c = priv;
@@ -223,7 +223,7 @@ on_retry_exec(redisAsyncContext *ac, void *reply, void *priv)
  * could only fail the same way.
  */
 static void
-on_retry_range(redisAsyncContext *ac, void *reply, void *priv)
+on_retry_range(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct queue_call *c = priv;

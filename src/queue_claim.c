@@ -104,7 +104,7 @@ claim_answer(struct claim_call *c, const redisReply *e)
 }
 
 static void
-on_claims(redisAsyncContext *ac, void *reply, void *priv)
+on_claims(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct claim_batch *b = priv;

@@ -59,7 +59,7 @@ struct commit_call {
 };
 
 static void
-on_exec(redisAsyncContext *ac, void *reply, void *priv)
+on_exec(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct commit_call *c = priv;
@@ -91,7 +91,7 @@ on_exec(redisAsyncContext *ac, void *reply, void *priv)
 }
 
 static void
-on_guard(redisAsyncContext *ac, void *reply, void *priv)
+on_guard(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 

@@ -106,7 +106,7 @@ const char queue_reconcile_lua[] =
 	"push(KEYS[1], kept)\n"
 	"return #back\n";
 
-static void	 on_registered(redisAsyncContext *, void *, void *);
+static void	 on_registered(struct queue_conn *, redisReply *, void *);
 
 /* The value of our heartbeat key: who holds this instance_id. */
 void
@@ -140,7 +140,7 @@ process_alive(int pid)
  * process is gone (killed, crashed) is ours to take over.
  */
 static void
-on_instance_check(redisAsyncContext *ac, void *reply, void *priv)
+on_instance_check(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	char self[300];
@@ -184,7 +184,7 @@ heartbeat_write(void)
 }
 
 static void
-on_recovered(redisAsyncContext *ac, void *reply, void *priv)
+on_recovered(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 
@@ -232,7 +232,7 @@ takeover(int self)
  * then is exactly what of the list is being worked on.
  */
 static void
-on_reconcile(redisAsyncContext *ac, void *reply, void *priv)
+on_reconcile(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 
@@ -276,7 +276,7 @@ queue_reconcile_send(void)
 }
 
 static void
-on_registered(redisAsyncContext *ac, void *reply, void *priv)
+on_registered(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	int first = !queue_registered_once;
 
@@ -313,50 +313,60 @@ heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	takeover(0);
 }
 
+/* The heartbeat removal at exit: its own loop and connection. */
+struct removal {
+	struct event_base	*base;
+	struct queue_conn	*conn;	/* NULL once lost (and freed) */
+};
+
+static void
+on_removed(struct queue_conn *c, redisReply *reply, void *arg)
+{
+	struct removal *rm = arg;
+
+	event_base_loopbreak(rm->base);
+}
+
+static void
+on_removal_closed(struct queue_conn *c, const char *reason, void *arg)
+{
+	struct removal *rm = arg;
+
+	rm->conn = NULL;
+	event_base_loopbreak(rm->base);
+}
+
 /*
  * A clean exit removes our heartbeat at once (only if it is still ours), so
  * a restart need not wait for it to expire and a peer may take over what
- * the drain left.  The loop is over, so a short blocking call is fine.
+ * the drain left.  The daemon's loop is over: a loop of our own waits a
+ * second at most, for nothing but this connection.
  */
 static void
 heartbeat_remove(void)
 {
-	struct config *c = ug.cfg;
-	struct timeval tv = { 1, 0 };
-	redisContext *rc;
-	redisReply *r;
-	char value[300];
+	struct queue_conn_params p;
+	struct queue_conn_events ev = { NULL, on_removal_closed, NULL, NULL };
+	struct removal rm;
+	char value[300], err[128];
 
-	if (!queue_registered_once)
+	if (!queue_registered_once || (rm.base = event_base_new()) == NULL)
 		return;
-	if (c->redis_unix_socket && c->redis_unix_socket[0])
-		rc = redisConnectUnixWithTimeout(c->redis_unix_socket, tv);
-	else
-		rc = redisConnectWithTimeout(c->redis_host, (int)c->redis_port, tv);
-	if (rc == NULL || rc->err) {
-		if (rc)
-			redisFree(rc);
-		return;
+	ev.arg = &rm;
+	queue_link_params(&p);
+	p.connect_timeout_ms = p.command_timeout_ms = 1000;
+	if ((rm.conn = queue_conn_open(rm.base, &p, &ev, err,
+	    sizeof(err))) != NULL) {
+		queue_link_hello(rm.conn, NULL);
+		queue_heartbeat_value(value, sizeof(value));
+		if (queue_send_strings(rm.conn, on_removed, &rm, 5, "EVAL",
+		    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+		    "return redis.call('DEL', KEYS[1]) end return 0", "1",
+		    queue_keys.instance, value) == 0)
+			event_base_dispatch(rm.base);
+		queue_conn_close(rm.conn);
 	}
-	redisSetTimeout(rc, tv);
-	queue_heartbeat_value(value, sizeof(value));
-	if (c->redis_password) {
-		r = redisCommand(rc, "AUTH %s", c->redis_password);
-		if (r)
-			freeReplyObject(r);
-	}
-	if (c->redis_db) {
-		r = redisCommand(rc, "SELECT %ld", c->redis_db);
-		if (r)
-			freeReplyObject(r);
-	}
-	r = redisCommand(rc, "EVAL %s 1 %s %s",
-	    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-	    "return redis.call('DEL', KEYS[1]) end return 0", queue_keys.instance,
-	    value);
-	if (r)
-		freeReplyObject(r);
-	redisFree(rc);
+	event_base_free(rm.base);
 }
 
 int

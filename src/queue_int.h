@@ -1,21 +1,23 @@
 /*
  * queue_int.h: what the queue_*.c files share, and the only header that
- * includes hiredis (queue_link.c alone adds its libevent adapter, whose
- * functions are static).  No other file includes it: the rest of the
- * daemon speaks to Redis through the queue_* functions of daemon.h.
+ * includes hiredis (for its reply type, parser and command formatter; the
+ * connections are queue_conn.c's own).  No other file includes it: the rest
+ * of the daemon speaks to Redis through the queue_* functions of daemon.h.
  *
  * Two connections: `queue_cmd` carries every ordinary command and script, in
  * order, so a claim, a commit and a refresh issued in that order are
  * executed in that order; `queue_blk` carries only the blocking BLMOVE used
  * when the request list is empty, so a long block never delays a result.
  *
- * hiredis' contract: every command callback is called exactly once, with a
- * NULL reply when the connection is lost; the context is freed by hiredis
- * after the disconnect callback, so we forget our pointer there.
+ * queue_conn.c's contract (hiredis' async one): every command callback is
+ * called exactly once, with a NULL reply when the connection is lost; the
+ * connection is freed after its `closed` callback, so we forget our pointer
+ * there.
  *
  * The files, one concern each:
  *   queue_link.c      connections, setup, script loading, send helpers, key
  *                     names, faults; queue_init and queue_shutdown
+ *   queue_conn.c      one connection: TCP, Unix socket or TLS on libevent
  *   queue_take.c      taking requests into our processing list
  *   queue_claim.c     Identity claims, batched per loop iteration
  *   queue_rate.c      the shared rate window
@@ -26,7 +28,6 @@
 #ifndef USERGATE_QUEUE_INT_H
 #define USERGATE_QUEUE_INT_H
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
 #include "daemon.h"
@@ -83,9 +84,64 @@ struct queue_keys {
 	char	*results, *events, *dead, *instance;
 };
 
+/*
+ * queue_conn.c: one connection to Redis, driven on our libevent loop
+ * (bufferevent_socket for TCP and Unix sockets, bufferevent_openssl for
+ * TLS); hiredis only formats the commands and parses the replies.  Its
+ * contract is hiredis' async one: commands may be sent before the
+ * connection is up, and every command callback is called exactly once,
+ * in order, with a NULL reply when the connection is lost or closed.  A
+ * lost connection (any close: an error, EOF, a timeout) calls the pending
+ * callbacks with NULL, then `closed` with the reason, then frees the
+ * connection; the owner forgets its pointer there and reconnects.  A
+ * connection the owner closes calls the pending callbacks with NULL but
+ * not `closed`.  Replies are freed when the callback returns.
+ *
+ * Pub/sub: after a SUBSCRIBE or PSUBSCRIBE the messages Redis pushes go to
+ * `message`; a (P)SUBSCRIBE or (P)UNSUBSCRIBE callback is called once, with
+ * the confirmation of its first channel.  (P)UNSUBSCRIBE must name its
+ * channels: how many confirmations answer it is known only then.
+ *
+ * Errors (refused connections, TLS verification, timeouts) reach `closed`
+ * as text, after queue_conn_open has returned; it returns NULL only when
+ * out of memory, with the reason in its buffer.
+ */
+struct event_base;
+struct queue_conn;
+typedef void	queue_conn_cb(struct queue_conn *, redisReply *, void *);
+
+struct queue_conn_params {
+	const char	*host;		/* TCP, unless unix_socket is set */
+	unsigned	 port;
+	const char	*unix_socket;
+	int		 tls;
+	const char	*tls_ca_file;	/* NULL: the system's store */
+	const char	*tls_cert_file;	/* with the key: mutual TLS */
+	const char	*tls_key_file;
+	const char	*tls_server_name; /* checked, and SNI; NULL: host */
+	long		 connect_timeout_ms; /* to the TLS handshake; 0: none */
+	long		 command_timeout_ms; /* a reply due so long; 0: none */
+};
+
+struct queue_conn_events {
+	void	(*connected)(struct queue_conn *, void *);	/* or NULL */
+	void	(*closed)(struct queue_conn *, const char *, void *);
+	void	(*message)(struct queue_conn *, redisReply *, void *);
+	void	*arg;
+};
+
+struct queue_conn *queue_conn_open(struct event_base *,
+		    const struct queue_conn_params *,
+		    const struct queue_conn_events *, char *, size_t);
+int		 queue_conn_send_argv(struct queue_conn *, queue_conn_cb *,
+		    void *, int, const char **, const size_t *);
+void		 queue_conn_close(struct queue_conn *);
+int		 queue_conn_is_up(const struct queue_conn *);
+size_t		 queue_conn_pending(const struct queue_conn *);
+
 /* queue_link.c */
-extern redisAsyncContext *queue_cmd;	/* NULL while disconnected */
-extern redisAsyncContext *queue_blk;
+extern struct queue_conn *queue_cmd;	/* NULL while disconnected */
+extern struct queue_conn *queue_blk;
 extern int queue_ready;			/* scripts loaded, registered */
 extern int queue_setup_failed;		/* Redis refused this setup */
 extern long long queue_blk_client_id;	/* for CLIENT UNBLOCK; -1: unknown */
@@ -110,12 +166,14 @@ const char	*queue_reply_error(const redisReply *);
 void		 queue_scripts_reload(void);
 void		 queue_refused(enum fault, const redisReply *);
 void		 queue_link_up(int);
-void		 queue_hello_failed(redisAsyncContext *, const char *,
+void		 queue_hello_failed(struct queue_conn *, const char *,
 		    const redisReply *);
+void		 queue_link_params(struct queue_conn_params *);
+void		 queue_link_hello(struct queue_conn *, queue_conn_cb *);
 char		*queue_key(const char *, const char *);
-int		 queue_send_argv(redisAsyncContext *, redisCallbackFn *, void *,
+int		 queue_send_argv(struct queue_conn *, queue_conn_cb *, void *,
 		    int, const char **, const size_t *);
-int		 queue_send_strings(redisAsyncContext *, redisCallbackFn *,
+int		 queue_send_strings(struct queue_conn *, queue_conn_cb *,
 		    void *, int, ...);
 
 /* queue_take.c */

@@ -16,12 +16,12 @@
 #include <string.h>
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 
 #include "queue_int.h"
 
 #define RECONNECT_MIN_MS	100
 #define RECONNECT_MAX_MS	5000
+#define CONNECT_TIMEOUT_MS	10000	/* to an address that never answers */
 
 static const char *const script_source[SCRIPT_COUNT] = {
 	queue_take_lua, queue_claim_lua, queue_rate_lua, queue_takeover_lua,
@@ -29,8 +29,8 @@ static const char *const script_source[SCRIPT_COUNT] = {
 };
 char queue_script_sha[SCRIPT_COUNT][41];
 
-redisAsyncContext *queue_cmd;
-redisAsyncContext *queue_blk;
+struct queue_conn *queue_cmd;
+struct queue_conn *queue_blk;
 int queue_ready;
 int queue_setup_failed;
 long long queue_blk_client_id = -1;
@@ -41,11 +41,12 @@ static int shutting_down;		/* queue_shutdown: no reconnects */
 static long reconnect_ms = RECONNECT_MIN_MS;
 static char outage_reason[128];		/* non-empty: an outage, logged once */
 static int scripts_loading;		/* SCRIPT LOADs on the wire */
+static int cmd_connected, blk_connected; /* came up since connect_all */
 static struct event *reconnect_ev;
 
 static void	 connect_all(void);
-static void	 on_client_id(redisAsyncContext *, void *, void *);
-static void	 on_script_loaded(redisAsyncContext *, void *, void *);
+static void	 on_client_id(struct queue_conn *, redisReply *, void *);
+static void	 on_script_loaded(struct queue_conn *, redisReply *, void *);
 static void	 schedule_reconnect(void);
 
 static const char *const fault_operation[FAULT_COUNT] = {
@@ -190,26 +191,15 @@ queue_key(const char *suffix, const char *arg)
 
 /* Sends one command as argv; returns -1 when the link is down. */
 int
-queue_send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv,
+queue_send_argv(struct queue_conn *c, queue_conn_cb *fn, void *priv,
     int argc, const char **argv, const size_t *lens)
 {
-	sds text;
-	int len, rv;
-
-	if (ac == NULL)
-		return -1;
-	/* The sds formatter: redisFormatCommandArgv sprintf()s every
-	 * argument's length, about 60 % slower (docs/performance.md). */
-	if ((len = redisFormatSdsCommandArgv(&text, argc, argv, lens)) < 0)
-		return -1;
-	rv = redisAsyncFormattedCommand(ac, fn, priv, text, (size_t)len);
-	redisFreeSdsCommand(text);
-	return rv == REDIS_OK ? 0 : -1;
+	return queue_conn_send_argv(c, fn, priv, argc, argv, lens);
 }
 
 /* Convenience for commands made only of C strings. */
 int
-queue_send_strings(redisAsyncContext *ac, redisCallbackFn *fn, void *priv,
+queue_send_strings(struct queue_conn *c, queue_conn_cb *fn, void *priv,
     int argc, ...)
 {
 	const char *argv[16];
@@ -225,7 +215,7 @@ queue_send_strings(redisAsyncContext *ac, redisCallbackFn *fn, void *priv,
 		lens[i] = strlen(argv[i]);
 	}
 	va_end(ap);
-	return queue_send_argv(ac, fn, priv, argc, argv, lens);
+	return queue_send_argv(c, fn, priv, argc, argv, lens);
 }
 
 /* ------------------------------------------------------------------ */
@@ -265,44 +255,74 @@ queue_link_up(int first)
 }
 
 /*
- * One of the two connections is gone (lost), or never came up: hiredis
- * frees it after our callback, so we forget it, and drop the other one,
- * which is re-made with it.  Only a lost blocking link had a BLMOVE on
- * its way; losing it while draining leaves the command link up.
+ * One of the two connections is gone (lost), or never came up; slot says
+ * which.  Its callbacks have had their NULL replies.  The other one is
+ * dropped at once, and re-made with it.  Only a lost blocking link had a
+ * BLMOVE on its way; losing it while draining leaves the command link up.
  */
 static void
-link_closed(const redisAsyncContext *ac, int lost)
+link_closed(struct queue_conn **slot, int lost)
 {
-	if (ac == queue_cmd) {
-		queue_cmd = NULL;
+	struct queue_conn *other;
+
+	*slot = NULL;
+	if (slot == &queue_cmd) {
 		link_lost();
-		/* Drop the blocking link too: it is re-made with cmd. */
-		if (queue_blk != NULL)
-			redisAsyncDisconnect(queue_blk);
-	} else if (ac == queue_blk) {
-		queue_blk = NULL;
+		if ((other = queue_blk) != NULL) {
+			queue_blk = NULL;
+			queue_conn_close(other);
+			queue_block_outstanding = 0;
+		}
+	} else {
 		if (lost)
 			queue_block_outstanding = 0;
-		if (queue_cmd != NULL && !(lost && ug.draining))
-			redisAsyncDisconnect(queue_cmd);
+		if ((other = queue_cmd) != NULL && !(lost && ug.draining)) {
+			queue_cmd = NULL;
+			queue_conn_close(other);
+			link_lost();
+		}
 	}
 	if (!shutting_down)
 		schedule_reconnect();
 }
 
+/*
+ * Closes one of our connections at once, as if it were lost.  Its slot is
+ * cleared first: the pending callbacks, called with NULL as it closes, see
+ * no link to send on.
+ */
 static void
-on_disconnect(const redisAsyncContext *ac, int status)
+link_drop(struct queue_conn **slot)
 {
-	link_closed(ac, 1);
+	struct queue_conn *c = *slot;
+
+	*slot = NULL;
+	queue_conn_close(c);
+	link_closed(slot, 1);
 }
 
+/* Which connection came up: the one its slot points to. */
 static void
-on_connect(const redisAsyncContext *ac, int status)
+on_connected(struct queue_conn *c, void *arg)
 {
-	if (status == REDIS_OK)
-		return;
-	outage("redis unreachable", ac->errstr);
-	link_closed(ac, 0);
+	struct queue_conn **slot = arg;
+
+	if (slot == &queue_cmd)
+		cmd_connected = 1;
+	else
+		blk_connected = 1;
+}
+
+/* A connection that never came up is an outage; one that did, lost. */
+static void
+on_closed(struct queue_conn *c, const char *reason, void *arg)
+{
+	struct queue_conn **slot = arg;
+	int lost = slot == &queue_cmd ? cmd_connected : blk_connected;
+
+	if (!lost)
+		outage("redis unreachable", reason);
+	link_closed(slot, lost);
 }
 
 static void
@@ -332,7 +352,8 @@ schedule_reconnect(void)
  * refused AUTH every later command is refused too.
  */
 void
-queue_hello_failed(redisAsyncContext *ac, const char *what, const redisReply *r)
+queue_hello_failed(struct queue_conn *c, const char *what,
+    const redisReply *r)
 {
 	char reason[sizeof(outage_reason)];
 
@@ -346,12 +367,14 @@ queue_hello_failed(redisAsyncContext *ac, const char *what, const redisReply *r)
 		outage(reason, queue_reply_error(r));
 	}
 	queue_setup_failed = 1;
-	if (ac != NULL && (ac == queue_cmd || ac == queue_blk))
-		redisAsyncDisconnect(ac);
+	if (c != NULL && c == queue_cmd)
+		link_drop(&queue_cmd);
+	else if (c != NULL && c == queue_blk)
+		link_drop(&queue_blk);
 }
 
 static void
-on_setup_reply(redisAsyncContext *ac, void *reply, void *priv)
+on_setup_reply(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 
@@ -362,7 +385,7 @@ on_setup_reply(redisAsyncContext *ac, void *reply, void *priv)
 }
 
 static void
-on_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
+on_script_loaded(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	enum script s = (enum script)(intptr_t)priv;
@@ -379,54 +402,70 @@ on_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
 	queue_script_sha[s][40] = '\0';
 }
 
-static redisAsyncContext *
-connect_one(void)
+/* Where the configured Redis is, for queue_conn_open; no timeouts. */
+void
+queue_link_params(struct queue_conn_params *p)
 {
 	struct config *c = ug.cfg;
-	redisAsyncContext *ac;
+
+	memset(p, 0, sizeof(*p));
+	p->host = c->redis_host;
+	p->port = (unsigned)c->redis_port;
+	p->unix_socket = c->redis_unix_socket;
+}
+
+/*
+ * Sends what every new connection sends first, AUTH and SELECT as the
+ * config asks; the replies go to cb (NULL: ignored).  Commands wait until
+ * the connection is up.
+ */
+void
+queue_link_hello(struct queue_conn *qc, queue_conn_cb *cb)
+{
+	struct config *c = ug.cfg;
 	char db[16];
 
-	if (c->redis_unix_socket && c->redis_unix_socket[0])
-		ac = redisAsyncConnectUnix(c->redis_unix_socket);
-	else
-		ac = redisAsyncConnect(c->redis_host, (int)c->redis_port);
-	if (ac == NULL)
-		return NULL;
-	if (ac->err) {
-		outage("redis unreachable", ac->errstr);
-		redisAsyncFree(ac);
-		return NULL;
-	}
-	if (redisLibeventAttach(ac, ug.base) != REDIS_OK) {
-		redisAsyncFree(ac);
-		return NULL;
-	}
-	redisAsyncSetConnectCallback(ac, on_connect);
-	redisAsyncSetDisconnectCallback(ac, on_disconnect);
-	/* Commands queue until the connection is up. */
 	if (c->redis_password)
-		queue_send_strings(ac, on_setup_reply, "AUTH", 2, "AUTH",
+		queue_send_strings(qc, cb, "AUTH", 2, "AUTH",
 		    c->redis_password);
 	if (c->redis_db != 0) {
 		snprintf(db, sizeof(db), "%ld", c->redis_db);
-		queue_send_strings(ac, on_setup_reply, "SELECT", 2, "SELECT",
-		    db);
+		queue_send_strings(qc, cb, "SELECT", 2, "SELECT", db);
 	}
-	return ac;
+}
+
+/* Opens the connection slot points to. */
+static struct queue_conn *
+connect_one(struct queue_conn **slot)
+{
+	struct queue_conn_params p;
+	struct queue_conn_events ev = {
+		on_connected, on_closed, NULL, slot
+	};
+	struct queue_conn *qc;
+	char err[128];
+
+	queue_link_params(&p);
+	p.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+	if ((qc = queue_conn_open(ug.base, &p, &ev, err, sizeof(err))) == NULL) {
+		outage("redis unreachable", err);
+		return NULL;
+	}
+	queue_link_hello(qc, on_setup_reply);
+	return qc;
 }
 
 static void
 connect_all(void)
 {
 	queue_setup_failed = 0;
-	queue_cmd = connect_one();
-	if (queue_cmd == NULL) {
+	cmd_connected = blk_connected = 0;
+	if ((queue_cmd = connect_one(&queue_cmd)) == NULL) {
 		schedule_reconnect();
 		return;
 	}
-	queue_blk = connect_one();
-	if (queue_blk == NULL) {
-		redisAsyncDisconnect(queue_cmd);
+	if ((queue_blk = connect_one(&queue_blk)) == NULL) {
+		link_drop(&queue_cmd);
 		return;
 	}
 	queue_blk_client_id = -1;
@@ -437,7 +476,7 @@ connect_all(void)
 }
 
 static void
-on_client_id(redisAsyncContext *ac, void *reply, void *priv)
+on_client_id(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 
@@ -489,19 +528,19 @@ queue_shutdown(void)
 	reconnect_ev = NULL;
 	queue_take_shutdown();
 	queue_claim_shutdown();
-	/* Free rather than disconnect: pending callbacks run now with NULL
-	 * replies, while their owners still exist. */
+	/* Close at once: pending callbacks run now with NULL replies, while
+	 * their owners still exist. */
 	if (queue_blk != NULL) {
-		redisAsyncContext *b = queue_blk;
+		struct queue_conn *b = queue_blk;
 
 		queue_blk = NULL;
-		redisAsyncFree(b);
+		queue_conn_close(b);
 	}
 	if (queue_cmd != NULL) {
-		redisAsyncContext *c = queue_cmd;
+		struct queue_conn *c = queue_cmd;
 
 		queue_cmd = NULL;
-		redisAsyncFree(c);
+		queue_conn_close(c);
 	}
 	queue_instance_shutdown();
 	queue_admin_shutdown();

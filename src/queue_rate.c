@@ -45,7 +45,7 @@ const char queue_rate_lua[] =
 	"return {grant, wait}\n";
 
 static void
-on_rate(redisAsyncContext *ac, void *reply, void *priv)
+on_rate(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct queue_call *c = priv;

@@ -131,8 +131,8 @@ queue_take_answered(const redisReply *r, int type)
 	return 1;
 }
 
-static void	 on_taken(redisAsyncContext *, void *, void *);
-static void	 on_blocked(redisAsyncContext *, void *, void *);
+static void	 on_taken(struct queue_conn *, redisReply *, void *);
+static void	 on_blocked(struct queue_conn *, redisReply *, void *);
 
 static void
 take_one_blocking(void)
@@ -197,7 +197,7 @@ copy_bytes(const char *s, size_t len)
 }
 
 static void
-on_taken(redisAsyncContext *ac, void *reply, void *priv)
+on_taken(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	long asked = (long)(intptr_t)priv;
@@ -234,7 +234,7 @@ struct blocked_item {
 };
 
 static void
-on_blocked_recoveries(redisAsyncContext *ac, void *reply, void *priv)
+on_blocked_recoveries(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct blocked_item *b = priv;
@@ -287,7 +287,7 @@ take_oversize(const char *v, size_t len)
 }
 
 static void
-on_blocked(redisAsyncContext *ac, void *reply, void *priv)
+on_blocked(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct blocked_item *b;
@@ -367,7 +367,7 @@ queue_stop_intake(void)
 }
 
 static void
-on_pushed(redisAsyncContext *ac, void *reply, void *priv)
+on_pushed(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
 	struct queue_call *c = priv;
