@@ -111,8 +111,6 @@ const char	*const *stats_gauge_names(size_t *count);
 double		 now_monotonic(void);
 /* Seconds since the epoch, for the timestamps results carry. */
 double		 now_wall(void);
-/* ISO 8601 UTC with milliseconds into buf (>= 25 bytes). */
-void		 format_time(double wall, char *buf, size_t size);
 
 /* ------------------------------------------------------------------ */
 /* state.c: process-wide state, read and written by every file. */

@@ -114,13 +114,10 @@ struct job {
 	char			*last_message;
 	char			*sid;		/* for the update */
 
-	const char		*status;	/* result, once known */
+	enum result_status	 status;	/* once finished */
 	json_t			*user;
-	json_t			*error;
-	json_t			*result;	/* the result map, once finished */
-
-	char			*enc_result, *enc_record, *enc_dead;
-	size_t			 enc_result_len, enc_record_len, enc_dead_len;
+	struct result		 res;	/* once finished; its record may come
+					 * first (record_straight) */
 
 	struct event		*timer;
 };
@@ -231,7 +228,9 @@ static void	 start_attempt(struct job *);
 static void	 send_enter(struct job *);
 static void	 send_pump(void);
 static void	 rate_pump(void);
-static void	 finish(struct job *, const char *status);
+static void	 conclude(struct job *, enum result_status, const char *code,
+		    const char *message);
+static void	 finish(struct job *, enum result_status);
 static void	 fail(struct job *, const char *code, const char *message);
 static void	 schedule_flush(void);
 static int	 auth_park(struct job *);
@@ -324,12 +323,8 @@ job_free(struct job *j)
 	free(j->request_id);
 	free(j->last_message);
 	free(j->sid);
-	free(j->enc_result);
-	free(j->enc_record);
-	free(j->enc_dead);
+	result_free(&j->res);
 	json_decref(j->user);
-	json_decref(j->error);
-	json_decref(j->result);
 	free(j);
 }
 
@@ -423,9 +418,8 @@ job_start(struct job *j)
 		return;
 	}
 	if (j->err != REQ_OK) {
-		j->error = json_pack("{s:s, s:s}", "code", request_error_code(j->err),
-		    "message", j->errmsg);
-		finish(j, "invalid");
+		conclude(j, RESULT_INVALID, request_error_code(j->err),
+		    j->errmsg);
 		return;
 	}
 	if (j->recoveries >= UG_POISON_RECOVERIES) {
@@ -539,7 +533,7 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 	case CLAIM_DONE:
 		if ((user = record_stored(rec, reclen)) != NULL) {
 			j->user = user;
-			finish(j, "duplicate");
+			finish(j, RESULT_DUPLICATE);
 			return;
 		}
 		/* An unreadable stored record: let Twilio decide. */
@@ -940,9 +934,9 @@ record_straight(struct job *j, const struct http_result *res)
 	    ug.cfg->format != FORMAT_MSGPACK || !TAILQ_EMPTY(&j->waiters) ||
 	    !record_msgpack_from_twilio(res->body, res->len, j->req.identity, &enc, &len))
 		return 0;
-	free(j->enc_record);
-	j->enc_record = enc;
-	j->enc_record_len = len;
+	free(j->res.record);
+	j->res.record = enc;
+	j->res.recordlen = len;
 	return 1;
 }
 
@@ -1017,7 +1011,7 @@ on_user_answer(struct job *j, const struct http_result *res)
 	json_t *rec;
 
 	if (record_straight(j, res)) {
-		finish(j, "created");
+		finish(j, RESULT_CREATED);
 		return;
 	}
 	rec = record_from_twilio(res->body, res->len, j->req.identity, &what);
@@ -1057,8 +1051,8 @@ on_user_answer(struct job *j, const struct http_result *res)
 	}
 	json_decref(j->user);
 	j->user = rec;
-	finish(j, j->phase == PHASE_CREATE ? "created" :
-	    j->phase == PHASE_FETCH ? "exists" : "updated");
+	finish(j, j->phase == PHASE_CREATE ? RESULT_CREATED :
+	    j->phase == PHASE_FETCH ? RESULT_EXISTS : RESULT_UPDATED);
 }
 
 static void
@@ -1105,58 +1099,23 @@ on_http(const struct http_result *res, void *arg)
 /* ------------------------------------------------------------------ */
 /* results */
 
-static void
-fail(struct job *j, const char *code, const char *message)
-{
-	json_decref(j->error);
-	j->error = json_pack("{s:s, s:s}", "code", code, "message", message);
-	if (j->error != NULL && j->last_code)
-		json_object_set_new(j->error, "twilio_code", json_integer(j->last_code));
-	if (j->error != NULL && j->last_status)
-		json_object_set_new(j->error, "http_status", json_integer(j->last_status));
-	finish(j, "failed");
-}
-
-static void
-count_result(const char *status)
-{
-	if (strcmp(status, "created") == 0)
-		stats.created++;
-	else if (strcmp(status, "exists") == 0)
-		stats.exists++;
-	else if (strcmp(status, "updated") == 0)
-		stats.updated++;
-	else if (strcmp(status, "duplicate") == 0)
-		stats.duplicate++;
-	else if (strcmp(status, "invalid") == 0)
-		stats.invalid++;
-	else
-		stats.failed++;
-}
-
-static int
-is_success(const char *status)
-{
-	return strcmp(status, "invalid") != 0 && strcmp(status, "failed") != 0;
-}
-
 /*
- * The dead-list copy of the request: decoded when it decodes to text that
- * is all UTF-8, so an operator can read and replay it.  NULL otherwise
- * (and when memory ran out): the caller keeps the raw bytes.
+ * Each status adds to the counter RESULT_STATUSES gives it, so the lists
+ * cannot drift apart: a status without its counter does not build.
  */
-static json_t *
-dead_request(const struct job *j)
+static void
+count_result(enum result_status status)
 {
-	json_t *v = NULL;
-	char err[64];
-
-	if (j->rawlen <= UG_FRAME_MAX &&
-	    codec_decode(j->raw, j->rawlen, &v, err, sizeof(err)) == CODEC_OK &&
-	    codec_text_valid(v))
-		return v;
-	json_decref(v);
-	return NULL;
+	switch (status) {
+#define COUNT_STATUS(id, name, success, counter)			\
+	case RESULT_##id:						\
+		stats.counter++;					\
+		break;
+	RESULT_STATUSES(COUNT_STATUS)
+#undef COUNT_STATUS
+	default:
+		break;
+	}
 }
 
 /*
@@ -1175,7 +1134,7 @@ hand_over_waiters(struct job *j, int succeeded)
 		w->owner = NULL;
 		if (succeeded) {
 			w->user = json_incref(j->user);
-			finish(w, "duplicate");
+			finish(w, RESULT_DUPLICATE);
 		} else {
 			identity_enter(w);
 		}
@@ -1200,135 +1159,102 @@ abandon(struct job *j)
 	job_free(j);
 }
 
-/*
- * {request, result} for the dead list.  A request that did not decode to
- * text is kept as its raw bytes: a msgpack bin (after the result, as
- * codec_encode_with adds it), or with JSON results the text itself when it
- * is UTF-8, else a description.  A request that decodes but cannot be
- * written in the configured format is kept as a description too.
- */
-static int
-dead_entry(struct job *j)
+/* What result.c builds the job's result from. */
+static void
+outcome_of(const struct job *j, enum result_status status, const char *code,
+    const char *message, struct result_outcome *o)
 {
-	json_t *d = json_object(), *req = dead_request(j);
-	char *bin = NULL;
-	size_t binlen;
-	int rv;
-
-	if (d == NULL) {
-		json_decref(req);
-		return -1;
-	}
-	if (req == NULL && ug.cfg->format == FORMAT_MSGPACK) {
-		json_object_set(d, "result", j->result);
-		rv = codec_encode_bin(j->raw, j->rawlen, &bin, &binlen);
-		if (rv == 0)
-			rv = codec_encode_with(d, "request", bin, binlen, FORMAT_MSGPACK,
-			    &j->enc_dead, &j->enc_dead_len);
-		free(bin);
-		json_decref(d);
-		return rv;
-	}
-	if (req == NULL)
-		req = codec_utf8_valid(j->raw, j->rawlen) ? json_stringn(j->raw, j->rawlen) :
-		    json_sprintf("<%zu bytes, not UTF-8>", j->rawlen);
-	json_object_set_new(d, "request", req);
-	json_object_set(d, "result", j->result);
-	rv = codec_encode(d, ug.cfg->format, &j->enc_dead, &j->enc_dead_len);
-	if (rv != 0) {
-		json_object_set_new(d, "request", json_sprintf("<%zu bytes that cannot be "
-		    "written as %s>", j->rawlen, ug.cfg->format == FORMAT_JSON ? "JSON" :
-		    "msgpack"));
-		rv = codec_encode(d, ug.cfg->format, &j->enc_dead, &j->enc_dead_len);
-	}
-	json_decref(d);
-	return rv;
+	memset(o, 0, sizeof(*o));
+	o->status = status;
+	o->request_id = j->request_id;
+	o->identity = j->req.identity;
+	o->error_code = code;
+	o->error_message = message;
+	o->twilio_code = j->last_code;
+	o->http_status = j->last_status;
+	o->attempts = j->attempts;
+	o->from_socket = j->source != SOURCE_REDIS;
+	o->received_wall = j->received_wall;
+	o->completed_wall = now_wall();
+	o->user = j->user;
+	o->raw = j->raw;
+	o->rawlen = j->rawlen;
+	o->format = ug.cfg->format;
 }
 
 /*
- * The result map of SPEC §4.2, encoded once for every place it goes; the
- * job then waits for the next result transaction.
+ * A request not done is worth a warning, within the budget of its kind.
+ * Identities (often e-mail addresses) and messages that may quote them
+ * are logged at debug level only.
  */
 static void
-finish(struct job *j, const char *status)
+log_outcome(const struct job *j, const char *code, const char *message)
 {
-	char received[32], completed[32];
-	json_t *r;
+	const char *status = result_status_name(j->status);
+	struct log_limit *limit = j->status == RESULT_INVALID ?
+	    &invalid_limit : &failed_limit;
+
+	if (!result_success(j->status) &&
+	    log_limit_allow(limit, now_monotonic())) {
+		char tcode[32] = "";
+
+		if (j->last_code)
+			snprintf(tcode, sizeof(tcode), "%ld", j->last_code);
+		log_warn("request not done", "request_id", j->request_id,
+		    "status", status, "code", code,
+		    "twilio_code", tcode[0] ? tcode : NULL);
+	}
+	if (log_get_level() >= LOG_LEVEL_DEBUG)
+		log_debug("request done", "request_id", j->request_id,
+		    "status", status, "identity", j->req.identity,
+		    "message", message);
+}
+
+/*
+ * The job is done: its result (SPEC §4.2) is built once for every place
+ * it goes, counted and logged, and the job waits for the result
+ * transaction that writes it.
+ */
+static void
+conclude(struct job *j, enum result_status status, const char *code,
+    const char *message)
+{
+	struct result_outcome o;
 
 	if (j->timer)
 		evtimer_del(j->timer);
 	auth_probe_done(j);
 	j->status = status;
-	format_time(j->received_wall, received, sizeof(received));
-	format_time(now_wall(), completed, sizeof(completed));
-	r = json_object();
-	if (r == NULL)
-		goto oom;
-	/*
-	 * Keys are ASCII constants and every value but request_id is known
-	 * UTF-8 (identity is checked here, the rest are ours): the _nocheck
-	 * calls skip jansson's own check, a fifth of this function's cost.
-	 */
-	json_object_set_new_nocheck(r, "request_id", json_string(j->request_id));
-	if (j->req.identity != NULL && codec_utf8_valid(j->req.identity, strlen(j->req.identity)))
-		json_object_set_new_nocheck(r, "identity", json_string_nocheck(j->req.identity));
-	json_object_set_new_nocheck(r, "status", json_string_nocheck(status));
-	if (j->error != NULL && !is_success(status))
-		json_object_set_nocheck(r, "error", j->error);
-	json_object_set_new_nocheck(r, "attempts", json_integer(j->attempts));
-	json_object_set_new_nocheck(r, "source", json_string_nocheck(
-	    j->source == SOURCE_REDIS ? "redis" : "socket"));
-	json_object_set_new_nocheck(r, "received_at", json_string_nocheck(received));
-	json_object_set_new_nocheck(r, "completed_at", json_string_nocheck(completed));
-	j->result = r;
-
-	if ((j->user != NULL || j->enc_record != NULL) && is_success(status)) {
-		/* The record is encoded once (or came packed: record_straight):
-		 * stored under its own key (not for a duplicate, whose record
-		 * is the stored one) and put into the result as it is, as its
-		 * last member. */
-		if ((j->enc_record == NULL && codec_encode(j->user, ug.cfg->format,
-		    &j->enc_record, &j->enc_record_len) != 0) ||
-		    codec_encode_with(r, "user", j->enc_record, j->enc_record_len,
-		    ug.cfg->format, &j->enc_result, &j->enc_result_len) != 0 ||
-		    (j->user != NULL && json_object_set_nocheck(r, "user", j->user) != 0))
-			goto oom;
-		if (strcmp(status, "duplicate") == 0) {
-			free(j->enc_record);
-			j->enc_record = NULL;
-			j->enc_record_len = 0;
-		}
-	} else if (codec_encode(r, ug.cfg->format, &j->enc_result, &j->enc_result_len) != 0)
-		goto oom;
-	if (!is_success(status) && dead_entry(j) != 0)
-		goto oom;
+	outcome_of(j, status, code, message, &o);
+	if (result_build(&o, &j->res) != 0) {
+		/* Without a result we cannot finish; the request stays in the
+		 * processing list and the next start handles it again. */
+		log_error("out of memory encoding a result; the request stays "
+		    "in the processing list", "request_id", j->request_id);
+		abandon(j);
+		return;
+	}
 	count_result(status);
 	stats_observe(&stats_result_seconds, now_monotonic() - j->received_mono);
-	/* Identities (often e-mail addresses) and messages that may quote
-	 * them are logged at debug level only. */
-	if (!is_success(status) && log_limit_allow(strcmp(status, "invalid") == 0 ?
-	    &invalid_limit : &failed_limit, now_monotonic())) {
-		char tcode[32] = "";
-
-		if (j->last_code)
-			snprintf(tcode, sizeof(tcode), "%ld", j->last_code);
-		log_warn("request not done", "request_id", j->request_id, "status", status,
-		    "code", json_string_value(json_object_get(j->error, "code")),
-		    "twilio_code", tcode[0] ? tcode : NULL);
-	}
-	if (log_get_level() >= LOG_LEVEL_DEBUG)
-		log_debug("request done", "request_id", j->request_id, "status", status,
-		    "identity", j->req.identity,
-		    "message", json_string_value(json_object_get(j->error, "message")));
+	log_outcome(j, code, message);
 	job_set_state(j, JOB_COMMIT_WAIT, &commit_q);
 	schedule_flush();
-	return;
-oom:
-	/* Without a result we cannot finish; the request stays in the
-	 * processing list and the next start handles it again. */
-	log_error("out of memory encoding a result; the request stays in the "
-	    "processing list", "request_id", j->request_id);
-	abandon(j);
+}
+
+/* A success: its user is j->user, or j->res.record packed already. */
+static void
+finish(struct job *j, enum result_status status)
+{
+	conclude(j, status, NULL, NULL);
+}
+
+/* Failed, with one of result_failure_codes; Twilio's last code and HTTP
+ * status go with it. */
+static void
+fail(struct job *j, const char *code, const char *message)
+{
+	assert(result_error_known(RESULT_FAILED, code));
+	conclude(j, RESULT_FAILED, code, message);
 }
 
 static void	 completed(struct job *);
@@ -1401,15 +1327,16 @@ flush_cb(evutil_socket_t fd, short what, void *arg)
 		it->raw = j->raw;
 		it->rawlen = j->rawlen;
 		it->identity = j->req.identity;
-		it->result = j->enc_result;
-		it->resultlen = j->enc_result_len;
-		it->record = j->enc_record;
-		it->recordlen = j->enc_record_len;
+		it->result = j->res.enc;
+		it->resultlen = j->res.enclen;
+		it->record = j->res.record;
+		it->recordlen = j->res.recordlen;
 		it->reply_to = j->req.reply_to;
-		it->dead = j->enc_dead;
-		it->deadlen = j->enc_dead_len;
-		it->identity_done = j->owns_claim && is_success(j->status);
-		it->identity_release = j->owns_claim && !is_success(j->status);
+		it->dead = j->res.dead;
+		it->deadlen = j->res.deadlen;
+		it->identity_done = j->owns_claim && result_success(j->status);
+		it->identity_release = j->owns_claim &&
+		    !result_success(j->status);
 		it->recovered = j->recoveries > 0;
 		it->in_processing = 1;
 		b->jobs[n++] = j;
@@ -1447,15 +1374,15 @@ completed(struct job *j)
 	char err[128];
 
 	if (j->conn != NULL)
-		intake_answer(j->conn, j->result);
+		intake_answer(j->conn, j->res.map);
 	/* A request for the same Identity that came in after the record was
 	 * packed straight gets it decoded; if that fails it claims again and
 	 * finds the stored record. */
-	if (j->user == NULL && j->enc_record != NULL && is_success(j->status) &&
-	    !TAILQ_EMPTY(&j->waiters))
-		(void)codec_decode_any(j->enc_record, j->enc_record_len, &j->user,
-		    err, sizeof(err));
-	hand_over_waiters(j, is_success(j->status) && j->user != NULL);
+	if (j->user == NULL && j->res.record != NULL &&
+	    result_success(j->status) && !TAILQ_EMPTY(&j->waiters))
+		(void)codec_decode_any(j->res.record, j->res.recordlen,
+		    &j->user, err, sizeof(err));
+	hand_over_waiters(j, result_success(j->status) && j->user != NULL);
 	job_free(j);
 }
 

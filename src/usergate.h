@@ -400,7 +400,7 @@ struct status_command {
 void		 status_parse(const char *line, size_t len, struct status_command *cmd);
 
 /* ------------------------------------------------------------------ */
-/* record.c: Twilio answers -> user records; result maps.  Pure. */
+/* record.c: Twilio answers -> user records.  Pure. */
 
 /* What a Twilio answer holds, for the record functions below. */
 enum record_answer {
@@ -447,6 +447,85 @@ char		*record_dead_line(const char *buf, size_t len);
  * *textlen bytes, malloc'd; NULL when the entry is unreadable, holds no
  * request object, or one that JSON text cannot carry. */
 char		*record_dead_request(const char *buf, size_t len, size_t *textlen);
+
+/* ------------------------------------------------------------------ */
+/* result.c: a finished request's result and dead entry (SPEC §4.2).  Pure. */
+
+/*
+ * The statuses of a result, declared once: the name results carry, whether
+ * it is a success (the result holds the user, never an error), and the
+ * counter of daemon.h's STATS_COUNTERS that counts it (job.c adds to
+ * stats.COUNTER, so a status without its counter does not build).
+ */
+#define RESULT_STATUSES(X)					\
+	X(CREATED, "created", 1, created)			\
+	X(EXISTS, "exists", 1, exists)				\
+	X(UPDATED, "updated", 1, updated)			\
+	X(DUPLICATE, "duplicate", 1, duplicate)			\
+	X(INVALID, "invalid", 0, invalid)			\
+	X(FAILED, "failed", 0, failed)
+
+enum result_status {
+#define RESULT_STATUS_ENUM(id, name, success, counter) RESULT_##id,
+	RESULT_STATUSES(RESULT_STATUS_ENUM)
+#undef RESULT_STATUS_ENUM
+	RESULT_STATUS_COUNT
+};
+
+/* The status as results spell it; NULL for no status. */
+const char	*result_status_name(enum result_status s);
+/* 1 for the statuses that carry a user (created, exists, updated,
+ * duplicate). */
+int		 result_success(enum result_status s);
+/* The error.code values of failed results, NULL-terminated (an invalid
+ * result's come from request_error_code). */
+extern const char *const result_failure_codes[];
+/* 1 when a result with status s may carry error.code code. */
+int		 result_error_known(enum result_status s, const char *code);
+
+/* What a request's result is made of. */
+struct result_outcome {
+	enum result_status	 status;
+	const char		*request_id;
+	const char		*identity;	/* NULL: the request had none */
+	const char		*error_code;	/* invalid and failed only */
+	const char		*error_message;
+	long			 twilio_code;	/* 0: none */
+	long			 http_status;	/* 0: none */
+	int			 attempts;	/* HTTP requests made */
+	int			 from_socket;	/* source: socket, else redis */
+	double			 received_wall;	/* seconds since the epoch */
+	double			 completed_wall;
+	json_t			*user;		/* a success: its record */
+	const char		*raw;		/* the request, as taken */
+	size_t			 rawlen;
+	enum results_format	 format;
+};
+
+/* A result built, every part encoded once for every place it goes. */
+struct result {
+	json_t	*map;		/* the result, with its user if it has one */
+	char	*enc;		/* map encoded: results, events, ReplyTo */
+	size_t	 enclen;
+	char	*record;	/* the user record encoded: user:{Identity} */
+	size_t	 recordlen;
+	char	*dead;		/* {request, result}, for invalid and failed */
+	size_t	 deadlen;
+};
+
+/*
+ * Builds r from o (r zeroed, but for a record that came encoded already,
+ * which r->record may hold and r then owns: the user is then put into the
+ * encoded result only, not into r->map).  A success's record is encoded
+ * from o->user unless it came so; a duplicate, whose record is the stored
+ * one, has none.  0, or -1 when memory ran out; free r with result_free
+ * either way.
+ */
+int		 result_build(const struct result_outcome *o, struct result *r);
+void		 result_free(struct result *r);
+/* The timestamp results carry: ISO 8601 UTC with milliseconds
+ * ("2025-01-31T09:12:45.123Z") into buf (>= 25 bytes). */
+void		 result_format_time(double wall, char *buf, size_t size);
 
 /* ------------------------------------------------------------------ */
 /* twilio.c: Twilio's URLs, forms and answers.  Pure. */
