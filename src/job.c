@@ -16,10 +16,12 @@
  *                       auth wait (401/403/TLS) ◄────────────┘
  *
  * Each job is in exactly one state, and in at most one of the queues below
- * (rate, send, auth, commit) or one owner's waiter list, the one its state
- * names: job_set_state changes both together.  The job is freed only after
- * its result transaction succeeded (or at final exit, when its request
- * stays in the processing list for the next start).
+ * (rate, send, auth) or one owner's waiter list, the one its state names:
+ * job_set_state changes both together.  A finished job's result is handed
+ * to queue_commit.c, which holds it in line until its transaction and
+ * tells every step (on_commit).  The job is freed only after its result
+ * transaction succeeded (or at final exit, when its request stays in the
+ * processing list for the next start).
  */
 #include "config.h"
 
@@ -34,8 +36,6 @@
 
 #include "daemon.h"
 
-#define COMMIT_BATCH_MAX	64
-#define COMMITS_MAX		8	/* transactions in flight at once */
 #define CLAIM_POLL_MIN_MS	50
 #define CLAIM_POLL_MAX_MS	1000
 #define REDIS_RETRY_MS		500
@@ -68,7 +68,7 @@ enum job_state {
 	JOB_HTTP,		/* request on the wire */
 	JOB_BACKOFF,		/* timer: retry schedule */
 	JOB_AUTH_WAIT,		/* in auth_q until Twilio accepts us again */
-	JOB_COMMIT_WAIT,	/* in commit_q */
+	JOB_COMMIT_WAIT,	/* handed over, waiting for a transaction */
 	JOB_COMMITTING,		/* in a result transaction */
 };
 
@@ -118,6 +118,7 @@ struct job {
 	json_t			*user;
 	struct result		 res;	/* once finished; its record may come
 					 * first (record_straight) */
+	struct commit_item	 commit;	/* the result, handed over */
 
 	struct event		*timer;
 };
@@ -126,7 +127,6 @@ static struct job_list all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
 static struct job_list rate_q = TAILQ_HEAD_INITIALIZER(rate_q);
 static struct job_list send_q = TAILQ_HEAD_INITIALIZER(send_q);
 static struct job_list auth_q = TAILQ_HEAD_INITIALIZER(auth_q);
-static struct job_list commit_q = TAILQ_HEAD_INITIALIZER(commit_q);
 static long njobs;
 
 /*
@@ -145,8 +145,6 @@ state_queue(const struct job *j)
 		return &send_q;
 	case JOB_AUTH_WAIT:
 		return &auth_q;
-	case JOB_COMMIT_WAIT:
-		return &commit_q;
 	default:
 		return NULL;
 	}
@@ -193,10 +191,7 @@ static struct pace_window window;
 
 static int rate_outstanding;
 static struct event *rate_ev;
-static struct event *flush_ev;
-static struct event *commit_retry_ev;
-static int commit_outstanding;		/* result transactions on the wire */
-static long commit_failures;		/* result transactions failed in a row */
+static struct event *written_ev;	/* results were written */
 static long rate_failures;		/* rate calls failed in a row */
 
 /*
@@ -232,7 +227,7 @@ static void	 conclude(struct job *, enum result_status, const char *code,
 		    const char *message);
 static void	 finish(struct job *, enum result_status);
 static void	 fail(struct job *, const char *code, const char *message);
-static void	 schedule_flush(void);
+static void	 commit_enter(struct job *);
 static int	 auth_park(struct job *);
 static void	 auth_clear(void);
 static void	 auth_probe_done(struct job *);
@@ -1237,8 +1232,7 @@ conclude(struct job *j, enum result_status status, const char *code,
 	count_result(status);
 	stats_observe(&stats_result_seconds, now_monotonic() - j->received_mono);
 	log_outcome(j, code, message);
-	job_set_state(j, JOB_COMMIT_WAIT, &commit_q);
-	schedule_flush();
+	commit_enter(j);
 }
 
 /* A success: its user is j->user, or j->res.record packed already. */
@@ -1259,109 +1253,66 @@ fail(struct job *j, const char *code, const char *message)
 
 static void	 completed(struct job *);
 
-struct commit_batch {
-	size_t		 n;
-	struct job	*jobs[COMMIT_BATCH_MAX];
-};
-
+/*
+ * Results were written and their jobs freed: there is room to take more,
+ * and a drain may be over.  Run once after the results of a loop
+ * iteration, not once per result, so that a take asks for all the room.
+ */
 static void
-on_committed(int ok, void *arg)
+after_written(evutil_socket_t fd, short what, void *arg)
 {
-	struct commit_batch *b = arg;
-	size_t i;
-
-	commit_outstanding--;
-	if (!ok) {
-		/* Back to the front, in order; written again when Redis is
-		 * back.  Results are at-least-once: a lost EXEC reply may mean
-		 * this batch is written twice, never that it is lost. */
-		for (i = b->n; i-- > 0;)
-			job_set_state_front(b->jobs[i], JOB_COMMIT_WAIT,
-			    &commit_q);
-		free(b);
-		/* Redis refusing the transaction (a key of the wrong type) is
-		 * retried with backoff, not at the rate of the link checks. */
-		long ms = redis_backoff_ms(++commit_failures);
-
-		if (!evtimer_pending(commit_retry_ev, NULL)) {
-			struct timeval tv;
-
-			tv.tv_sec = ms / 1000;
-			tv.tv_usec = (ms % 1000) * 1000;
-			evtimer_add(commit_retry_ev, &tv);
-		}
-		return;
-	}
-	commit_failures = 0;
-	for (i = 0; i < b->n; i++)
-		completed(b->jobs[i]);
-	free(b);
-	if (!TAILQ_EMPTY(&commit_q))
-		schedule_flush();
 	job_pump();
 	if (ug.draining && njobs == 0)
 		hooks->drained();
 }
 
-/*
- * Everything finished since the last flush goes out in one transaction:
- * at high rates that is one round trip for hundreds of results.
- */
+/* What queue_commit.c tells of the job's result. */
 static void
-flush_cb(evutil_socket_t fd, short what, void *arg)
+on_commit(enum commit_progress progress, void *arg)
 {
-	struct commit_item items[COMMIT_BATCH_MAX];
-	struct commit_batch *b;
-	struct job *j;
-	size_t n = 0;
+	struct job *j = arg;
 
-	if (commit_outstanding >= COMMITS_MAX || TAILQ_EMPTY(&commit_q) || !queue_connected())
-		return;
-	if ((b = malloc(sizeof(*b))) == NULL)
-		return;
-	while (n < COMMIT_BATCH_MAX && (j = TAILQ_FIRST(&commit_q)) != NULL) {
-		struct commit_item *it = &items[n];
-
+	switch (progress) {
+	case COMMIT_SENT:
 		job_set_state(j, JOB_COMMITTING, NULL);
-		memset(it, 0, sizeof(*it));
-		it->raw = j->raw;
-		it->rawlen = j->rawlen;
-		it->identity = j->req.identity;
-		it->result = j->res.enc;
-		it->resultlen = j->res.enclen;
-		it->record = j->res.record;
-		it->recordlen = j->res.recordlen;
-		it->reply_to = j->req.reply_to;
-		it->dead = j->res.dead;
-		it->deadlen = j->res.deadlen;
-		it->identity_done = j->owns_claim && result_success(j->status);
-		it->identity_release = j->owns_claim &&
-		    !result_success(j->status);
-		it->recovered = j->recoveries > 0;
-		it->in_processing = 1;
-		b->jobs[n++] = j;
+		break;
+	case COMMIT_WAITING:
+		job_set_state(j, JOB_COMMIT_WAIT, NULL);
+		break;
+	case COMMIT_WRITTEN:
+		completed(j);
+		event_active(written_ev, EV_TIMEOUT, 0);
+		break;
 	}
-	b->n = n;
-	if (n == 0) {
-		free(b);
-		return;
-	}
-	commit_outstanding++;
-	if (queue_commit(items, n, on_committed, b) != 0) {
-		on_committed(0, b);	/* back in the queue; retried later */
-		return;
-	}
-	/* More than a batch finished in this iteration: send the next one
-	 * too, up to COMMITS_MAX transactions in flight. */
-	if (!TAILQ_EMPTY(&commit_q))
-		schedule_flush();
 }
 
+/*
+ * The result goes to queue_commit.c, once: it writes it in the next
+ * result transaction, with the Identity's dedup state (done, or free
+ * again), and removes the request from our processing list.
+ */
 static void
-schedule_flush(void)
+commit_enter(struct job *j)
 {
-	if (commit_outstanding < COMMITS_MAX)
-		event_active(flush_ev, EV_TIMEOUT, 0);
+	struct commit_item *it = &j->commit;
+
+	memset(it, 0, sizeof(*it));
+	it->raw = j->raw;
+	it->rawlen = j->rawlen;
+	it->identity = j->req.identity;
+	it->result = j->res.enc;
+	it->resultlen = j->res.enclen;
+	it->record = j->res.record;
+	it->recordlen = j->res.recordlen;
+	it->reply_to = j->req.reply_to;
+	it->dead = j->res.dead;
+	it->deadlen = j->res.deadlen;
+	it->identity_done = j->owns_claim && result_success(j->status);
+	it->identity_release = j->owns_claim && !result_success(j->status);
+	it->recovered = j->recoveries > 0;
+	it->in_processing = 1;
+	job_set_state(j, JOB_COMMIT_WAIT, NULL);
+	queue_commit_add(it, on_commit, j);
 }
 
 /*
@@ -1389,22 +1340,10 @@ completed(struct job *j)
 /* ------------------------------------------------------------------ */
 /* life cycle */
 
-static void
-commit_retry_cb(evutil_socket_t fd, short what, void *arg)
-{
-	schedule_flush();
-	if (!TAILQ_EMPTY(&commit_q) && !queue_connected()) {
-		struct timeval tv = { 0, REDIS_RETRY_MS * 1000 };
-
-		evtimer_add(commit_retry_ev, &tv);
-	}
-}
-
 void
 job_redis_changed(int up)
 {
 	if (up) {
-		schedule_flush();
 		rate_pump();
 		job_pump();
 	}
@@ -1477,11 +1416,10 @@ job_init(const struct job_hooks *h)
 	pace_window_init(&window, ug.cfg->max_inflight);
 	users_url = twilio_users_url(ug.cfg->api_base, ug.cfg->service_sid);
 	rate_ev = evtimer_new(ug.base, rate_timer_cb, NULL);
-	flush_ev = event_new(ug.base, -1, 0, flush_cb, NULL);
-	commit_retry_ev = evtimer_new(ug.base, commit_retry_cb, NULL);
+	written_ev = event_new(ug.base, -1, 0, after_written, NULL);
 	auth_ev = evtimer_new(ug.base, auth_probe_cb, NULL);
-	if (users_url == NULL || rate_ev == NULL || flush_ev == NULL ||
-	    commit_retry_ev == NULL || auth_ev == NULL) {
+	if (users_url == NULL || rate_ev == NULL || written_ev == NULL ||
+	    auth_ev == NULL) {
 		log_error("out of memory at start");
 		exit(1);
 	}
@@ -1511,13 +1449,11 @@ job_shutdown(void)
 	job_abandon_all();
 	if (rate_ev)
 		event_free(rate_ev);
-	if (flush_ev)
-		event_free(flush_ev);
-	if (commit_retry_ev)
-		event_free(commit_retry_ev);
+	if (written_ev)
+		event_free(written_ev);
 	if (auth_ev)
 		event_free(auth_ev);
-	rate_ev = flush_ev = commit_retry_ev = auth_ev = NULL;
+	rate_ev = written_ev = auth_ev = NULL;
 	free(users_url);
 	users_url = NULL;
 }

@@ -250,6 +250,7 @@ queue_link_up(int first)
 	if (outage_reason[0] || !first)
 		log_info("redis connection restored");
 	outage_reason[0] = '\0';
+	queue_commit_resume();
 	queue_events->link(1);
 	state_changed();
 }
@@ -513,7 +514,7 @@ queue_init(const struct queue_events *events)
 		return -1;
 	if ((reconnect_ev = evtimer_new(ug.base, reconnect_cb, NULL)) == NULL ||
 	    queue_take_init() != 0 || queue_claim_init() != 0 ||
-	    queue_instance_init() != 0)
+	    queue_instance_init() != 0 || queue_commit_init() != 0)
 		return -1;
 	connect_all();
 	return 0;
@@ -543,6 +544,7 @@ queue_shutdown(void)
 		queue_conn_close(c);
 	}
 	queue_instance_shutdown();
+	queue_commit_shutdown();
 	queue_admin_shutdown();
 	free(queue_keys.requests);
 	free(queue_keys.processing);
