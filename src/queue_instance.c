@@ -321,35 +321,14 @@ heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 static void
 heartbeat_remove(void)
 {
-	struct config *c = ug.cfg;
 	struct timeval tv = { 1, 0 };
 	redisContext *rc;
 	redisReply *r;
 	char value[300];
 
-	if (!queue_registered_once)
+	if (!queue_registered_once || (rc = queue_connect_blocking(tv)) == NULL)
 		return;
-	if (c->redis_unix_socket && c->redis_unix_socket[0])
-		rc = redisConnectUnixWithTimeout(c->redis_unix_socket, tv);
-	else
-		rc = redisConnectWithTimeout(c->redis_host, (int)c->redis_port, tv);
-	if (rc == NULL || rc->err) {
-		if (rc)
-			redisFree(rc);
-		return;
-	}
-	redisSetTimeout(rc, tv);
 	queue_heartbeat_value(value, sizeof(value));
-	if (c->redis_password) {
-		r = redisCommand(rc, "AUTH %s", c->redis_password);
-		if (r)
-			freeReplyObject(r);
-	}
-	if (c->redis_db) {
-		r = redisCommand(rc, "SELECT %ld", c->redis_db);
-		if (r)
-			freeReplyObject(r);
-	}
 	r = redisCommand(rc, "EVAL %s 1 %s %s",
 	    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
 	    "return redis.call('DEL', KEYS[1]) end return 0", queue_keys.instance,

@@ -116,6 +116,8 @@ int		 queue_send_argv(redisAsyncContext *, redisCallbackFn *, void *,
 		    int, const char **, const size_t *);
 int		 queue_send_strings(redisAsyncContext *, redisCallbackFn *,
 		    void *, int, ...);
+const char	*queue_client_name(void);
+redisContext	*queue_connect_blocking(struct timeval);
 
 /* queue_take.c */
 extern int queue_take_outstanding;

@@ -379,17 +379,36 @@ on_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
 	queue_script_sha[s][40] = '\0';
 }
 
+/*
+ * The name every connection of ours gives itself (CLIENT SETNAME), so that
+ * CLIENT LIST tells which daemon holds it: usergated:{instance_id}, with
+ * what Redis refuses in a name (spaces, control characters) made '_'.
+ */
+const char *
+queue_client_name(void)
+{
+	static char name[300];
+	size_t i;
+
+	snprintf(name, sizeof(name), "usergated:%s", ug.cfg->instance_id);
+	for (i = 0; name[i] != '\0'; i++)
+		if (name[i] <= ' ' || name[i] > '~')
+			name[i] = '_';
+	return name;
+}
+
 static redisAsyncContext *
 connect_one(void)
 {
 	struct config *c = ug.cfg;
+	const struct redis_url *to = &c->redis;
 	redisAsyncContext *ac;
 	char db[16];
 
-	if (c->redis_unix_socket && c->redis_unix_socket[0])
-		ac = redisAsyncConnectUnix(c->redis_unix_socket);
+	if (to->path != NULL)
+		ac = redisAsyncConnectUnix(to->path);
 	else
-		ac = redisAsyncConnect(c->redis_host, (int)c->redis_port);
+		ac = redisAsyncConnect(to->host, (int)to->port);
 	if (ac == NULL)
 		return NULL;
 	if (ac->err) {
@@ -403,16 +422,75 @@ connect_one(void)
 	}
 	redisAsyncSetConnectCallback(ac, on_connect);
 	redisAsyncSetDisconnectCallback(ac, on_disconnect);
-	/* Commands queue until the connection is up. */
-	if (c->redis_password)
+	/*
+	 * Commands queue until the connection is up.  AUTH with a user name
+	 * is Redis 6's ACL form; without one it is the default user's.
+	 */
+	if (c->redis_password != NULL && to->username != NULL)
+		queue_send_strings(ac, on_setup_reply, "AUTH", 3, "AUTH",
+		    to->username, c->redis_password);
+	else if (c->redis_password != NULL)
 		queue_send_strings(ac, on_setup_reply, "AUTH", 2, "AUTH",
 		    c->redis_password);
-	if (c->redis_db != 0) {
-		snprintf(db, sizeof(db), "%ld", c->redis_db);
+	queue_send_strings(ac, on_setup_reply, "CLIENT SETNAME", 3, "CLIENT",
+	    "SETNAME", queue_client_name());
+	if (to->db != 0) {
+		snprintf(db, sizeof(db), "%ld", to->db);
 		queue_send_strings(ac, on_setup_reply, "SELECT", 2, "SELECT",
 		    db);
 	}
 	return ac;
+}
+
+/* One setup command on a blocking connection: 0 when Redis accepted it. */
+static int
+blocking_setup(redisContext *rc, int argc, const char **argv)
+{
+	redisReply *r = redisCommandArgv(rc, argc, argv, NULL);
+	int ok = r != NULL && r->type != REDIS_REPLY_ERROR;
+
+	if (r != NULL)
+		freeReplyObject(r);
+	return ok ? 0 : -1;
+}
+
+/*
+ * A short-lived blocking connection, set up as connect_one sets up ours
+ * (AUTH, CLIENT SETNAME, SELECT), for a last command once the loop is
+ * over.  NULL when Redis cannot be reached or refuses the setup.
+ */
+redisContext *
+queue_connect_blocking(struct timeval tv)
+{
+	struct config *c = ug.cfg;
+	const struct redis_url *to = &c->redis;
+	const char *auth[3] = { "AUTH", to->username, c->redis_password };
+	const char *name[3] = { "CLIENT", "SETNAME", queue_client_name() };
+	const char *sel[2] = { "SELECT", NULL };
+	redisContext *rc;
+	char db[16];
+
+	if (to->path != NULL)
+		rc = redisConnectUnixWithTimeout(to->path, tv);
+	else
+		rc = redisConnectWithTimeout(to->host, (int)to->port, tv);
+	if (rc == NULL || rc->err)
+		goto fail;
+	redisSetTimeout(rc, tv);
+	snprintf(db, sizeof(db), "%ld", to->db);
+	sel[1] = db;
+	if (to->username == NULL)
+		auth[1] = c->redis_password;
+	if ((c->redis_password != NULL &&
+	    blocking_setup(rc, to->username != NULL ? 3 : 2, auth) == -1) ||
+	    blocking_setup(rc, 3, name) == -1 ||
+	    (to->db != 0 && blocking_setup(rc, 2, sel) == -1))
+		goto fail;
+	return rc;
+fail:
+	if (rc != NULL)
+		redisFree(rc);
+	return NULL;
 }
 
 static void

@@ -163,6 +163,9 @@ struct config {
 	char	*redis_unix_socket;
 	char	*redis_password_file;
 	long	 redis_db;
+	char	*redis_url_key;		/* as written, password and all: never
+					 * logged, wiped when freed; see redis */
+	char	*redis_username;
 	char	*prefix;
 	char	*instance_id;		/* filled with the host name when empty */
 
@@ -197,6 +200,12 @@ struct config {
 	char	*auth_user;		/* SK... or AC... */
 	char	*auth_secret;		/* API secret or auth token */
 	char	*redis_password;	/* NULL when none */
+	/*
+	 * The server to use: from url when it is set, else from host, port,
+	 * unix_socket and db; username from either.  db is never -1 here,
+	 * and password always NULL: the one password is redis_password.
+	 */
+	struct redis_url redis;
 };
 
 /* One row per key; drives parsing, defaults, bounds, reload and docs. */
