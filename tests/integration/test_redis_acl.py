@@ -100,8 +100,10 @@ def test_least_privilege_user_end_to_end(env):
     env.start_redis()
     env.start_twilio()
     create_acl_user(env.r)
-    # host and port point nowhere: the url wins over them.
-    d = env.daemon(extra={"redis.url": url_for(env.redis), "redis.port": 1})
+    # host and port point nowhere: the url wins over them.  A rate limit
+    # runs the rate window's script too.
+    d = env.daemon(extra={"redis.url": url_for(env.redis), "redis.port": 1,
+                          "twilio.rate_limit": 1000})
     d.wait_healthy()
     wait_for(lambda: names(env.r) == ["usergated:ug", "usergated:ug"],
              what="both connections named")
@@ -159,6 +161,11 @@ def test_least_privilege_user_end_to_end(env):
     assert d.stats()["recovered"] == 2
     wait_for(lambda: env.r.exists("usergate:processing:ghost") == 0, what="takeover")
     assert env.twilio.stats()["duplicate_creates"] == {}
+
+    # An element over the request limit, taken by BLMOVE on an idle list:
+    # its stub replaces it in the processing list (a script of its own).
+    env.push(b'{"Identity": "' + b"x" * (65 * 1024) + b'"}')
+    assert env.wait_results(10, timeout=30)[9]["error"]["code"] == "too_large"
 
     no_noperm(env, d)
     assert ACL_PASSWORD not in d.log()
