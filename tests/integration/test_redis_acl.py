@@ -6,10 +6,10 @@ Nothing usergated sends may be refused: the ACL log stays empty but for
 CLIENT UNBLOCK, which the documented line leaves out on purpose."""
 import json
 import os
-import re
-import signal
 import subprocess
 import urllib.parse
+
+import redis as redislib
 
 from conftest import wait_for, SRCDIR, USERGATED, API_KEY
 
@@ -174,7 +174,8 @@ def test_least_privilege_user_end_to_end(env):
 
 def test_username_and_password_file(env):
     """The ACL user from [redis] username and password_file, the url
-    without credentials."""
+    without credentials, in database 1 (SELECT); a full rate window (the
+    rate script's ZRANGE)."""
     env.start_redis()
     env.start_twilio()
     create_acl_user(env.r)
@@ -183,17 +184,22 @@ def test_username_and_password_file(env):
         f.write(ACL_PASSWORD + "\n")
     os.chmod(pw, 0o600)
     d = env.daemon(instance_id="gw 1", extra={
-        "redis.url": "redis://127.0.0.1:%d/0" % env.redis.port,
-        "redis.username": "usergated", "redis.password_file": pw})
+        "redis.url": "redis://127.0.0.1:%d/1" % env.redis.port,
+        "redis.username": "usergated", "redis.password_file": pw,
+        "twilio.rate_limit": 1, "twilio.rate_window_s": 1})
     d.wait_healthy()
     # What Redis refuses in a client name (a space) becomes '_'.
     wait_for(lambda: names(env.r) == ["usergated:gw_1", "usergated:gw_1"],
              what="both connections named")
-    env.push({"Identity": "pf1"}, {"Identity": "pf1"})
-    res = env.wait_results(2)
-    assert sorted(r["status"] for r in res) == ["created", "duplicate"]
+    db1 = redislib.Redis(host="127.0.0.1", port=env.redis.port, db=1)
+    db1.lpush("usergate:requests", *[json.dumps({"Identity": i})
+                                      for i in ("pf1", "pf1", "pf2")])
+    wait_for(lambda: db1.llen("usergate:results") == 3, what="3 results in db 1")
+    res = [json.loads(x) for x in db1.lrange("usergate:results", 0, -1)]
+    assert sorted(r["status"] for r in res) == ["created", "created", "duplicate"]
+    assert env.r.llen("usergate:results") == 0
     assert d.stop() == 0
-    assert env.r.exists("usergate:instance:gw 1") == 0
+    assert db1.exists("usergate:instance:gw 1") == 0
     no_noperm(env, d)
     assert ACL_PASSWORD not in d.log()
 
