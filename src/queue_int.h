@@ -175,6 +175,7 @@ int		 queue_send_argv(struct queue_conn *, queue_conn_cb *, void *,
 		    int, const char **, const size_t *);
 int		 queue_send_strings(struct queue_conn *, queue_conn_cb *,
 		    void *, int, ...);
+const char	*queue_client_name(void);
 
 /* queue_take.c */
 extern int queue_take_outstanding;

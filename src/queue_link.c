@@ -403,34 +403,60 @@ on_script_loaded(struct queue_conn *ac, redisReply *reply, void *priv)
 	queue_script_sha[s][40] = '\0';
 }
 
-/* Where the configured Redis is, for queue_conn_open; no timeouts. */
+/*
+ * The name every connection of ours gives itself (CLIENT SETNAME), so that
+ * CLIENT LIST tells which daemon holds it: usergated:{instance_id}, with
+ * what Redis refuses in a name (spaces, control characters) made '_'.
+ */
+const char *
+queue_client_name(void)
+{
+	static char name[300];
+	size_t i;
+
+	snprintf(name, sizeof(name), "usergated:%s", ug.cfg->instance_id);
+	for (i = 0; name[i] != '\0'; i++)
+		if (name[i] <= ' ' || name[i] > '~')
+			name[i] = '_';
+	return name;
+}
+
+/* Where the configured Redis is (cfg->redis: from url, or host, port and
+ * unix_socket), for queue_conn_open; no timeouts. */
 void
 queue_link_params(struct queue_conn_params *p)
 {
-	struct config *c = ug.cfg;
+	const struct redis_url *to = &ug.cfg->redis;
 
 	memset(p, 0, sizeof(*p));
-	p->host = c->redis_host;
-	p->port = (unsigned)c->redis_port;
-	p->unix_socket = c->redis_unix_socket;
+	p->host = to->host;
+	p->port = (unsigned)to->port;
+	p->unix_socket = to->path;
 }
 
 /*
- * Sends what every new connection sends first, AUTH and SELECT as the
- * config asks; the replies go to cb (NULL: ignored).  Commands wait until
- * the connection is up.
+ * Sends what every new connection sends first: AUTH (with a user name,
+ * Redis 6's ACL form; without one, the default user's), CLIENT SETNAME and
+ * SELECT as the config asks; the replies go to cb (NULL: ignored).
+ * Commands wait until the connection is up.
  */
 void
 queue_link_hello(struct queue_conn *qc, queue_conn_cb *cb)
 {
 	struct config *c = ug.cfg;
+	const struct redis_url *to = &c->redis;
 	char db[16];
 
-	if (c->redis_password)
+	if (c->redis_password != NULL && to->username != NULL)
+		queue_send_strings(qc, cb, "AUTH", 3, "AUTH", to->username,
+		    c->redis_password);
+	else if (c->redis_password != NULL)
 		queue_send_strings(qc, cb, "AUTH", 2, "AUTH",
 		    c->redis_password);
-	if (c->redis_db != 0) {
-		snprintf(db, sizeof(db), "%ld", c->redis_db);
+	queue_send_strings(qc, cb, "CLIENT SETNAME", 3, "CLIENT", "SETNAME",
+	    queue_client_name());
+	if (to->db != 0) {
+		snprintf(db, sizeof(db), "%ld", to->db);
 		queue_send_strings(qc, cb, "SELECT", 2, "SELECT", db);
 	}
 }

@@ -99,6 +99,34 @@ unsigned long long log_limit_held(struct log_limit *l, double now);
 void		 log_limits_report(double now);
 
 /* ------------------------------------------------------------------ */
+/* redis_url.c */
+
+/*
+ * A Redis server to connect to, as the [redis] url key writes it:
+ * redis://[user[:password]@]host[:port][/db], rediss://... (TLS) or
+ * unix://[user[:password]@]/path[?db=N], read as ioredis and redis-client
+ * read them (docs/usergate.conf.5).
+ */
+struct redis_url {
+	int	 tls;		/* rediss:// */
+	char	*host;		/* NULL for a Unix socket; IPv6 without [] */
+	long	 port;		/* 6379 when not given; 0 for a Unix socket */
+	char	*path;		/* the Unix socket; NULL for TCP */
+	long	 db;		/* -1 when not given */
+	char	*username;	/* NULL when none */
+	char	*password;	/* NULL when none; a secret */
+};
+/* Fills *u (to be freed with redis_url_free) or returns -1 with a message
+ * in err that quotes no part of url (it may hold a password).  Pure. */
+int		 redis_url_parse(const char *url, struct redis_url *u,
+		    char *err, size_t errlen);
+void		 redis_url_free(struct redis_url *u);
+/* Writes u as a URL for logs: "***" stands for the password when password
+ * is set, whatever u->password holds.  Pure. */
+void		 redis_url_show(const struct redis_url *u, int password,
+		    char *buf, size_t size);
+
+/* ------------------------------------------------------------------ */
 /* config.c */
 
 enum results_format { FORMAT_MSGPACK = 0, FORMAT_JSON = 1 };
@@ -135,6 +163,9 @@ struct config {
 	char	*redis_unix_socket;
 	char	*redis_password_file;
 	long	 redis_db;
+	char	*redis_url_key;		/* as written, password and all: never
+					 * logged, wiped when freed; see redis */
+	char	*redis_username;
 	char	*prefix;
 	char	*instance_id;		/* filled with the host name when empty */
 
@@ -169,6 +200,12 @@ struct config {
 	char	*auth_user;		/* SK... or AC... */
 	char	*auth_secret;		/* API secret or auth token */
 	char	*redis_password;	/* NULL when none */
+	/*
+	 * The server to use: from url when it is set, else from host, port,
+	 * unix_socket and db; username from either.  db is never -1 here,
+	 * and password always NULL: the one password is redis_password.
+	 */
+	struct redis_url redis;
 };
 
 /* One row per key; drives parsing, defaults, bounds, reload and docs. */
