@@ -13,11 +13,14 @@
 #include "config.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +59,38 @@ usage(FILE *f)
 	    "2 bad usage or daemon not reachable\n");
 }
 
+/*
+ * EACCES: the daemon runs, but its sockets (and their directory, 0750)
+ * belong to its group.  Name that group and the fix, rather than leave
+ * the user wondering whether usergated is running.
+ */
+static void
+say_not_allowed(const char *path)
+{
+	char dir[sizeof(((struct sockaddr_un *)NULL)->sun_path)], *slash;
+	const char *group = "usergate", *user = "YOUR-USER";
+	struct group *gr;
+	struct passwd *pw;
+	struct stat st;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	if ((slash = strrchr(dir, '/')) == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == dir)
+		slash[1] = '\0';	/* a socket in / */
+	else
+		*slash = '\0';
+	if ((stat(path, &st) == 0 || stat(dir, &st) == 0) &&
+	    (gr = getgrgid(st.st_gid)) != NULL)
+		group = gr->gr_name;
+	if ((pw = getpwuid(getuid())) != NULL)
+		user = pw->pw_name;
+	fprintf(stderr, "usergatectl: cannot connect to %s: permission denied: "
+	    "you are not in the group %s; ask an administrator to add you "
+	    "(usermod -aG %s %s), then log in again\n", path, group, group,
+	    user);
+}
+
 static int
 connect_to(const char *path)
 {
@@ -74,6 +109,11 @@ connect_to(const char *path)
 		return -1;
 	}
 	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		if (errno == EACCES) {
+			say_not_allowed(path);
+			close(fd);
+			return -1;
+		}
 		fprintf(stderr, "usergatectl: cannot connect to %s: %s (is usergated "
 		    "running?)\n", path, strerror(errno));
 		close(fd);
