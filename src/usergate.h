@@ -479,6 +479,9 @@ enum twilio_outcome twilio_classify(long status, long code);
 int		 twilio_is_sid(const char *s, size_t len, const char *prefix);
 
 /* ------------------------------------------------------------------ */
+/* failover.c: a Redis error reply that means "ask the primary again". */
+int		 redis_error_is_failover(const char *);
+
 /* pace.c: backoff, rate window, adaptive concurrency.  Pure arithmetic. */
 
 /* Full-jitter exponential backoff for attempt n (1 = after the first
