@@ -170,6 +170,8 @@ void		 queue_hello_failed(struct queue_conn *, const char *,
 		    const redisReply *);
 void		 queue_link_params(struct queue_conn_params *);
 void		 queue_link_hello(struct queue_conn *, queue_conn_cb *);
+int		 queue_failover(const redisReply *);
+void		 queue_link_address(char *, size_t);
 char		*queue_key(const char *, const char *);
 int		 queue_send_argv(struct queue_conn *, queue_conn_cb *, void *,
 		    int, const char **, const size_t *);

@@ -137,6 +137,9 @@ struct config {
 	long	 redis_db;
 	char	*prefix;
 	char	*instance_id;		/* filled with the host name when empty */
+	char	*redis_sentinels;	/* host:port,...; wins over host/port */
+	char	*redis_master_name;
+	char	*redis_sentinel_password_file;
 
 	/* [dedup] */
 	long	 dedup_ttl_s;
@@ -162,13 +165,19 @@ struct config {
 	enum log_level log_level;
 
 	/*
-	 * Derived by config_load.  The three secrets below are never logged,
+	 * Derived by config_load.  The secrets below are never logged,
 	 * never put in an answer, and are wiped before they are freed.
 	 */
 	char	*api_base;		/* scheme://host[:port] after edge/region */
 	char	*auth_user;		/* SK... or AC... */
 	char	*auth_secret;		/* API secret or auth token */
 	char	*redis_password;	/* NULL when none */
+	char	*sentinel_password;	/* NULL when none */
+	struct config_sentinel {
+		char		*host;
+		unsigned	 port;
+	}	*sentinels;		/* parsed [redis] sentinels */
+	size_t	 nsentinels;		/* 0: no Sentinel, host/port */
 };
 
 /* One row per key; drives parsing, defaults, bounds, reload and docs. */
