@@ -102,6 +102,12 @@ static const struct config_key config_table[] = {
 	KEY_STRING("redis", "master_name", "", RESTART, redis_master_name),
 	KEY_STRING("redis", "sentinel_password_file", "", RESTART,
 	    redis_sentinel_password_file),
+	/* WAIT for this many replicas before calling Twilio and before a
+	 * result counts as written; 0: off. */
+	KEY_LONG("redis", "durable_replicas", "0", 0, 100, RESTART,
+	    redis_durable_replicas),
+	KEY_LONG("redis", "durable_timeout_ms", "1000", 1, 60000, RESTART,
+	    redis_durable_timeout_ms),
 
 	/* Up to a year: Redis expiries are happy with that. */
 	KEY_LONG("dedup", "ttl_s", "86400", 1, 31536000, RELOAD, dedup_ttl_s),

@@ -56,7 +56,28 @@ struct commit_call {
 	int		 dead_pushed;	/* the EXEC's second-to-last reply is the
 					 * dead list's LPUSH */
 	long long	 dead_max;	/* what its LTRIM kept */
+	int		 durable;	/* a WAIT follows: it answers */
+	int		 ok;		/* what the EXEC said, meanwhile */
 };
+
+/*
+ * With durable_replicas, the WAIT after the EXEC: a result counts as
+ * written once enough replicas have it.  Fewer in time: wait again.  The
+ * link lost: not written, as far as we know; the batch is written again
+ * on the next link (at-least-once, as for a lost EXEC reply).
+ */
+static void
+on_commit_durable(struct queue_conn *ac, redisReply *reply, void *priv)
+{
+	struct commit_call *c = priv;
+	int confirmed;
+
+	if ((confirmed = queue_durable_confirmed(reply, on_commit_durable,
+	    c)) == 0)
+		return;
+	c->call.cb.done(confirmed == 1 && c->ok, c->call.arg);
+	free(c);
+}
 
 static void
 on_exec(struct queue_conn *ac, redisReply *reply, void *priv)
@@ -86,6 +107,10 @@ on_exec(struct queue_conn *ac, redisReply *reply, void *priv)
 	/* A nil reply: queue_guard_lua aborted it (and said why). */
 	if (refused != NULL && refused->type != REDIS_REPLY_NIL)
 		queue_fault_set(FAULT_COMMIT, queue_reply_error(refused));
+	if (c->durable) {
+		c->ok = ok;
+		return;
+	}
 	c->call.cb.done(ok, c->call.arg);
 	free(c);
 }
@@ -131,6 +156,7 @@ queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void 
 	c->call.arg = arg;
 	c->dead_pushed = 0;
 	c->dead_max = ug.cfg->dead_max;
+	c->durable = c->ok = 0;
 	mv = malloc((1 + 2 * n) * sizeof(*mv));
 	mlens = malloc((1 + 2 * n) * sizeof(*mlens));
 	lv = malloc((2 + n) * sizeof(*lv));
@@ -245,9 +271,12 @@ queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb, void 
 		    queue_keys.dead, "0", dead_trim);
 		c->dead_pushed = 1;
 	}
-	if (rv == 0)
+	if (rv == 0) {
 		rv = queue_send_strings(queue_cmd, on_exec, c, 1, "EXEC");
-	else if (queue_cmd != NULL)
+		if (rv == 0 && ug.cfg->redis_durable_replicas > 0)
+			c->durable = queue_durable_send(on_commit_durable,
+			    c) == 0;
+	} else if (queue_cmd != NULL)
 		/* A half-queued transaction must not run. */
 		queue_send_strings(queue_cmd, NULL, NULL, 1, "DISCARD");
 done:

@@ -61,6 +61,7 @@ static void	 schedule_reconnect(void);
 static const char *const fault_operation[FAULT_COUNT] = {
 	"taking requests", "identity claims", "rate window",
 	"recovering processing lists", "result transaction",
+	"durable_replicas",
 };
 static char fault_reason[FAULT_COUNT][192];
 
@@ -72,6 +73,9 @@ queue_fault_set(enum fault f, const char *error)
 
 	if (strncmp(error, WRONGTYPE_PREFIX, n) == 0)
 		snprintf(reason, sizeof(reason), "redis key %s has wrong type", error + n);
+	else if (f == FAULT_DURABLE)
+		snprintf(reason, sizeof(reason), "redis replicas behind: %s",
+		    error);
 	else
 		snprintf(reason, sizeof(reason), "redis refused %s: %s", fault_operation[f],
 		    error);
@@ -239,6 +243,51 @@ queue_send_strings(struct queue_conn *c, queue_conn_cb *fn, void *priv,
 	}
 	va_end(ap);
 	return queue_send_argv(c, fn, priv, argc, argv, lens);
+}
+
+/*
+ * [redis] durable_replicas: WAIT on the command connection, after a write
+ * whose loss in a failover would cost a second Twilio call (a claim, which
+ * comes after the take that moved its request) or a second result (the
+ * result transaction).  WAIT covers every write this connection made
+ * before it, and the replication stream is one sequence, so it also
+ * covers a BLMOVE on the blocking connection answered before the claim
+ * was sent.  Returns -1 when the link is down.
+ */
+int
+queue_durable_send(queue_conn_cb *fn, void *priv)
+{
+	char n[32], ms[32];
+
+	snprintf(n, sizeof(n), "%ld", ug.cfg->redis_durable_replicas);
+	snprintf(ms, sizeof(ms), "%ld", ug.cfg->redis_durable_timeout_ms);
+	return queue_send_strings(queue_cmd, fn, priv, 3, "WAIT", n, ms);
+}
+
+/*
+ * WAIT's answer: 1 when enough replicas have our writes; 0 when fewer did
+ * within durable_timeout_ms (health says so), and WAIT is sent again with
+ * fn and priv; -1 when the link was lost (the caller retries on the next
+ * one).
+ */
+int
+queue_durable_confirmed(const redisReply *r, queue_conn_cb *fn, void *priv)
+{
+	char why[96];
+
+	if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+		if (r != NULL)
+			queue_refused(FAULT_DURABLE, r);
+		return -1;
+	}
+	if (r->integer >= ug.cfg->redis_durable_replicas) {
+		queue_fault_clear(FAULT_DURABLE);
+		return 1;
+	}
+	snprintf(why, sizeof(why), "%lld of %ld replicas confirmed within "
+	    "durable_timeout_ms", r->integer, ug.cfg->redis_durable_replicas);
+	queue_fault_set(FAULT_DURABLE, why);
+	return queue_durable_send(fn, priv) == 0 ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ */

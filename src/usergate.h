@@ -140,6 +140,8 @@ struct config {
 	char	*redis_sentinels;	/* host:port,...; wins over host/port */
 	char	*redis_master_name;
 	char	*redis_sentinel_password_file;
+	long	 redis_durable_replicas;	/* 0: no WAIT */
+	long	 redis_durable_timeout_ms;
 
 	/* [dedup] */
 	long	 dedup_ttl_s;

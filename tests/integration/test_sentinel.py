@@ -156,12 +156,13 @@ class Producer(threading.Thread):
 
 
 @pytest.fixture
-def cluster(env):
+def cluster(env, request):
     env.start_redis()
     env.start_twilio()
     c = Cluster(env)
     env.d = env.daemon(extra={"redis.sentinels": c.sentinels_conf(),
                               "redis.master_name": MASTER,
+                              "redis.durable_replicas": getattr(request, "param", 0),
                               # Not used: the Sentinels name the primary.
                               "redis.port": "9"})
     env.d.wait_healthy()
@@ -227,13 +228,20 @@ def test_graceful_failover_answers_everything_once(cluster, env):
     assert "redis primary moved" in env.d.log()
 
 
+@pytest.mark.parametrize("cluster", [0, 1], indirect=True,
+                         ids=["async", "durable_replicas"])
 def test_hard_failover_loses_nothing_acked_and_creates_once(cluster, env):
-    """kill -9 of the primary under load, without durable_replicas: what is
+    """kill -9 of the primary under load.  Without durable_replicas what is
     guaranteed is that no Identity is created twice at Twilio and that every
-    push a replica acknowledged (WAIT) is answered or still in a list of
-    the new primary; results written to the old primary and not yet
-    replicated are lost with it, and their requests are done again."""
+    push a replica acknowledged (WAIT) is answered; results written to the
+    old primary and not yet replicated are lost with it, and their requests
+    are done again (Twilio answers 409 to the second create).  With
+    durable_replicas = 1 no request even reaches Twilio twice: its claim
+    was on the replica before the call.  The promoted replica has no
+    replica of its own until the old primary comes back (Sentinel makes it
+    one): until then usergated waits."""
     c = cluster
+    durable = env.d.config_sections()["redis"]["durable_replicas"] == "1"
     p = Producer(c, "h", 100)
     p.start()
     wait_for(lambda: len(p.acked) >= 40, timeout=20, what="40 pushes")
@@ -241,6 +249,12 @@ def test_hard_failover_loses_nothing_acked_and_creates_once(cluster, env):
     c.primary.proc.send_signal(signal.SIGKILL)
     c.primary.proc.wait()
     wait_failover(c, old, "the replica promoted")
+    if durable:
+        wait_for(lambda: env.d.status("health").startswith(
+            "degraded: redis replicas behind: 0 of 1 replicas confirmed"),
+            timeout=20 * SLOW, what="health: replicas behind")
+        # Back, empty; Sentinel turns it into a replica of the new primary.
+        c.primary.start()
     p.join(60 * SLOW)
     assert not p.is_alive()
     new = c.client()
@@ -253,9 +267,14 @@ def test_hard_failover_loses_nothing_acked_and_creates_once(cluster, env):
             new.llen("usergate:requests") == 0 and \
             new.llen("usergate:processing:ug") == 0
     wait_for(settled, timeout=40 * SLOW, what="every acknowledged request answered")
-    creates = env.twilio.stats()["creates_by_identity"]
+    tw = env.twilio.stats()
+    creates = tw["creates_by_identity"]
     assert all(n == 1 for n in creates.values()), \
         {k: n for k, n in creates.items() if n != 1}
+    if durable:
+        asked = tw["create_requests_by_identity"]
+        assert all(n == 1 for n in asked.values()), \
+            {k: n for k, n in asked.items() if n != 1}
     got = results_by_identity(new)
     assert len(p.acked) >= 40 and len(p.after) >= 10, (len(p.acked), len(p.after))
     for ident in p.acked + p.after:

@@ -193,6 +193,8 @@ static const struct default_case {
 	{ "redis", "sentinels", "", 0 },
 	{ "redis", "master_name", "", 0 },
 	{ "redis", "sentinel_password_file", "", 0 },
+	{ "redis", "durable_replicas", "0", 0 },
+	{ "redis", "durable_timeout_ms", "1000", 0 },
 	{ "dedup", "ttl_s", "86400", 1 },
 	{ "results", "format", "msgpack", 1 },
 	{ "results", "results_max", "100000", 1 },
