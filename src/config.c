@@ -100,6 +100,17 @@ static const struct config_key config_table[] = {
 	KEY_LONG("redis", "db", "0", 0, 65535, RESTART, redis_db),
 	KEY_STRING("redis", "prefix", "usergate:", RESTART, prefix),
 	KEY_STRING("redis", "instance_id", "", RESTART, instance_id),
+	/* Sentinel (issue 13): the primary is asked of these, not host. */
+	KEY_STRING("redis", "sentinels", "", RESTART, redis_sentinels),
+	KEY_STRING("redis", "master_name", "", RESTART, redis_master_name),
+	KEY_STRING("redis", "sentinel_password_file", "", RESTART,
+	    redis_sentinel_password_file),
+	/* WAIT for this many replicas before calling Twilio and before a
+	 * result counts as written; 0: off. */
+	KEY_LONG("redis", "durable_replicas", "0", 0, 100, RESTART,
+	    redis_durable_replicas),
+	KEY_LONG("redis", "durable_timeout_ms", "1000", 1, 60000, RESTART,
+	    redis_durable_timeout_ms),
 
 	/* Up to a year: Redis expiries are happy with that. */
 	KEY_LONG("dedup", "ttl_s", "86400", 1, 31536000, RELOAD, dedup_ttl_s),
@@ -240,6 +251,7 @@ static int	 check_combinations(struct config_load *);
 static int	 derive_api_base(struct config_load *);
 static int	 derive_redis(struct config_load *);
 static int	 merge_redis_password(struct config_load *, char **);
+static int	 derive_sentinels(struct config_load *);
 static int	 read_secret(const char *, const char *, char **, char *,
 		    size_t);
 static int	 resolve_secret(struct config_load *, const char *, size_t,
@@ -722,6 +734,71 @@ check_combinations(struct config_load *ld)
 }
 
 /*
+ * [redis] sentinels: "host:port,host:port", a host in brackets when it is an
+ * IPv6 address ("[::1]:26379"), blanks around the commas allowed.  With
+ * sentinels set, master_name names the primary to ask them for.
+ */
+static int
+derive_sentinels(struct config_load *ld)
+{
+	struct config	*cfg = ld->cfg;
+	size_t		 key = key_find("redis", "sentinels");
+	const char	*p = cfg->redis_sentinels, *end, *colon, *h, *he;
+	char		*e;
+	long		 port;
+	size_t		 n = 1;
+
+	if (*p == '\0')
+		return 0;
+	if (*cfg->redis_master_name == '\0') {
+		key_fail(ld, key, "needs master_name, the primary's name");
+		return -1;
+	}
+	for (end = p; *end != '\0'; end++)
+		if (*end == ',')
+			n++;
+	if ((cfg->sentinels = calloc(n, sizeof(*cfg->sentinels))) == NULL) {
+		key_fail(ld, key, "%s", strerror(errno));
+		return -1;
+	}
+	for (;;) {
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if ((end = strchr(p, ',')) == NULL)
+			end = p + strlen(p);
+		for (colon = end; colon > p && colon[-1] != ':'; colon--)
+			;
+		h = p;
+		he = colon - 1;
+		if (*h == '[' && he > h && he[-1] == ']') {
+			h++;
+			he--;
+		}
+		errno = 0;
+		port = colon > p ? strtol(colon, &e, 10) : 0;
+		while (colon > p && (*e == ' ' || *e == '\t'))
+			e++;
+		if (colon <= p || he <= h || errno != 0 || e != end ||
+		    e == colon || port < 1 || port > 65535) {
+			/* The value is not quoted: it may be a secret
+			 * pasted into the wrong key. */
+			key_fail(ld, key, "entry %zu is not host:port "
+			    "(port 1 to 65535)", cfg->nsentinels + 1);
+			return -1;
+		}
+		if ((cfg->sentinels[cfg->nsentinels].host =
+		    strndup(h, (size_t)(he - h))) == NULL) {
+			key_fail(ld, key, "%s", strerror(errno));
+			return -1;
+		}
+		cfg->sentinels[cfg->nsentinels++].port = (unsigned)port;
+		if (*end == '\0')
+			return 0;
+		p = end + 1;
+	}
+}
+
+/*
  * twilio.c owns what a Twilio URL looks like.  Its message already names
  * base_url, edge or region; the location is that of whichever of them was
  * set explicitly, base_url first.
@@ -1057,7 +1134,10 @@ resolve_credentials(struct config_load *ld, int require)
 	    key_find("twilio", "auth_token_file"), "twilio-auth-token",
 	    &auth_token) == -1 ||
 	    resolve_secret(ld, NULL, key_find("redis", "password_file"),
-	    "redis-password", &cfg->redis_password) == -1)
+	    "redis-password", &cfg->redis_password) == -1 ||
+	    resolve_secret(ld, NULL,
+	    key_find("redis", "sentinel_password_file"),
+	    "redis-sentinel-password", &cfg->sentinel_password) == -1)
 		goto fail;
 
 	if (*cfg->api_key != '\0' && api_secret != NULL) {
@@ -1138,7 +1218,8 @@ config_load(const char *path, struct config *cfg, int require_credentials,
 	    derive_instance_id(&ld) == -1 ||
 	    check_combinations(&ld) == -1 ||
 	    derive_api_base(&ld) == -1 ||
-	    derive_redis(&ld) == -1)
+	    derive_redis(&ld) == -1 ||
+	    derive_sentinels(&ld) == -1)
 		goto fail;
 	url_password = cfg->redis.password;
 	cfg->redis.password = NULL;
@@ -1169,6 +1250,10 @@ config_free(struct config *cfg)
 	secret_free(&cfg->auth_secret);
 	secret_free(&cfg->redis_password);
 	redis_url_free(&cfg->redis);
+	secret_free(&cfg->sentinel_password);
+	for (i = 0; i < cfg->nsentinels; i++)
+		free(cfg->sentinels[i].host);
+	free(cfg->sentinels);
 	memset(cfg, 0, sizeof(*cfg));
 }
 

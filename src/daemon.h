@@ -34,7 +34,8 @@ struct intake_conn;
 	X(http_requests, "HTTP requests sent to Twilio")		\
 	X(recovered, "Requests taken back from a processing list after a crash") \
 	X(rate_limited, "429 answers from Twilio")			\
-	X(dead_dropped, "Oldest dead entries dropped to keep dead_max")
+	X(dead_dropped, "Oldest dead entries dropped to keep dead_max")	\
+	X(failovers, "Times Sentinel named a new Redis primary")
 
 struct stats {
 #define STATS_FIELD(name, help) unsigned long long name;
@@ -72,6 +73,7 @@ void		 stats_observe(struct histogram *h, double seconds);
 	    "1 when health is ok, 0 when degraded")			\
 	X(redis_connected, int, BOOLEAN, VALUE, 2, "redis_connected",	\
 	    "1 while Redis is connected")				\
+	X(redis_role, const char *, STRING, NONE, 0, "", "")		\
 	X(paused, int, BOOLEAN, VALUE, 3, "paused",			\
 	    "1 while intake is paused by an operator")			\
 	X(inflight, long, INTEGER, VALUE, 4, "inflight",		\
@@ -321,6 +323,7 @@ void		 queue_shutdown(void);
 /* Last known lengths, refreshed each second, for STATUS= and stats. */
 /* Why Redis does not serve us well (for health), or NULL. */
 const char	*queue_problem(void);
+const char	*queue_role(void);	/* what ROLE said: master, unknown.. */
 void		 queue_last_lengths(long long *requests, long long *processing, long long *dead);
 
 /* ------------------------------------------------------------------ */

@@ -61,6 +61,7 @@ const char queue_claim_lua[] =
 struct claim_call {
 	struct queue_call	 call;
 	char			*identity;
+	int			 held;	/* owned, answered once WAIT confirms */
 };
 
 /* Claims asked for during this loop iteration, sent together. */
@@ -70,8 +71,17 @@ static struct event *claim_flush_ev;
 
 struct claim_batch {
 	size_t			 n;
+	int			 durable; /* a WAIT follows: it frees us */
 	struct claim_call	 calls[];
 };
+
+static void
+claim_finish(struct claim_call *c, enum claim_outcome o, const char *rec,
+    size_t reclen)
+{
+	free(c->identity);
+	c->call.cb.claim(o, rec, reclen, c->call.arg);
+}
 
 static void
 claim_answer(struct claim_call *c, const redisReply *e)
@@ -99,8 +109,40 @@ claim_answer(struct claim_call *c, const redisReply *e)
 			break;
 		}
 	}
-	free(c->identity);
-	c->call.cb.claim(o, rec, reclen, c->call.arg);
+	claim_finish(c, o, rec, reclen);
+}
+
+/* A claim we own, with durable_replicas: answered when WAIT confirms. */
+static int
+claim_hold(const struct claim_batch *b, const redisReply *e)
+{
+	return b->durable && e->type == REDIS_REPLY_ARRAY &&
+	    e->elements == 1 && e->element[0]->type == REDIS_REPLY_INTEGER &&
+	    e->element[0]->integer == 1;
+}
+
+/*
+ * The WAIT after a batch of claims: the claims we own are answered owned
+ * once enough replicas have them (and the takes before them), so that a
+ * failover cannot hand the Identity to a second create.  Fewer replicas in
+ * time: wait again.  The link lost: "try later", claimed again on the new
+ * one (a claim of ours is ours again).
+ */
+static void
+on_claims_durable(struct queue_conn *ac, redisReply *reply, void *priv)
+{
+	struct claim_batch *b = priv;
+	size_t i;
+	int confirmed;
+
+	if ((confirmed = queue_durable_confirmed(reply, on_claims_durable,
+	    b)) == 0)
+		return;
+	for (i = 0; i < b->n; i++)
+		if (b->calls[i].held)
+			claim_finish(&b->calls[i], confirmed == 1 ?
+			    CLAIM_OWNED : CLAIM_ERROR, NULL, 0);
+	free(b);
 }
 
 static void
@@ -127,9 +169,13 @@ on_claims(struct queue_conn *ac, redisReply *reply, void *priv)
 	} else if (ok) {
 		queue_fault_clear(FAULT_CLAIM);
 	}
-	for (i = 0; i < b->n; i++)
-		claim_answer(&b->calls[i], ok ? r->element[i] : NULL);
-	free(b);
+	for (i = 0; i < b->n; i++) {
+		b->calls[i].held = ok && claim_hold(b, r->element[i]);
+		if (!b->calls[i].held)
+			claim_answer(&b->calls[i], ok ? r->element[i] : NULL);
+	}
+	if (!b->durable)
+		free(b);
 }
 
 static void
@@ -149,6 +195,7 @@ claim_flush_cb(evutil_socket_t fd, short what, void *arg)
 		lens = calloc(argc, sizeof(*lens));
 		if (b != NULL && argv != NULL && lens != NULL) {
 			b->n = n;
+			b->durable = 0;
 			memcpy(b->calls, claims_pending, n * sizeof(b->calls[0]));
 			snprintf(owner, sizeof(owner), "pending:%s", ug.cfg->instance_id);
 			snprintf(ttl, sizeof(ttl), "%d", CLAIM_TTL_S);
@@ -176,6 +223,9 @@ claim_flush_cb(evutil_socket_t fd, short what, void *arg)
 				    (int)argc, argv, lens);
 			else
 				rv = -1;
+			if (rv == 0 && ug.cfg->redis_durable_replicas > 0)
+				b->durable = queue_durable_send(
+				    on_claims_durable, b) == 0;
 			for (i = 0; i < 2 * n; i++)
 				free((char *)argv[3 + i]);
 		}

@@ -41,6 +41,8 @@ struct commit_batch {
 						 * reply is the dead list's
 						 * LPUSH */
 	long long		 dead_max;	/* what its LTRIM kept */
+	int			 durable;	/* a WAIT follows: it answers */
+	int			 ok;		/* what the EXEC said, meanwhile */
 };
 
 /*
@@ -82,6 +84,24 @@ static struct log_limit command_failed_limit =
 
 static void	 batch_done(struct commit_batch *, int ok);
 
+/*
+ * With durable_replicas, the WAIT after the EXEC: a result counts as
+ * written once enough replicas have it.  Fewer in time: wait again.  The
+ * link lost: not written, as far as we know; the batch is written again
+ * on the next link (at-least-once, as for a lost EXEC reply).
+ */
+static void
+on_commit_durable(struct queue_conn *ac, redisReply *reply, void *priv)
+{
+	struct commit_batch *b = priv;
+	int confirmed;
+
+	if ((confirmed = queue_durable_confirmed(reply, on_commit_durable,
+	    b)) == 0)
+		return;
+	batch_done(b, confirmed == 1 && b->ok);
+}
+
 static void
 on_exec(struct queue_conn *ac, redisReply *reply, void *priv)
 {
@@ -111,6 +131,10 @@ on_exec(struct queue_conn *ac, redisReply *reply, void *priv)
 	/* A nil reply: queue_guard_lua aborted it (and said why). */
 	if (refused != NULL && refused->type != REDIS_REPLY_NIL)
 		queue_fault_set(FAULT_COMMIT, queue_reply_error(refused));
+	if (b->durable) {
+		b->ok = ok;
+		return;
+	}
 	batch_done(b, ok);
 }
 
@@ -361,6 +385,7 @@ send_transaction(struct commit_batch *b)
 	if (!queue_ready)
 		return -1;
 	b->dead_max = ug.cfg->dead_max;
+	b->durable = b->ok = 0;
 	if (transaction_init(&t, b->n) != 0) {
 		transaction_free(&t);
 		return -1;
@@ -370,9 +395,12 @@ send_transaction(struct commit_batch *b)
 		rv |= send_item(&t, i, b->items[i]);
 	if (rv == 0)
 		rv |= send_batched(&t, b);
-	if (rv == 0)
+	if (rv == 0) {
 		rv = queue_send_strings(queue_cmd, on_exec, b, 1, "EXEC");
-	else if (queue_cmd != NULL)
+		if (rv == 0 && ug.cfg->redis_durable_replicas > 0)
+			b->durable = queue_durable_send(on_commit_durable,
+			    b) == 0;
+	} else if (queue_cmd != NULL)
 		/* A half-queued transaction must not run. */
 		queue_send_strings(queue_cmd, NULL, NULL, 1, "DISCARD");
 	transaction_free(&t);

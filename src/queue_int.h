@@ -157,7 +157,7 @@ extern const struct queue_events *queue_events;	/* queue_init's */
  */
 enum fault {
 	FAULT_TAKE, FAULT_CLAIM, FAULT_RATE, FAULT_TAKEOVER, FAULT_COMMIT,
-	FAULT_COUNT
+	FAULT_DURABLE, FAULT_COUNT
 };
 void		 queue_fault_set(enum fault, const char *);
 void		 queue_fault_clear(enum fault);
@@ -170,6 +170,11 @@ void		 queue_hello_failed(struct queue_conn *, const char *,
 		    const redisReply *);
 void		 queue_link_params(struct queue_conn_params *);
 void		 queue_link_hello(struct queue_conn *, queue_conn_cb *);
+int		 queue_failover(const redisReply *);
+int		 queue_durable_send(queue_conn_cb *, void *);
+int		 queue_durable_confirmed(const redisReply *, queue_conn_cb *,
+		    void *);
+void		 queue_link_address(char *, size_t);
 char		*queue_key(const char *, const char *);
 int		 queue_send_argv(struct queue_conn *, queue_conn_cb *, void *,
 		    int, const char **, const size_t *);

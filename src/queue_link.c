@@ -22,6 +22,8 @@
 #define RECONNECT_MIN_MS	100
 #define RECONNECT_MAX_MS	5000
 #define CONNECT_TIMEOUT_MS	10000	/* to an address that never answers */
+#define SENTINEL_TIMEOUT_MS	500	/* per Sentinel: connect, then reply */
+#define REPLICA_RETRY_MS	300	/* a replica answered for the primary */
 
 static const char *const script_source[SCRIPT_COUNT] = {
 	queue_take_lua, queue_claim_lua, queue_rate_lua, queue_takeover_lua,
@@ -38,13 +40,20 @@ struct queue_keys queue_keys;
 const struct queue_events *queue_events;
 
 static int shutting_down;		/* queue_shutdown: no reconnects */
-static long reconnect_ms = RECONNECT_MIN_MS;
-static char outage_reason[128];		/* non-empty: an outage, logged once */
+static long reconnect_failures;		/* tries since the link was up */
+static long reconnect_floor_ms;		/* least next wait (a replica) */
+static char outage_reason[256];		/* non-empty: an outage */
 static int scripts_loading;		/* SCRIPT LOADs on the wire */
 static int cmd_connected, blk_connected; /* came up since connect_all */
+static char link_role[16] = "unknown";	/* what ROLE said, for show stats */
 static struct event *reconnect_ev;
 
 static void	 connect_all(void);
+static void	 connect_links(void);
+static void	 sentinel_resolve(void);
+static void	 sentinel_shutdown(void);
+static void	 sentinel_primary_params(struct queue_conn_params *);
+static void	 link_drop(struct queue_conn **);
 static void	 on_client_id(struct queue_conn *, redisReply *, void *);
 static void	 on_script_loaded(struct queue_conn *, redisReply *, void *);
 static void	 schedule_reconnect(void);
@@ -52,6 +61,7 @@ static void	 schedule_reconnect(void);
 static const char *const fault_operation[FAULT_COUNT] = {
 	"taking requests", "identity claims", "rate window",
 	"recovering processing lists", "result transaction",
+	"durable_replicas",
 };
 static char fault_reason[FAULT_COUNT][192];
 
@@ -63,6 +73,9 @@ queue_fault_set(enum fault f, const char *error)
 
 	if (strncmp(error, WRONGTYPE_PREFIX, n) == 0)
 		snprintf(reason, sizeof(reason), "redis key %s has wrong type", error + n);
+	else if (f == FAULT_DURABLE)
+		snprintf(reason, sizeof(reason), "redis replicas behind: %s",
+		    error);
 	else
 		snprintf(reason, sizeof(reason), "redis refused %s: %s", fault_operation[f],
 		    error);
@@ -165,6 +178,8 @@ queue_scripts_reload(void)
 void
 queue_refused(enum fault f, const redisReply *r)
 {
+	if (queue_failover(r))
+		return;
 	if (queue_is_noscript(r))
 		queue_scripts_reload();
 	else
@@ -189,12 +204,24 @@ queue_key(const char *suffix, const char *arg)
 	return s;
 }
 
+/*
+ * The reply to a command whose caller does not read it (those queued in a
+ * MULTI, the heartbeat): only a failover error matters, as the EXEC or the
+ * next command then fails with a less telling one (EXECABORT).
+ */
+static void
+on_unread(struct queue_conn *c, redisReply *r, void *priv)
+{
+	(void)queue_failover(r);
+}
+
 /* Sends one command as argv; returns -1 when the link is down. */
 int
 queue_send_argv(struct queue_conn *c, queue_conn_cb *fn, void *priv,
     int argc, const char **argv, const size_t *lens)
 {
-	return queue_conn_send_argv(c, fn, priv, argc, argv, lens);
+	return queue_conn_send_argv(c, fn != NULL ? fn : on_unread, priv,
+	    argc, argv, lens);
 }
 
 /* Convenience for commands made only of C strings. */
@@ -216,6 +243,329 @@ queue_send_strings(struct queue_conn *c, queue_conn_cb *fn, void *priv,
 	}
 	va_end(ap);
 	return queue_send_argv(c, fn, priv, argc, argv, lens);
+}
+
+/*
+ * [redis] durable_replicas: WAIT on the command connection, after a write
+ * whose loss in a failover would cost a second Twilio call (a claim, which
+ * comes after the take that moved its request) or a second result (the
+ * result transaction).  WAIT covers every write this connection made
+ * before it, and the replication stream is one sequence, so it also
+ * covers a BLMOVE on the blocking connection answered before the claim
+ * was sent.  Returns -1 when the link is down.
+ */
+int
+queue_durable_send(queue_conn_cb *fn, void *priv)
+{
+	char n[32], ms[32];
+
+	snprintf(n, sizeof(n), "%ld", ug.cfg->redis_durable_replicas);
+	snprintf(ms, sizeof(ms), "%ld", ug.cfg->redis_durable_timeout_ms);
+	return queue_send_strings(queue_cmd, fn, priv, 3, "WAIT", n, ms);
+}
+
+/*
+ * WAIT's answer: 1 when enough replicas have our writes; 0 when fewer did
+ * within durable_timeout_ms (health says so), and WAIT is sent again with
+ * fn and priv; -1 when the link was lost (the caller retries on the next
+ * one).
+ */
+int
+queue_durable_confirmed(const redisReply *r, queue_conn_cb *fn, void *priv)
+{
+	char why[96];
+
+	if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+		if (r != NULL)
+			queue_refused(FAULT_DURABLE, r);
+		return -1;
+	}
+	if (r->integer >= ug.cfg->redis_durable_replicas) {
+		queue_fault_clear(FAULT_DURABLE);
+		return 1;
+	}
+	snprintf(why, sizeof(why), "%lld of %ld replicas confirmed within "
+	    "durable_timeout_ms", r->integer, ug.cfg->redis_durable_replicas);
+	queue_fault_set(FAULT_DURABLE, why);
+	return queue_durable_send(fn, priv) == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Sentinel */
+
+/*
+ * With [redis] sentinels, the primary's address is asked of the Sentinels
+ * before every connection, as Redis' "Sentinel client guidelines" say:
+ * each in turn, with a short timeout; the first that names the primary
+ * goes to the front of our list, so that it is asked first next time.
+ * The link then checks with ROLE that the server is the primary (on_role).
+ * One Sentinel's +switch-master channel tells us of a failover sooner than
+ * our next error would; it only makes us drop the link and ask again.
+ */
+static struct queue_conn *sentinel_ask_conn;	/* the one being asked */
+static struct queue_conn *sentinel_sub;		/* +switch-master */
+static size_t *sentinel_order;	/* into cfg->sentinels, best first */
+static size_t sentinel_try;	/* place in sentinel_order being asked */
+static char sentinel_error[192];	/* why the last one did not answer */
+static char primary_host[256];	/* what a Sentinel named; "" before */
+static unsigned primary_port;
+
+static void	 sentinel_ask(void);
+
+/* The primary a Sentinel named, in place of [redis] host and port. */
+static void
+sentinel_primary_params(struct queue_conn_params *p)
+{
+	if (ug.cfg->nsentinels == 0 || primary_host[0] == '\0')
+		return;
+	p->host = primary_host;
+	p->port = primary_port;
+	p->unix_socket = NULL;
+}
+
+/* Sentinel i's address, with the link's TLS settings and short timeouts. */
+static void
+sentinel_params(struct queue_conn_params *p, size_t i)
+{
+	queue_link_params(p);
+	p->host = ug.cfg->sentinels[i].host;
+	p->port = ug.cfg->sentinels[i].port;
+	p->unix_socket = NULL;
+	p->connect_timeout_ms = SENTINEL_TIMEOUT_MS;
+	p->command_timeout_ms = SENTINEL_TIMEOUT_MS;
+}
+
+/* Where the link connects, "host:port" (or the socket), for messages. */
+void
+queue_link_address(char *buf, size_t size)
+{
+	struct queue_conn_params p;
+
+	queue_link_params(&p);
+	if (p.unix_socket != NULL && *p.unix_socket != '\0')
+		snprintf(buf, size, "%s", p.unix_socket);
+	else
+		snprintf(buf, size, "%s:%u", p.host, p.port);
+}
+
+const char *
+queue_role(void)
+{
+	return link_role;
+}
+
+/*
+ * AUTH with sentinel_password_file's secret, when there is one.  Straight
+ * on queue_conn: a Sentinel's error is not our link's failover.  A refused
+ * AUTH makes the next command fail too, which says why.
+ */
+static void
+sentinel_hello(struct queue_conn *c)
+{
+	const char *pw = ug.cfg->sentinel_password;
+
+	if (pw != NULL)
+		queue_conn_send_argv(c, NULL, NULL, 2,
+		    (const char *[]){ "AUTH", pw },
+		    (const size_t[]){ 4, strlen(pw) });
+}
+
+static void
+sentinel_failed(const char *error)
+{
+	const struct config_sentinel *s =
+	    &ug.cfg->sentinels[sentinel_order[sentinel_try]];
+
+	snprintf(sentinel_error, sizeof(sentinel_error), "sentinel %s:%u: %s",
+	    s->host, s->port, error);
+	log_debug("a sentinel did not name the primary", "error",
+	    sentinel_error);
+	sentinel_try++;
+	sentinel_ask();
+}
+
+/* Lost before it answered: refused, timed out, closed on us. */
+static void
+on_sentinel_closed(struct queue_conn *c, const char *reason, void *arg)
+{
+	if (c != sentinel_ask_conn)
+		return;
+	sentinel_ask_conn = NULL;
+	sentinel_failed(reason);
+}
+
+static void
+on_sentinel_message(struct queue_conn *c, redisReply *r, void *arg)
+{
+	const char *name = ug.cfg->redis_master_name;
+	size_t n = strlen(name);
+	char host[256];
+	unsigned port;
+
+	/* "message" "+switch-master" "NAME old-ip old-port new-ip new-port" */
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[2]->type != REDIS_REPLY_STRING ||
+	    strncmp(r->element[2]->str, name, n) != 0 ||
+	    r->element[2]->str[n] != ' ')
+		return;
+	/* Already there: an error of the old primary brought us over. */
+	if (sscanf(r->element[2]->str + n, " %*s %*u %255s %u", host,
+	    &port) == 2 && strcmp(host, primary_host) == 0 &&
+	    port == primary_port && queue_ready)
+		return;
+	log_warn("sentinel announces a new primary; reconnecting", "switch",
+	    r->element[2]->str);
+	if (queue_cmd != NULL)
+		link_drop(&queue_cmd);
+	else if (queue_blk != NULL)
+		link_drop(&queue_blk);
+}
+
+static void
+on_sentinel_sub_closed(struct queue_conn *c, const char *reason, void *arg)
+{
+	sentinel_sub = NULL;	/* made again at the next resolution */
+}
+
+/* Listens to +switch-master on Sentinel i, unless already listening. */
+static void
+sentinel_subscribe(size_t i)
+{
+	struct queue_conn_params p;
+	struct queue_conn_events ev = {
+		NULL, on_sentinel_sub_closed, on_sentinel_message, NULL
+	};
+	char err[128];
+
+	if (sentinel_sub != NULL)
+		return;
+	sentinel_params(&p, i);
+	p.command_timeout_ms = 0;	/* a subscriber waits for ever */
+	if ((sentinel_sub = queue_conn_open(ug.base, &p, &ev, err,
+	    sizeof(err))) == NULL)
+		return;
+	sentinel_hello(sentinel_sub);
+	queue_conn_send_argv(sentinel_sub, NULL, NULL, 2,
+	    (const char *[]){ "SUBSCRIBE", "+switch-master" },
+	    (const size_t[]){ 9, 14 });
+}
+
+/* The reply to SENTINEL get-master-addr-by-name: host and port, or nil. */
+static void
+on_master_addr(struct queue_conn *c, redisReply *r, void *priv)
+{
+	size_t i, front;
+	char *e;
+	long port;
+
+	if (r == NULL || c != sentinel_ask_conn)
+		return;		/* on_sentinel_closed goes on, or shutdown */
+	sentinel_ask_conn = NULL;
+	queue_conn_close(c);
+	if (r->type == REDIS_REPLY_ERROR) {
+		sentinel_failed(r->str);
+		return;
+	}
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    r->element[1]->type != REDIS_REPLY_STRING ||
+	    r->element[0]->len >= sizeof(primary_host) ||
+	    (port = strtol(r->element[1]->str, &e, 10)) < 1 || port > 65535 ||
+	    *e != '\0') {
+		sentinel_failed("no primary known by that master_name");
+		return;
+	}
+	if (primary_host[0] != '\0' &&
+	    (strcmp(primary_host, r->element[0]->str) != 0 ||
+	    primary_port != (unsigned)port)) {
+		char from[300];
+
+		snprintf(from, sizeof(from), "%s:%u", primary_host,
+		    primary_port);
+		stats.failovers++;
+		log_warn("redis primary moved (failover)", "from", from, "to",
+		    r->element[0]->str);
+	}
+	memcpy(primary_host, r->element[0]->str, r->element[0]->len + 1);
+	primary_port = (unsigned)port;
+	/* The one that answered goes to the front. */
+	front = sentinel_order[sentinel_try];
+	for (i = sentinel_try; i > 0; i--)
+		sentinel_order[i] = sentinel_order[i - 1];
+	sentinel_order[0] = front;
+	sentinel_subscribe(front);
+	connect_links();
+}
+
+/* Asks the Sentinel at sentinel_try, or gives up after the last one. */
+static void
+sentinel_ask(void)
+{
+	struct config *cfg = ug.cfg;
+	struct queue_conn_params p;
+	struct queue_conn_events ev = {
+		NULL, on_sentinel_closed, NULL, NULL
+	};
+	char err[128], reason[sizeof(outage_reason)];
+
+	if (shutting_down)
+		return;
+	if (sentinel_try >= cfg->nsentinels) {
+		snprintf(reason, sizeof(reason),
+		    "redis no primary found (sentinels %s)",
+		    cfg->redis_sentinels);
+		outage(reason, sentinel_error);
+		schedule_reconnect();
+		return;
+	}
+	sentinel_params(&p, sentinel_order[sentinel_try]);
+	if ((sentinel_ask_conn = queue_conn_open(ug.base, &p, &ev, err,
+	    sizeof(err))) == NULL) {
+		sentinel_failed(err);
+		return;
+	}
+	sentinel_hello(sentinel_ask_conn);
+	queue_conn_send_argv(sentinel_ask_conn, on_master_addr, NULL, 3,
+	    (const char *[]){ "SENTINEL", "get-master-addr-by-name",
+	    cfg->redis_master_name },
+	    (const size_t[]){ 8, 23, strlen(cfg->redis_master_name) });
+}
+
+static void
+sentinel_resolve(void)
+{
+	size_t i;
+
+	if (sentinel_order == NULL) {
+		if ((sentinel_order = calloc(ug.cfg->nsentinels,
+		    sizeof(*sentinel_order))) == NULL) {
+			outage("redis no primary found", "out of memory");
+			schedule_reconnect();
+			return;
+		}
+		for (i = 0; i < ug.cfg->nsentinels; i++)
+			sentinel_order[i] = i;
+	}
+	sentinel_try = 0;
+	sentinel_error[0] = '\0';
+	sentinel_ask();
+}
+
+static void
+sentinel_shutdown(void)
+{
+	struct queue_conn *c;
+
+	if ((c = sentinel_ask_conn) != NULL) {
+		sentinel_ask_conn = NULL;
+		queue_conn_close(c);
+	}
+	if ((c = sentinel_sub) != NULL) {
+		sentinel_sub = NULL;
+		queue_conn_close(c);
+	}
+	free(sentinel_order);
+	sentinel_order = NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -245,7 +595,7 @@ queue_link_up(int first)
 {
 	queue_ready = 1;
 	ug.redis_up = 1;
-	reconnect_ms = RECONNECT_MIN_MS;
+	reconnect_failures = 0;
 	queue_intake_reset();
 	if (outage_reason[0] || !first)
 		log_info("redis connection restored");
@@ -326,24 +676,60 @@ on_closed(struct queue_conn *c, const char *reason, void *arg)
 	link_closed(slot, lost);
 }
 
+/*
+ * A failover error (failover.c) to any command on either connection: the
+ * server is not, or no longer, the primary.  Both connections are dropped
+ * as if lost; the reconnect asks the Sentinels again, reloads the scripts
+ * and reconciles our processing list, and every caller retries what
+ * failed (a claim, a take, a result transaction) once the link is up.
+ * Returns whether r was one.
+ */
+int
+queue_failover(const redisReply *r)
+{
+	if (r == NULL || r->type != REDIS_REPLY_ERROR ||
+	    !redis_error_is_failover(r->str))
+		return 0;
+	if (queue_cmd == NULL && queue_blk == NULL)
+		return 1;	/* already dropped by an earlier reply */
+	log_warn("redis is not the primary now (failover?); reconnecting",
+	    "error", r->str);
+	if (queue_cmd != NULL)
+		link_drop(&queue_cmd);
+	else
+		link_drop(&queue_blk);
+	return 1;
+}
+
 static void
 reconnect_cb(evutil_socket_t fd, short what, void *arg)
 {
-	if (queue_cmd == NULL && queue_blk == NULL && !shutting_down)
+	if (queue_cmd == NULL && queue_blk == NULL &&
+	    sentinel_ask_conn == NULL && !shutting_down)
 		connect_all();
 }
 
+/*
+ * Full jitter (pace.c), so that the daemons of a fleet that lost Redis
+ * together do not all come back in the same millisecond; at least
+ * reconnect_floor_ms, set after a replica answered where the primary was
+ * expected (Sentinel has not switched yet).
+ */
 static void
 schedule_reconnect(void)
 {
 	struct timeval tv;
+	long ms;
 
 	if (queue_cmd != NULL || queue_blk != NULL || shutting_down)
 		return;		/* the other link's disconnect will call us */
-	tv.tv_sec = reconnect_ms / 1000;
-	tv.tv_usec = (reconnect_ms % 1000) * 1000;
+	ms = pace_backoff_ms(++reconnect_failures, RECONNECT_MIN_MS,
+	    RECONNECT_MAX_MS, reconnect_floor_ms,
+	    (double)arc4random() / 4294967296.0);
+	reconnect_floor_ms = 0;
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
 	evtimer_add(reconnect_ev, &tv);
-	reconnect_ms = reconnect_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : reconnect_ms * 2;
 }
 
 /*
@@ -358,6 +744,8 @@ queue_hello_failed(struct queue_conn *c, const char *what,
 {
 	char reason[sizeof(outage_reason)];
 
+	if (queue_failover(r))
+		return;		/* LOADING, say: not a refusal of ours */
 	if (r != NULL && !queue_setup_failed) {
 		if (strcmp(what, "AUTH") == 0)
 			snprintf(reason, sizeof(reason), "redis auth refused");
@@ -432,6 +820,7 @@ queue_link_params(struct queue_conn_params *p)
 	p->host = to->host;
 	p->port = (unsigned)to->port;
 	p->unix_socket = to->path;
+	sentinel_primary_params(p);
 }
 
 /*
@@ -482,8 +871,47 @@ connect_one(struct queue_conn **slot)
 	return qc;
 }
 
+/*
+ * ROLE, sent first on the command connection: a server that is not the
+ * primary (Sentinel named it before the switch, or it was demoted since)
+ * is left at once and asked for again after a few hundred milliseconds.
+ * A user without ROLE (it is in @admin) gets an error: the role stays
+ * unknown, and a replica would answer READONLY to our first write.
+ */
+static void
+on_role(struct queue_conn *c, redisReply *r, void *priv)
+{
+	char where[300];
+
+	if (r == NULL || c != queue_cmd)
+		return;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+	    r->element[0]->type != REDIS_REPLY_STRING) {
+		snprintf(link_role, sizeof(link_role), "unknown");
+		return;
+	}
+	snprintf(link_role, sizeof(link_role), "%s", r->element[0]->str);
+	if (strcmp(link_role, "master") == 0)
+		return;
+	queue_link_address(where, sizeof(where));
+	outage("redis read-only replica", where);
+	queue_setup_failed = 1;
+	reconnect_floor_ms = REPLICA_RETRY_MS;
+	link_drop(&queue_cmd);
+}
+
 static void
 connect_all(void)
+{
+	snprintf(link_role, sizeof(link_role), "unknown");
+	if (ug.cfg->nsentinels > 0)
+		sentinel_resolve();	/* then connect_links */
+	else
+		connect_links();
+}
+
+static void
+connect_links(void)
 {
 	queue_setup_failed = 0;
 	cmd_connected = blk_connected = 0;
@@ -497,6 +925,7 @@ connect_all(void)
 	}
 	queue_blk_client_id = -1;
 	queue_send_strings(queue_blk, on_client_id, NULL, 2, "CLIENT", "ID");
+	queue_send_strings(queue_cmd, on_role, NULL, 1, "ROLE");
 	scripts_loading = 0;
 	scripts_load();
 	queue_instance_check();
@@ -555,6 +984,7 @@ queue_shutdown(void)
 	reconnect_ev = NULL;
 	queue_take_shutdown();
 	queue_claim_shutdown();
+	sentinel_shutdown();
 	/* Close at once: pending callbacks run now with NULL replies, while
 	 * their owners still exist. */
 	if (queue_blk != NULL) {

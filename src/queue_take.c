@@ -296,7 +296,9 @@ on_blocked(struct queue_conn *ac, redisReply *reply, void *priv)
 	if (r == NULL)
 		return;
 	if (r->type == REDIS_REPLY_ERROR) {
-		queue_fault_set(FAULT_TAKE, r->str);
+		/* UNBLOCKED: our primary became a replica under the BLMOVE. */
+		if (!queue_failover(r))
+			queue_fault_set(FAULT_TAKE, r->str);
 		intake_backoff();
 		return;
 	}

@@ -114,6 +114,7 @@ gather(struct stats_gauges *g, char *health, size_t hsize)
 	g->version = PACKAGE_VERSION;
 	g->health = daemon_health(health, hsize);
 	g->redis_connected = ug.redis_up;
+	g->redis_role = queue_role();
 	g->paused = ug.paused;
 	/* Twilio requests, what max_inflight bounds (not the jobs held). */
 	g->inflight = http_inflight();

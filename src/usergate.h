@@ -168,6 +168,11 @@ struct config {
 	char	*redis_username;
 	char	*prefix;
 	char	*instance_id;		/* filled with the host name when empty */
+	char	*redis_sentinels;	/* host:port,...; wins over host/port */
+	char	*redis_master_name;
+	char	*redis_sentinel_password_file;
+	long	 redis_durable_replicas;	/* 0: no WAIT */
+	long	 redis_durable_timeout_ms;
 
 	/* [dedup] */
 	long	 dedup_ttl_s;
@@ -193,7 +198,7 @@ struct config {
 	enum log_level log_level;
 
 	/*
-	 * Derived by config_load.  The three secrets below are never logged,
+	 * Derived by config_load.  The secrets below are never logged,
 	 * never put in an answer, and are wiped before they are freed.
 	 */
 	char	*api_base;		/* scheme://host[:port] after edge/region */
@@ -206,6 +211,12 @@ struct config {
 	 * and password always NULL: the one password is redis_password.
 	 */
 	struct redis_url redis;
+	char	*sentinel_password;	/* NULL when none */
+	struct config_sentinel {
+		char		*host;
+		unsigned	 port;
+	}	*sentinels;		/* parsed [redis] sentinels */
+	size_t	 nsentinels;		/* 0: no Sentinel, host/port */
 };
 
 /* One row per key; drives parsing, defaults, bounds, reload and docs. */
@@ -595,6 +606,9 @@ enum twilio_outcome twilio_classify(long status, long code);
 int		 twilio_is_sid(const char *s, size_t len, const char *prefix);
 
 /* ------------------------------------------------------------------ */
+/* failover.c: a Redis error reply that means "ask the primary again". */
+int		 redis_error_is_failover(const char *);
+
 /* pace.c: backoff, rate window, adaptive concurrency.  Pure arithmetic. */
 
 /* Full-jitter exponential backoff for attempt n (1 = after the first

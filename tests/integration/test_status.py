@@ -200,8 +200,9 @@ def test_counters_are_exact(env):
     s = stats(d)
     want = {"received": 9, "invalid": 1, "duplicate": 1, "created": 4, "exists": 1,
             "updated": 1, "failed": 1, "retries": 1, "http_requests": 11, "recovered": 1,
-            "rate_limited": 1, "dead_dropped": 0}
+            "rate_limited": 1, "dead_dropped": 0, "failovers": 0}
     assert {k: s[k] for k in STATS_COUNTERS} == want
+    assert s["redis_role"] == "master"
     assert env.twilio.stats()["requests"] == 11
     assert (s["queue_depth"], s["processing"], s["dead"]) == (0, 0, 2)
     assert s["inflight"] == 0

@@ -192,6 +192,11 @@ static const struct default_case {
 	{ "redis", "db", "0", 0 },
 	{ "redis", "prefix", "usergate:", 0 },
 	{ "redis", "instance_id", "", 0 },
+	{ "redis", "sentinels", "", 0 },
+	{ "redis", "master_name", "", 0 },
+	{ "redis", "sentinel_password_file", "", 0 },
+	{ "redis", "durable_replicas", "0", 0 },
+	{ "redis", "durable_timeout_ms", "1000", 0 },
 	{ "dedup", "ttl_s", "86400", 1 },
 	{ "results", "format", "msgpack", 1 },
 	{ "results", "results_max", "100000", 1 },
@@ -397,6 +402,8 @@ test_values(void)
 	    "unix_socket = /run/redis/redis.sock\n"
 	    "instance_id = worker-1\n"
 	    "db = 15\n"
+	    "sentinels = 10.0.0.1:26379, [::1]:26380 ,s3.example:1\n"
+	    "master_name = main\n"
 	    "[results]\n"
 	    "format = json\n"
 	    "[socket]\n"
@@ -415,6 +422,15 @@ test_values(void)
 	}
 	check_str("service_sid", cfg.service_sid, IS_1, __LINE__);
 	check_str("api_key", cfg.api_key, SK_1, __LINE__);
+	CU_ASSERT_EQUAL_FATAL(cfg.nsentinels, 3);
+	check_str("sentinel 1", cfg.sentinels[0].host, "10.0.0.1", __LINE__);
+	CU_ASSERT_EQUAL(cfg.sentinels[0].port, 26379);
+	check_str("sentinel 2", cfg.sentinels[1].host, "::1", __LINE__);
+	CU_ASSERT_EQUAL(cfg.sentinels[1].port, 26380);
+	check_str("sentinel 3", cfg.sentinels[2].host, "s3.example",
+	    __LINE__);
+	CU_ASSERT_EQUAL(cfg.sentinels[2].port, 1);
+	check_str("master_name", cfg.redis_master_name, "main", __LINE__);
 	CU_ASSERT_EQUAL(cfg.max_inflight, 10000);
 	CU_ASSERT_EQUAL(cfg.rate_limit, 0);
 	CU_ASSERT_EQUAL(cfg.on_exists, ON_EXISTS_UPDATE);
@@ -577,6 +593,22 @@ static const struct error_case {
 	    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock\n",
 	    "%s:2: key \"path\" in [status]: expected a path of 1 to 107 bytes "
 	    "(the limit of a Unix socket)", 0 },
+	{ "sentinels without master_name",
+	    "[redis]\nsentinels = 127.0.0.1:26379\n",
+	    "%s:2: key \"sentinels\" in [redis]: needs master_name, "
+	    "the primary's name", 0 },
+	{ "sentinel without port", "[redis]\nmaster_name = m\n"
+	    "sentinels = 127.0.0.1:26379, 10.0.0.2\n",
+	    "%s:3: key \"sentinels\" in [redis]: entry 2 is not "
+	    "host:port (port 1 to 65535)", 0 },
+	{ "sentinel port out of range", "[redis]\nmaster_name = m\n"
+	    "sentinels = a:0\n",
+	    "%s:3: key \"sentinels\" in [redis]: entry 1 is not "
+	    "host:port (port 1 to 65535)", 0 },
+	{ "sentinel empty entry", "[redis]\nmaster_name = m\n"
+	    "sentinels = a:1,,b:2\n",
+	    "%s:3: key \"sentinels\" in [redis]: entry 2 is not "
+	    "host:port (port 1 to 65535)", 0 },
 	{ "no redis address", "[redis]\nhost =\n",
 	    "%s:2: key \"host\" in [redis]: must not be empty when unix_socket "
 	    "is empty", 0 },

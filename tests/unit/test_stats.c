@@ -29,6 +29,7 @@ static const char *const stats_keys[] = {
 	"instance_id",
 	"health",
 	"redis_connected",
+	"redis_role",
 	"paused",
 	"inflight",
 	"max_inflight",
@@ -47,6 +48,7 @@ static const char *const stats_keys[] = {
 	"recovered",
 	"rate_limited",
 	"dead_dropped",
+	"failovers",
 };
 static const char *const counter_keys[] = {
 	"received",
@@ -61,6 +63,7 @@ static const char *const counter_keys[] = {
 	"recovered",
 	"rate_limited",
 	"dead_dropped",
+	"failovers",
 };
 
 static struct stats_gauges
@@ -72,6 +75,7 @@ sample_gauges(void)
 	g.version = PACKAGE_VERSION;
 	g.health = "ok";
 	g.redis_connected = 1;
+	g.redis_role = "master";
 	g.paused = 0;
 	g.inflight = 3;
 	g.max_inflight = 64;
