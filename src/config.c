@@ -97,6 +97,12 @@ static const struct config_key config_table[] = {
 	KEY_LONG("redis", "db", "0", 0, 65535, RESTART, redis_db),
 	KEY_STRING("redis", "prefix", "usergate:", RESTART, prefix),
 	KEY_STRING("redis", "instance_id", "", RESTART, instance_id),
+	/* Read on every connect: a reload reconnects with the new ones. */
+	KEY_STRING("redis", "tls_ca_file", "", RELOAD, redis_tls_ca_file),
+	KEY_STRING("redis", "tls_cert_file", "", RELOAD, redis_tls_cert_file),
+	KEY_STRING("redis", "tls_key_file", "", RELOAD, redis_tls_key_file),
+	KEY_STRING("redis", "tls_server_name", "", RELOAD,
+	    redis_tls_server_name),
 
 	/* Up to a year: Redis expiries are happy with that. */
 	KEY_LONG("dedup", "ttl_s", "86400", 1, 31536000, RELOAD, dedup_ttl_s),
@@ -234,6 +240,7 @@ static int	 parse_file(struct config_load *);
 static int	 apply_environment(struct config_load *);
 static int	 derive_instance_id(struct config_load *);
 static int	 check_combinations(struct config_load *);
+static int	 check_redis_tls(struct config_load *);
 static int	 derive_api_base(struct config_load *);
 static int	 read_secret(const char *, const char *, char **, char *,
 		    size_t);
@@ -712,7 +719,47 @@ check_combinations(struct config_load *ld)
 		    "must not be empty when unix_socket is empty");
 		return -1;
 	}
+	return check_redis_tls(ld);
+}
+
+/*
+ * A certificate goes with its key, and TLS needs TCP: a tls_* key with
+ * unix_socket would otherwise be ignored, and the operator who asked for
+ * TLS would get plain text without a word.
+ */
+static int
+check_redis_tls(struct config_load *ld)
+{
+	struct config	*cfg = ld->cfg;
+	const char	*cert = cfg->redis_tls_cert_file;
+	const char	*key = cfg->redis_tls_key_file;
+
+	if ((*cert == '\0') != (*key == '\0')) {
+		key_fail(ld, key_find("redis", *cert ? "tls_cert_file" :
+		    "tls_key_file"), "needs %s too", *cert ? "tls_key_file" :
+		    "tls_cert_file");
+		return -1;
+	}
+	if (config_redis_tls(cfg) && *cfg->redis_unix_socket != '\0') {
+		key_fail(ld, key_find("redis", "unix_socket"),
+		    "cannot be used with TLS (the tls_* keys)");
+		return -1;
+	}
 	return 0;
+}
+
+/*
+ * TLS is on for host and port when any tls_* key is set: each of them
+ * only means something over TLS.  (With the system's CA store and no
+ * other key, tls_server_name names the host to check.)
+ */
+int
+config_redis_tls(const struct config *cfg)
+{
+	return *cfg->redis_tls_ca_file != '\0' ||
+	    *cfg->redis_tls_cert_file != '\0' ||
+	    *cfg->redis_tls_key_file != '\0' ||
+	    *cfg->redis_tls_server_name != '\0';
 }
 
 /*

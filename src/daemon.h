@@ -277,6 +277,8 @@ struct queue_events {
 };
 int		 queue_init(const struct queue_events *events);
 int		 queue_connected(void);
+/* Config reloaded: new Redis TLS settings (or an outage) reconnect now. */
+void		 queue_reconfigure(void);
 /*
  * Takes up to room requests into our processing list, each reported as
  * taken, then ready once the take ended; nothing while a take is on its

@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #define RECONNECT_MIN_MS	100
 #define RECONNECT_MAX_MS	5000
 #define CONNECT_TIMEOUT_MS	10000	/* to an address that never answers */
+#define AFTER_HANDSHAKE		"redis TLS: closed after the handshake"
 
 static const char *const script_source[SCRIPT_COUNT] = {
 	queue_take_lua, queue_claim_lua, queue_rate_lua, queue_takeover_lua,
@@ -39,10 +41,12 @@ const struct queue_events *queue_events;
 
 static int shutting_down;		/* queue_shutdown: no reconnects */
 static long reconnect_ms = RECONNECT_MIN_MS;
-static char outage_reason[128];		/* non-empty: an outage, logged once */
+static char outage_reason[192];	/* non-empty: an outage, logged */
 static int scripts_loading;		/* SCRIPT LOADs on the wire */
 static int cmd_connected, blk_connected; /* came up since connect_all */
 static struct event *reconnect_ev;
+static char *link_tls_seen;		/* tls_settings() of the last connect */
+static int link_tls;			/* the link is made with TLS */
 
 static void	 connect_all(void);
 static void	 on_client_id(struct queue_conn *, redisReply *, void *);
@@ -122,15 +126,49 @@ queue_problem(void)
 static void
 outage(const char *reason, const char *error)
 {
+	/* The alert that a reset hid at first is no new outage. */
+	int refined = strncmp(outage_reason, AFTER_HANDSHAKE,
+	    strlen(AFTER_HANDSHAKE)) == 0 &&
+	    strncmp(reason, "redis TLS", 9) == 0;
+
 	if (strcmp(reason, outage_reason) == 0)
 		return;
 	snprintf(outage_reason, sizeof(outage_reason), "%s", reason);
-	if (strcmp(reason, "redis unreachable") == 0)
+	if (refined)
+		log_info("redis told why TLS failed", "reason", reason);
+	else if (strncmp(reason, "redis unreachable", 17) == 0)
 		log_warn("cannot connect to redis, retrying with backoff", "error", error);
+	else if (strncmp(reason, "redis TLS", 9) == 0)
+		log_error("TLS to redis failed, retrying with backoff", "reason",
+		    reason);
 	else
 		log_error("redis refuses us, retrying with backoff", "reason", reason,
 		    "error", error);
 	state_changed();
+}
+
+/*
+ * A connection that failed before the link was up: TLS (a certificate
+ * verification, a file that cannot be loaded, a close right after the
+ * handshake) says so, anything else is unreachable with its reason
+ * ("connection refused").
+ */
+static void
+outage_closed(const char *error, int after_handshake)
+{
+	char reason[sizeof(outage_reason)];
+	int first = tolower((unsigned char)error[0]);
+	const char *rest = error[0] ? error + 1 : "";
+
+	if (strncmp(error, "TLS:", 4) == 0)
+		snprintf(reason, sizeof(reason), "redis %s", error);
+	else if (after_handshake)
+		snprintf(reason, sizeof(reason), AFTER_HANDSHAKE
+		    " (client certificate refused?): %c%s", first, rest);
+	else
+		snprintf(reason, sizeof(reason), "redis unreachable: %c%s",
+		    first, rest);
+	outage(reason, error);
 }
 
 /* Sends a SCRIPT LOAD of each script, counting those on the wire. */
@@ -320,8 +358,22 @@ on_closed(struct queue_conn *c, const char *reason, void *arg)
 	struct queue_conn **slot = arg;
 	int lost = slot == &queue_cmd ? cmd_connected : blk_connected;
 
+	int handshaken = lost && link_tls && strncmp(reason, "TLS:", 4) != 0;
+
+	/*
+	 * Before the link is up, a close is an outage even after the
+	 * connection was made: a server that refuses our client certificate
+	 * says so only after the handshake (TLS 1.3), and as it closes on
+	 * the commands we sent meanwhile, our next write often meets a reset
+	 * before its alert is read.  So a plain close right after a
+	 * handshake is told as TLS too, and keeps a TLS reason an earlier
+	 * attempt gave rather than log a new one each time.
+	 */
 	if (!lost)
-		outage("redis unreachable", reason);
+		outage_closed(reason, 0);
+	else if (!queue_ready && !(handshaken &&
+	    strncmp(outage_reason, "redis TLS", 9) == 0))
+		outage_closed(reason, handshaken);
 	link_closed(slot, lost);
 }
 
@@ -412,6 +464,35 @@ queue_link_params(struct queue_conn_params *p)
 	p->host = c->redis_host;
 	p->port = (unsigned)c->redis_port;
 	p->unix_socket = c->redis_unix_socket;
+	queue_link_tls(p);
+}
+
+/* The [redis] tls_* keys into p (config_redis_tls says when TLS is on). */
+void
+queue_link_tls(struct queue_conn_params *p)
+{
+	struct config *c = ug.cfg;
+
+	p->tls = config_redis_tls(c);
+	p->tls_ca_file = c->redis_tls_ca_file;
+	p->tls_cert_file = c->redis_tls_cert_file;
+	p->tls_key_file = c->redis_tls_key_file;
+	p->tls_server_name = c->redis_tls_server_name;
+}
+
+/* The TLS settings as one string, to tell whether a reload changed them. */
+static char *
+tls_settings(void)
+{
+	struct queue_conn_params p;
+	char *s;
+
+	memset(&p, 0, sizeof(p));
+	queue_link_tls(&p);
+	if (asprintf(&s, "%d\n%s\n%s\n%s\n%s", p.tls, p.tls_ca_file,
+	    p.tls_cert_file, p.tls_key_file, p.tls_server_name) < 0)
+		return NULL;
+	return s;
 }
 
 /*
@@ -447,8 +528,9 @@ connect_one(struct queue_conn **slot)
 
 	queue_link_params(&p);
 	p.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+	link_tls = p.tls && !(p.unix_socket != NULL && p.unix_socket[0]);
 	if ((qc = queue_conn_open(ug.base, &p, &ev, err, sizeof(err))) == NULL) {
-		outage("redis unreachable", err);
+		outage_closed(err, 0);
 		return NULL;
 	}
 	queue_link_hello(qc, on_setup_reply);
@@ -460,6 +542,8 @@ connect_all(void)
 {
 	queue_setup_failed = 0;
 	cmd_connected = blk_connected = 0;
+	free(link_tls_seen);
+	link_tls_seen = tls_settings();
 	if ((queue_cmd = connect_one(&queue_cmd)) == NULL) {
 		schedule_reconnect();
 		return;
@@ -491,6 +575,36 @@ int
 queue_connected(void)
 {
 	return queue_ready;
+}
+
+/*
+ * A reload: new TLS settings are used on the next connect, so the links
+ * are made again at once; so is a link in an outage, whose fix the
+ * operator may have just made (a CA file fixed in place, say).  A link
+ * that is up with unchanged settings stays: new files under the same
+ * names are read when it next reconnects.  A drain is left alone.
+ */
+void
+queue_reconfigure(void)
+{
+	char *now = tls_settings();
+	int changed = now == NULL || link_tls_seen == NULL ||
+	    strcmp(now, link_tls_seen) != 0;
+
+	free(now);
+	if (shutting_down || ug.draining || (!changed && ug.redis_up))
+		return;
+	if (changed)
+		log_info("redis TLS settings changed; reconnecting");
+	reconnect_ms = RECONNECT_MIN_MS;
+	if (queue_cmd != NULL)
+		link_drop(&queue_cmd);
+	else if (queue_blk != NULL)
+		link_drop(&queue_blk);
+	else {
+		evtimer_del(reconnect_ev);
+		connect_all();
+	}
 }
 
 int
@@ -553,4 +667,6 @@ queue_shutdown(void)
 	free(queue_keys.events);
 	free(queue_keys.dead);
 	free(queue_keys.instance);
+	free(link_tls_seen);
+	link_tls_seen = NULL;
 }

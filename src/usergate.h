@@ -137,6 +137,10 @@ struct config {
 	long	 redis_db;
 	char	*prefix;
 	char	*instance_id;		/* filled with the host name when empty */
+	char	*redis_tls_ca_file;	/* tls_*: see config_redis_tls */
+	char	*redis_tls_cert_file;
+	char	*redis_tls_key_file;
+	char	*redis_tls_server_name;
 
 	/* [dedup] */
 	long	 dedup_ttl_s;
@@ -198,6 +202,8 @@ void		 config_free(struct config *cfg);
  * and new but cannot change without a restart; returns how many. */
 int		 config_restart_keys(const struct config *old, const struct config *new,
 		    char *out, size_t outlen);
+/* 1 when the Redis link uses TLS (a tls_* key is set), else 0. */
+int		 config_redis_tls(const struct config *cfg);
 
 /* ------------------------------------------------------------------ */
 /* codec.c: msgpack / JSON <-> jansson values.  Pure. */

@@ -190,6 +190,10 @@ static const struct default_case {
 	{ "redis", "db", "0", 0 },
 	{ "redis", "prefix", "usergate:", 0 },
 	{ "redis", "instance_id", "", 0 },
+	{ "redis", "tls_ca_file", "", 1 },
+	{ "redis", "tls_cert_file", "", 1 },
+	{ "redis", "tls_key_file", "", 1 },
+	{ "redis", "tls_server_name", "", 1 },
 	{ "dedup", "ttl_s", "86400", 1 },
 	{ "results", "format", "msgpack", 1 },
 	{ "results", "results_max", "100000", 1 },
@@ -578,6 +582,16 @@ static const struct error_case {
 	{ "no redis address", "[redis]\nhost =\n",
 	    "%s:2: key \"host\" in [redis]: must not be empty when unix_socket "
 	    "is empty", 0 },
+	{ "client certificate without key", "[redis]\ntls_cert_file = c\n",
+	    "%s:2: key \"tls_cert_file\" in [redis]: needs tls_key_file too",
+	    0 },
+	{ "client key without certificate", "[redis]\n\ntls_key_file = k\n",
+	    "%s:3: key \"tls_key_file\" in [redis]: needs tls_cert_file too",
+	    0 },
+	{ "TLS over a Unix socket", "[redis]\nunix_socket = /run/r.sock\n"
+	    "tls_ca_file = /etc/ca.pem\n",
+	    "%s:2: key \"unix_socket\" in [redis]: cannot be used with TLS "
+	    "(the tls_* keys)", 0 },
 	{ "max_delay below base", "[retry]\nbase_delay_ms = 500\n"
 	    "max_delay_ms = 100\n",
 	    "%s:3: key \"max_delay_ms\" in [retry]: 100 is less than "
@@ -628,6 +642,36 @@ test_errors(void)
 		/* On error cfg is left freed: nothing to free twice. */
 		check_true("cfg cleared", cfg.base_url == NULL &&
 		    cfg.path == NULL && cfg.api_base == NULL, __LINE__);
+	}
+}
+
+/* Which [redis] keys turn TLS on (usergate.conf(5)). */
+static void
+test_redis_tls(void)
+{
+	static const struct {
+		const char	*text;
+		int		 tls;
+	} cases[] = {
+		{ "", 0 },
+		{ "[redis]\nhost = redis.example\nport = 6380\n", 0 },
+		{ "[redis]\ntls_ca_file = /etc/ca.pem\n", 1 },
+		{ "[redis]\ntls_server_name = redis.example\n", 1 },
+		{ "[redis]\ntls_cert_file = c.pem\ntls_key_file = k.pem\n", 1 },
+	};
+	struct config	 cfg;
+	char		 err[ERRLEN];
+	size_t		 i;
+
+	clear_env();
+	for (i = 0; i < NELEM(cases); i++) {
+		if (load_text(cases[i].text, 0, &cfg, err) != 0) {
+			check_str(cases[i].text, err, "", __LINE__);
+			continue;
+		}
+		check_true(cases[i].text, config_redis_tls(&cfg) ==
+		    cases[i].tls, __LINE__);
+		config_free(&cfg);
 	}
 }
 
@@ -1387,6 +1431,7 @@ main(void)
 	    CU_add_test(suite, "refused values not quoted",
 	    test_refused_value_not_quoted) == NULL ||
 	    CU_add_test(suite, "file errors", test_file_errors) == NULL ||
+	    CU_add_test(suite, "redis TLS", test_redis_tls) == NULL ||
 	    CU_add_test(suite, "environment", test_environment) == NULL ||
 	    CU_add_test(suite, "secret files", test_secret_files) == NULL ||
 	    CU_add_test(suite, "credentials directory",
