@@ -762,6 +762,31 @@ config_redis_tls(const struct config *cfg)
 	    *cfg->redis_tls_server_name != '\0';
 }
 
+/* Reads a decimal number; NULL unless there is one. */
+static const char *
+version_part(const char *s, long *out)
+{
+	char	*end;
+
+	if (!isdigit((unsigned char)*s))
+		return NULL;
+	errno = 0;
+	*out = strtol(s, &end, 10);
+	return errno == 0 ? end : NULL;
+}
+
+int
+redis_version_at_least(const char *version, int major, int minor)
+{
+	const char	*s;
+	long		 ma, mi;
+
+	if ((s = version_part(version, &ma)) == NULL || *s != '.' ||
+	    (s = version_part(s + 1, &mi)) == NULL)
+		return -1;
+	return ma > major || (ma == major && mi >= minor);
+}
+
 /*
  * twilio.c owns what a Twilio URL looks like.  Its message already names
  * base_url, edge or region; the location is that of whichever of them was

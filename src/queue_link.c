@@ -47,11 +47,16 @@ static int cmd_connected, blk_connected; /* came up since connect_all */
 static struct event *reconnect_ev;
 static char *link_tls_seen;		/* tls_settings() of the last connect */
 static int link_tls;			/* the link is made with TLS */
+static char version_seen[32];		/* HELLO's, logged when it changes */
+static char policy_warned[32];		/* maxmemory-policy warned about */
+static int policy_unreadable;		/* CONFIG GET refused: NOPERM */
+static int hello_warned;		/* HELLO refused by an ACL */
 
 static void	 connect_all(void);
 static void	 on_client_id(struct queue_conn *, redisReply *, void *);
 static void	 on_script_loaded(struct queue_conn *, redisReply *, void *);
 static void	 schedule_reconnect(void);
+static void	 setup_refused(struct queue_conn *);
 
 static const char *const fault_operation[FAULT_COUNT] = {
 	"taking requests", "identity claims", "rate window",
@@ -418,6 +423,13 @@ queue_hello_failed(struct queue_conn *c, const char *what,
 			snprintf(reason, sizeof(reason), "redis refused %s", what);
 		outage(reason, queue_reply_error(r));
 	}
+	setup_refused(c);
+}
+
+/* Ends a connection attempt that Redis or a check of ours refused. */
+static void
+setup_refused(struct queue_conn *c)
+{
 	queue_setup_failed = 1;
 	if (c != NULL && c == queue_cmd)
 		link_drop(&queue_cmd);
@@ -496,6 +508,85 @@ tls_settings(void)
 }
 
 /*
+ * HELLO's answer (RESP2: a flat array of names and values) tells the
+ * server's version without INFO, which a least-privilege user may not
+ * run.  Below 6.2 there is no BLMOVE: the link is refused, with backoff,
+ * until the operator upgrades.  A server without HELLO is older than 6.0.
+ */
+static void
+on_hello(struct queue_conn *ac, redisReply *reply, void *priv)
+{
+	const redisReply *r = reply;
+	const char *version = NULL;
+	char reason[sizeof(outage_reason)];
+	size_t i;
+
+	if (r == NULL || queue_setup_failed)
+		return;
+	/*
+	 * Refused for want of a password: the next command is refused too,
+	 * and says so.  Refused by an ACL: warned about once.
+	 */
+	if (r->type == REDIS_REPLY_ERROR &&
+	    strncasecmp(r->str, "ERR unknown command", 19) != 0) {
+		if (strncmp(r->str, "NOAUTH", 6) != 0 && !hello_warned) {
+			hello_warned = 1;
+			log_warn("redis refused HELLO; its version is not "
+			    "checked", "error", r->str);
+		}
+		return;
+	}
+	for (i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements;
+	    i += 2)
+		if (r->element[i]->type == REDIS_REPLY_STRING &&
+		    strcmp(r->element[i]->str, "version") == 0 &&
+		    r->element[i + 1]->type == REDIS_REPLY_STRING)
+			version = r->element[i + 1]->str;
+	if (version != NULL && redis_version_at_least(version, 6, 2) == 0)
+		snprintf(reason, sizeof(reason), "redis too old: version %s, "
+		    "usergated needs 6.2 or later", version);
+	else if (version == NULL && r->type == REDIS_REPLY_ERROR)
+		snprintf(reason, sizeof(reason), "redis too old: no HELLO "
+		    "(before 6.0), usergated needs 6.2 or later");
+	else {
+		if (version != NULL && strcmp(version, version_seen) != 0) {
+			snprintf(version_seen, sizeof(version_seen), "%s",
+			    version);
+			log_info("redis server", "version", version);
+		}
+		return;
+	}
+	outage(reason, r->type == REDIS_REPLY_ERROR ? r->str : version);
+	setup_refused(ac);
+}
+
+/*
+ * A policy that evicts keys may drop requests, claims or results under
+ * memory pressure: warned about once per policy.  A user without CONFIG
+ * (NOPERM, as a least-privilege one) is not asked again: each refusal
+ * would be an entry in Redis' ACL LOG.
+ */
+static void
+on_maxmemory_policy(struct queue_conn *ac, redisReply *reply, void *priv)
+{
+	const redisReply *r = reply, *v;
+
+	if (r != NULL && r->type == REDIS_REPLY_ERROR &&
+	    strncmp(r->str, "NOPERM", 6) == 0)
+		policy_unreadable = 1;
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+	    (v = r->element[1])->type != REDIS_REPLY_STRING)
+		return;
+	if (strcmp(v->str, "noeviction") == 0 ||
+	    strcmp(v->str, policy_warned) == 0)
+		return;
+	snprintf(policy_warned, sizeof(policy_warned), "%s", v->str);
+	log_warn("redis may evict keys under memory pressure, and with them "
+	    "requests, claims and results; set maxmemory-policy noeviction",
+	    "maxmemory_policy", v->str);
+}
+
+/*
  * Sends what every new connection sends first, AUTH and SELECT as the
  * config asks; the replies go to cb (NULL: ignored).  Commands wait until
  * the connection is up.
@@ -548,6 +639,11 @@ connect_all(void)
 		schedule_reconnect();
 		return;
 	}
+	/* Before anything that needs 6.2: its reply comes first. */
+	queue_send_strings(queue_cmd, on_hello, NULL, 2, "HELLO", "2");
+	if (!policy_unreadable)
+		queue_send_strings(queue_cmd, on_maxmemory_policy, NULL, 3,
+		    "CONFIG", "GET", "maxmemory-policy");
 	if ((queue_blk = connect_one(&queue_blk)) == NULL) {
 		link_drop(&queue_cmd);
 		return;

@@ -204,6 +204,12 @@ int		 config_restart_keys(const struct config *old, const struct config *new,
 		    char *out, size_t outlen);
 /* 1 when the Redis link uses TLS (a tls_* key is set), else 0. */
 int		 config_redis_tls(const struct config *cfg);
+/*
+ * Compares a Redis version as HELLO tells it ("7.0.15") with major.minor:
+ * 1 when it is that or later, 0 when older, -1 when it is not a version.
+ */
+int		 redis_version_at_least(const char *version, int major,
+		    int minor);
 
 /* ------------------------------------------------------------------ */
 /* codec.c: msgpack / JSON <-> jansson values.  Pure. */

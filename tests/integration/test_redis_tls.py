@@ -1,12 +1,17 @@
-"""The daemon's link to Redis over TLS (issue 13, item 2): Debian's
+"""The daemon's link to Redis over TLS (issue 13, items 2 and 6): Debian's
 redis-server TLS-only with a test CA (test_redis_transport.py's), creates
 over TLS, mutual TLS, a wrong CA and a wrong host name refused with the
-reason in health and one log line per outage, and a reload that fixes the
-config reconnecting by itself."""
+reason in health and one log line per outage, a reload that fixes the
+config reconnecting by itself; the server's version read with HELLO (and a
+server without HELLO refused), and the maxmemory-policy warning."""
+import os
 import signal
+import subprocess
 import time
 
-from conftest import SLOW, wait_for
+import redis as redislib
+
+from conftest import SLOW, Redis, wait_for
 from test_redis_transport import Server, pki  # noqa: F401 (a fixture)
 
 TLS_FAILED = 'level=error msg="TLS to redis failed'
@@ -45,6 +50,12 @@ def daemon_conns(env):
 def test_creates_over_tls(env, pki):
     d = tls_env(env, pki, tls_ca_file=pki["ca"][0]).wait_healthy()
     create_one(env, "tls-user")
+    log = d.log()
+    # HELLO told the version (Debian 12: 7.0), which passes the check.
+    version = env.r.info("server")["redis_version"]
+    assert 'msg="redis server" version=%s' % version in log
+    # Debian's default policy is noeviction: nothing to warn about.
+    assert "maxmemory_policy" not in log
     # A clean exit removes the heartbeat over its own TLS connection.
     assert env.r.exists("usergate:instance:ug") == 1
     assert d.stop() == 0
@@ -115,3 +126,77 @@ def test_reload_with_new_tls_settings_reconnects(env, pki):
     assert daemon_conns(env) == kept
     create_one(env, "after-reload")
 
+def test_maxmemory_policy_warning(env):
+    env.start_redis()
+    env.r.config_set("maxmemory-policy", "allkeys-lru")
+    env.start_twilio()
+    d = env.daemon().wait_healthy()
+    line = [x for x in d.log().splitlines() if "maxmemory_policy" in x]
+    assert len(line) == 1 and "level=warning" in line[0] and \
+        "maxmemory_policy=allkeys-lru" in line[0], line
+    # A reconnect does not warn again about the same policy.
+    env.r.client_kill_filter(skipme=True, _type="normal")
+    wait_for(lambda: "redis connection restored" in d.log() and
+             d.status("health") == "ok", what="a reconnect")
+    assert d.log().count("maxmemory_policy=") == 1
+
+
+def test_config_get_refused_is_not_asked_again(env):
+    """A user without CONFIG (as a least-privilege one) gets NOPERM: no
+    warning, and no second try on a reconnect (each would be an entry in
+    the ACL LOG)."""
+    env.start_redis()
+    env.r.config_set("maxmemory-policy", "allkeys-lru")
+    env.r.execute_command("ACL", "SETUSER", "default", "-config")
+    env.start_twilio()
+    d = env.daemon().wait_healthy()
+    env.r.client_kill_filter(skipme=True, _type="normal")
+    wait_for(lambda: "redis connection restored" in d.log() and
+             d.status("health") == "ok", what="a reconnect")
+    create_one(env, "least-privilege")
+    assert "maxmemory_policy" not in d.log()
+    assert "HELLO" not in d.log()
+    denied = [e for e in env.r.acl_log()
+              if e.get("object") == "config|get"]
+    assert len(denied) == 1 and denied[0]["count"] == 1, denied
+
+
+
+class NoHello(Redis):
+    """A redis-server that answers HELLO as one older than 6.0 does
+    ("unknown command"): its HELLO renamed away, the rest real; restarted
+    with renamed False, a current one on the same port."""
+    renamed = True
+
+    def start(self):
+        args = ["redis-server", "--port", str(self.port), "--bind",
+                "127.0.0.1", "--save", "", "--dir", self.dir,
+                "--logfile", os.path.join(self.dir, "redis.log")]
+        if self.renamed:
+            args += ["--rename-command", "HELLO", '""']
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.client = redislib.Redis(host="127.0.0.1", port=self.port)
+        wait_for(self._ping, what="redis-server to answer")
+
+
+def test_server_without_hello_is_refused(env):
+    """Below 6.2 usergated refuses the server (no BLMOVE), says why in
+    health and once in the log, takes nothing, and connects by itself once
+    a current server answers on that address."""
+    env.redis = NoHello(env.dir)
+    env.start_twilio()
+    d = env.daemon()
+    down = ("degraded: redis too old: no HELLO (before 6.0), usergated "
+            "needs 6.2 or later")
+    wait_for(lambda: d.status("health") == down, what=down)
+    env.push({"Identity": "waits", "RequestId": "waits"})
+    time.sleep(3 * SLOW)
+    assert d.log().count("redis too old") == 1
+    assert env.r.llen("usergate:requests") == 1
+    assert d.proc.poll() is None
+    env.redis.stop()
+    env.redis.renamed = False
+    env.redis.start()
+    d.wait_healthy()
+    create_one(env, "waits")

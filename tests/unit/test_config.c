@@ -675,6 +675,28 @@ test_redis_tls(void)
 	}
 }
 
+/* HELLO's version against usergated's minimum, 6.2 (BLMOVE). */
+static void
+test_redis_version(void)
+{
+	static const struct {
+		const char	*version;
+		int		 want;
+	} cases[] = {
+		{ "6.2.0", 1 }, { "6.2.14", 1 }, { "7.0.15", 1 },
+		{ "10.0.0", 1 }, { "6.10.1", 1 }, { "6.2", 1 },
+		{ "6.0.16", 0 }, { "5.0.7", 0 }, { "6.1.99", 0 },
+		{ "255.255.255", 1 }, { "6", -1 }, { "", -1 }, { "v7.0", -1 },
+		{ "7.x", -1 }, { ".2.0", -1 },
+		{ "99999999999999999999.0", -1 },
+	};
+	size_t		 i;
+
+	for (i = 0; i < NELEM(cases); i++)
+		check_true(cases[i].version, redis_version_at_least(
+		    cases[i].version, 6, 2) == cases[i].want, __LINE__);
+}
+
 static void
 test_file_errors(void)
 {
@@ -1432,6 +1454,7 @@ main(void)
 	    test_refused_value_not_quoted) == NULL ||
 	    CU_add_test(suite, "file errors", test_file_errors) == NULL ||
 	    CU_add_test(suite, "redis TLS", test_redis_tls) == NULL ||
+	    CU_add_test(suite, "redis version", test_redis_version) == NULL ||
 	    CU_add_test(suite, "environment", test_environment) == NULL ||
 	    CU_add_test(suite, "secret files", test_secret_files) == NULL ||
 	    CU_add_test(suite, "credentials directory",
