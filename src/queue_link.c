@@ -46,7 +46,10 @@ static int scripts_loading;		/* SCRIPT LOADs on the wire */
 static int cmd_connected, blk_connected; /* came up since connect_all */
 static struct event *reconnect_ev;
 static char *link_tls_seen;		/* tls_settings() of the last connect */
+static char link_address[300];		/* host:port, or the socket's path */
 static int link_tls;			/* the link is made with TLS */
+static double link_up_since;		/* monotonic; 0 while down */
+static int link_was_up;			/* next link up: a reconnect */
 static char version_seen[32];		/* HELLO's, logged when it changes */
 static char policy_warned[32];		/* maxmemory-policy warned about */
 static int policy_unreadable;		/* CONFIG GET refused: NOPERM */
@@ -272,6 +275,7 @@ link_lost(void)
 	queue_ready = 0;
 	ug.redis_up = 0;
 	queue_take_outstanding = 0;
+	link_up_since = 0;
 	if (was) {
 		log_warn("redis connection lost; requests stay queued, reconnecting");
 		queue_events->link(0);
@@ -289,6 +293,10 @@ queue_link_up(int first)
 	queue_ready = 1;
 	ug.redis_up = 1;
 	reconnect_ms = RECONNECT_MIN_MS;
+	link_up_since = now_monotonic();
+	if (link_was_up)
+		stats.redis_reconnects++;
+	link_was_up = 1;
 	queue_intake_reset();
 	if (outage_reason[0] || !first)
 		log_info("redis connection restored");
@@ -507,6 +515,28 @@ tls_settings(void)
 	return s;
 }
 
+/* The address show stats names: host:port ([host]:port for IPv6). */
+static void
+link_describe(const struct queue_conn_params *p)
+{
+	if (p->unix_socket != NULL && p->unix_socket[0])
+		snprintf(link_address, sizeof(link_address), "%s",
+		    p->unix_socket);
+	else
+		snprintf(link_address, sizeof(link_address),
+		    strchr(p->host, ':') ? "[%s]:%u" : "%s:%u", p->host,
+		    p->port);
+	link_tls = p->tls && !(p->unix_socket != NULL && p->unix_socket[0]);
+}
+
+void
+queue_link_stats(const char **address, int *tls, double *up_s)
+{
+	*address = link_address;
+	*tls = link_tls;
+	*up_s = link_up_since > 0 ? now_monotonic() - link_up_since : -1;
+}
+
 /*
  * HELLO's answer (RESP2: a flat array of names and values) tells the
  * server's version without INFO, which a least-privilege user may not
@@ -619,7 +649,7 @@ connect_one(struct queue_conn **slot)
 
 	queue_link_params(&p);
 	p.connect_timeout_ms = CONNECT_TIMEOUT_MS;
-	link_tls = p.tls && !(p.unix_socket != NULL && p.unix_socket[0]);
+	link_describe(&p);
 	if ((qc = queue_conn_open(ug.base, &p, &ev, err, sizeof(err))) == NULL) {
 		outage_closed(err, 0);
 		return NULL;

@@ -3,7 +3,8 @@ redis-server TLS-only with a test CA (test_redis_transport.py's), creates
 over TLS, mutual TLS, a wrong CA and a wrong host name refused with the
 reason in health and one log line per outage, a reload that fixes the
 config reconnecting by itself; the server's version read with HELLO (and a
-server without HELLO refused), and the maxmemory-policy warning."""
+server without HELLO refused), the maxmemory-policy warning, and the Redis
+figures of show stats and show metrics."""
 import os
 import signal
 import subprocess
@@ -50,6 +51,16 @@ def daemon_conns(env):
 def test_creates_over_tls(env, pki):
     d = tls_env(env, pki, tls_ca_file=pki["ca"][0]).wait_healthy()
     create_one(env, "tls-user")
+    s = d.stats()
+    assert s["redis_tls"] is True
+    assert s["redis_address"] == "127.0.0.1:%d" % env.redis.port
+    assert s["redis_connected"] is True and s["redis_up_s"] >= 0
+    assert s["redis_reconnects"] == 0
+    metrics = d.status("show metrics")
+    assert "\nusergate_redis_tls 1\n" in metrics
+    assert ('\nusergate_redis_info{address="127.0.0.1:%d"} 1\n'
+            % env.redis.port) in metrics
+    assert "\nusergate_redis_reconnects_total 0\n" in metrics
     log = d.log()
     # HELLO told the version (Debian 12: 7.0), which passes the check.
     version = env.r.info("server")["redis_version"]
@@ -88,6 +99,8 @@ def test_wrong_ca_one_line_per_outage_then_reload(env, pki):
     time.sleep(4 * SLOW)
     assert d.log().count(TLS_FAILED) == 1, d.log()
     assert d.stats()["redis_connected"] is False
+    assert d.stats()["redis_up_s"] is None
+    assert "usergate_redis_up_seconds" not in d.status("show metrics")
     d.extra["redis.tls_ca_file"] = pki["ca"][0]
     d.write_config()
     d.send_signal(signal.SIGHUP)
@@ -120,10 +133,14 @@ def test_reload_with_new_tls_settings_reconnects(env, pki):
              not daemon_conns(env) & old and d.status("health") == "ok",
              what="a reconnect")
     kept = daemon_conns(env)
+    assert d.stats()["redis_reconnects"] == 1
     # A reload that changes nothing Redis uses keeps the link.
+    up = d.stats()["redis_up_s"]
     reload_with(d)
     time.sleep(1.2)
     assert daemon_conns(env) == kept
+    assert d.stats()["redis_reconnects"] == 1
+    assert d.stats()["redis_up_s"] > up
     create_one(env, "after-reload")
 
 def test_maxmemory_policy_warning(env):
@@ -139,6 +156,9 @@ def test_maxmemory_policy_warning(env):
     wait_for(lambda: "redis connection restored" in d.log() and
              d.status("health") == "ok", what="a reconnect")
     assert d.log().count("maxmemory_policy=") == 1
+    s = d.stats()
+    assert s["redis_reconnects"] == 1 and s["redis_tls"] is False
+    assert s["redis_address"] == "127.0.0.1:%d" % env.redis.port
 
 
 def test_config_get_refused_is_not_asked_again(env):
