@@ -89,9 +89,12 @@ static const struct config_key config_table[] = {
 	KEY_LONG("retry", "max_delay_ms", "30000", 1, 3600000, RELOAD,
 	    max_delay_ms),
 
+	/* url wins over host, port, unix_socket (derive_redis). */
+	KEY_STRING("redis", "url", "", RESTART, redis_url_key),
 	KEY_STRING("redis", "host", "127.0.0.1", RESTART, redis_host),
 	KEY_LONG("redis", "port", "6379", 1, 65535, RESTART, redis_port),
 	KEY_STRING("redis", "unix_socket", "", RESTART, redis_unix_socket),
+	KEY_STRING("redis", "username", "", RESTART, redis_username),
 	KEY_STRING("redis", "password_file", "", RESTART, redis_password_file),
 	/* Redis' own ceiling is the "databases" setting, 16 by default. */
 	KEY_LONG("redis", "db", "0", 0, 65535, RESTART, redis_db),
@@ -242,6 +245,8 @@ static int	 derive_instance_id(struct config_load *);
 static int	 check_combinations(struct config_load *);
 static int	 check_redis_tls(struct config_load *);
 static int	 derive_api_base(struct config_load *);
+static int	 derive_redis(struct config_load *);
+static int	 merge_redis_password(struct config_load *, char **);
 static int	 read_secret(const char *, const char *, char **, char *,
 		    size_t);
 static int	 resolve_secret(struct config_load *, const char *, size_t,
@@ -714,18 +719,29 @@ check_combinations(struct config_load *ld)
 			    "(%ld)", cfg->max_delay_ms, cfg->base_delay_ms);
 		return -1;
 	}
-	if (*cfg->redis_host == '\0' && *cfg->redis_unix_socket == '\0') {
+	if (*cfg->redis_url_key == '\0' && *cfg->redis_host == '\0' &&
+	    *cfg->redis_unix_socket == '\0') {
 		key_fail(ld, key_find("redis", "host"),
 		    "must not be empty when unix_socket is empty");
 		return -1;
 	}
-	return check_redis_tls(ld);
+	return 0;
+}
+
+static int
+redis_tls_keys(const struct config *cfg)
+{
+	return *cfg->redis_tls_ca_file != '\0' ||
+	    *cfg->redis_tls_cert_file != '\0' ||
+	    *cfg->redis_tls_key_file != '\0' ||
+	    *cfg->redis_tls_server_name != '\0';
 }
 
 /*
- * A certificate goes with its key, and TLS needs TCP: a tls_* key with
- * unix_socket would otherwise be ignored, and the operator who asked for
- * TLS would get plain text without a word.
+ * A certificate goes with its key, and TLS needs TCP: tls_* keys with
+ * unix_socket, or with a url that is not rediss://, would otherwise be
+ * ignored, and the operator who asked for TLS would get plain text
+ * without a word.  Runs after derive_redis.
  */
 static int
 check_redis_tls(struct config_load *ld)
@@ -740,26 +756,31 @@ check_redis_tls(struct config_load *ld)
 		    "tls_cert_file");
 		return -1;
 	}
-	if (config_redis_tls(cfg) && *cfg->redis_unix_socket != '\0') {
+	if (!redis_tls_keys(cfg) || cfg->redis.tls)
+		return 0;
+	if (*cfg->redis_url_key != '\0')
+		key_fail(ld, key_find("redis", "url"), "is not rediss://, and "
+		    "the tls_* keys are set: write rediss:// for TLS");
+	else if (cfg->redis.path != NULL)
 		key_fail(ld, key_find("redis", "unix_socket"),
 		    "cannot be used with TLS (the tls_* keys)");
-		return -1;
-	}
-	return 0;
+	else
+		return 0;
+	return -1;
 }
 
 /*
- * TLS is on for host and port when any tls_* key is set: each of them
- * only means something over TLS.  (With the system's CA store and no
- * other key, tls_server_name names the host to check.)
+ * TLS is on when url is rediss://, or, without a url, when any tls_* key
+ * is set: each of them only means something over TLS.  (With the
+ * system's CA store and no other key, tls_server_name names the host to
+ * check.)  A reload keeps the old url (a restart key) and its scheme, and
+ * takes the new tls_* keys.
  */
 int
 config_redis_tls(const struct config *cfg)
 {
-	return *cfg->redis_tls_ca_file != '\0' ||
-	    *cfg->redis_tls_cert_file != '\0' ||
-	    *cfg->redis_tls_key_file != '\0' ||
-	    *cfg->redis_tls_server_name != '\0';
+	return cfg->redis.tls ||
+	    (*cfg->redis_url_key == '\0' && redis_tls_keys(cfg));
 }
 
 /* Reads a decimal number; NULL unless there is one. */
@@ -815,6 +836,100 @@ derive_api_base(struct config_load *ld)
 	}
 	key_fail(ld, i, "%s", message);
 	return -1;
+}
+
+/*
+ * Fills cfg->redis, the server to use: from url when it is set (the old
+ * keys host, port and unix_socket are then ignored), else from those keys.
+ * A db or user name given both in the url and by its own key must agree.
+ * The url's password stays in cfg->redis.password until config_load has
+ * read password_file and merges the two.
+ */
+static int
+derive_redis(struct config_load *ld)
+{
+	struct config	*cfg = ld->cfg;
+	struct redis_url *r = &cfg->redis;
+	size_t		 url = key_find("redis", "url");
+	size_t		 db = key_find("redis", "db");
+	char		 message[MESSAGE_MAX];
+
+	if (*cfg->redis_url_key != '\0') {
+		if (redis_url_parse(cfg->redis_url_key, r, message,
+		    sizeof(message)) == -1) {
+			key_fail(ld, url, "%s", message);
+			return -1;
+		}
+		if (r->db != -1 && ld->lines[db] > 0 &&
+		    r->db != cfg->redis_db) {
+			key_fail(ld, url, "its database (%ld) differs from key "
+			    "\"db\" (%ld, line %d); keep one of them", r->db,
+			    cfg->redis_db, ld->lines[db]);
+			return -1;
+		}
+		if (r->username != NULL && *cfg->redis_username != '\0' &&
+		    strcmp(r->username, cfg->redis_username) != 0) {
+			key_fail(ld, url, "its user name differs from key "
+			    "\"username\"; keep one of them");
+			return -1;
+		}
+	} else {
+		r->port = cfg->redis_port;
+		r->db = -1;
+		if (*cfg->redis_unix_socket != '\0')
+			r->path = strdup(cfg->redis_unix_socket);
+		else
+			r->host = strdup(cfg->redis_host);
+		if (r->path == NULL && r->host == NULL) {
+			fail(ld, 0, "cannot keep the Redis address: %s",
+			    strerror(errno));
+			return -1;
+		}
+	}
+	if (r->db == -1)
+		r->db = cfg->redis_db;
+	if (r->username == NULL && *cfg->redis_username != '\0' &&
+	    (r->username = strdup(cfg->redis_username)) == NULL) {
+		fail(ld, 0, "cannot keep the Redis user name: %s",
+		    strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * The Redis password comes from the url or from password_file (or the
+ * redis-password credential), not both: two that differ would leave the
+ * operator guessing which one is used.  A user name needs a password, so
+ * that "redis://secret@host" (a password to old redis-rb, a user name to
+ * ioredis and to us) is caught here rather than as a refused AUTH.
+ */
+static int
+merge_redis_password(struct config_load *ld, char **url_password)
+{
+	struct config	*cfg = ld->cfg;
+	size_t		 url = key_find("redis", "url");
+
+	if (*url_password != NULL && cfg->redis_password != NULL) {
+		secret_free(url_password);
+		key_fail(ld, url, "holds a password, and password_file (or the "
+		    "redis-password credential) gives one too; keep one of "
+		    "them");
+		return -1;
+	}
+	if (*url_password != NULL) {
+		cfg->redis_password = *url_password;
+		*url_password = NULL;
+	}
+	if (cfg->redis.username != NULL && cfg->redis_password == NULL) {
+		key_fail(ld, *cfg->redis_username != '\0' ?
+		    key_find("redis", "username") : url, "a user name needs a "
+		    "password: set password_file, give the redis-password "
+		    "credential, or write user:password@ in url (\"user@\" "
+		    "alone is a user name, \":password@\" a password alone)");
+		return -1;
+	}
+	return 0;
 }
 
 /*
@@ -1077,6 +1192,7 @@ config_load(const char *path, struct config *cfg, int require_credentials,
     char *err, size_t errlen)
 {
 	struct config_load ld;
+	char	*url_password = NULL;
 	size_t	 i;
 
 	memset(cfg, 0, sizeof(*cfg));
@@ -1103,10 +1219,17 @@ config_load(const char *path, struct config *cfg, int require_credentials,
 	    derive_instance_id(&ld) == -1 ||
 	    check_combinations(&ld) == -1 ||
 	    derive_api_base(&ld) == -1 ||
-	    resolve_credentials(&ld, require_credentials) == -1)
+	    derive_redis(&ld) == -1 ||
+	    check_redis_tls(&ld) == -1)
+		goto fail;
+	url_password = cfg->redis.password;
+	cfg->redis.password = NULL;
+	if (resolve_credentials(&ld, require_credentials) == -1 ||
+	    merge_redis_password(&ld, &url_password) == -1)
 		goto fail;
 	return 0;
 fail:
+	secret_free(&url_password);
 	config_free(cfg);
 	return -1;
 }
@@ -1116,6 +1239,9 @@ config_free(struct config *cfg)
 {
 	size_t	 i;
 
+	/* The url key may hold the Redis password. */
+	if (cfg->redis_url_key != NULL)
+		explicit_bzero(cfg->redis_url_key, strlen(cfg->redis_url_key));
 	for (i = 0; i < CONFIG_NKEYS; i++)
 		if (config_table[i].type == CONFIG_STRING)
 			free(*(char **)key_field(cfg, i));
@@ -1124,6 +1250,7 @@ config_free(struct config *cfg)
 	free(cfg->auth_user);
 	secret_free(&cfg->auth_secret);
 	secret_free(&cfg->redis_password);
+	redis_url_free(&cfg->redis);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -1172,7 +1299,7 @@ config_restart_keys(const struct config *old, const struct config *new,
     char *out, size_t outlen)
 {
 	size_t	 i, len = 0;
-	int	 count = 0, password_file_listed = 0;
+	int	 count = 0, password_listed = 0;
 
 	if (outlen > 0)
 		out[0] = '\0';
@@ -1183,14 +1310,17 @@ config_restart_keys(const struct config *old, const struct config *new,
 		    config_table[i].name);
 		count++;
 		if (config_table[i].offset ==
-		    offsetof(struct config, redis_password_file))
-			password_file_listed = 1;
+		    offsetof(struct config, redis_password_file) ||
+		    config_table[i].offset ==
+		    offsetof(struct config, redis_url_key))
+			password_listed = 1;
 	}
 	/*
 	 * The Redis password is used when connecting, so a new one in the
-	 * same file needs a restart as much as a new file does.
+	 * same file needs a restart as much as a new file does.  A new url
+	 * (it may hold the password) is already listed.
 	 */
-	if (!password_file_listed &&
+	if (!password_listed &&
 	    ((old->redis_password == NULL) != (new->redis_password == NULL) ||
 	    (old->redis_password != NULL &&
 	    strcmp(old->redis_password, new->redis_password) != 0))) {

@@ -118,8 +118,6 @@ const char	*const *stats_gauge_names(size_t *count);
 double		 now_monotonic(void);
 /* Seconds since the epoch, for the timestamps results carry. */
 double		 now_wall(void);
-/* ISO 8601 UTC with milliseconds into buf (>= 25 bytes). */
-void		 format_time(double wall, char *buf, size_t size);
 
 /* ------------------------------------------------------------------ */
 /* state.c: process-wide state, read and written by every file. */
@@ -222,7 +220,15 @@ void		 job_reconfigure(void);
 /* ------------------------------------------------------------------ */
 /* queue_*.c: the only hiredis users (queue_int.h says which does what). */
 
-/* Result of one finished job, as written by queue_commit. */
+/* What became of a result handed over with queue_commit_add. */
+enum commit_progress {
+	COMMIT_SENT,		/* in a result transaction on the wire */
+	COMMIT_WAITING,		/* back in line: that transaction failed */
+	COMMIT_WRITTEN,		/* in Redis; the last call for the item */
+};
+typedef void	 queue_commit_cb(enum commit_progress progress, void *arg);
+
+/* Result of one finished job, as the result transaction writes it. */
 struct commit_item {
 	const char	*raw;		/* element to remove from processing */
 	size_t		 rawlen;
@@ -238,6 +244,11 @@ struct commit_item {
 	int		 identity_release; /* DEL identity (failed) */
 	int		 recovered;	/* HDEL recoveries raw */
 	int		 in_processing;	/* LREM from processing */
+
+	/* queue_commit.c's, from queue_commit_add until COMMIT_WRITTEN */
+	TAILQ_ENTRY(commit_item) link;
+	queue_commit_cb	*cb;
+	void		*arg;
 };
 
 enum claim_outcome {
@@ -302,7 +313,14 @@ void		 queue_link_stats(const char **address, int *tls, double *up_s);
 void		 queue_take(long room);
 int		 queue_claim(const char *identity, queue_claim_cb *cb, void *arg);
 int		 queue_rate_acquire(long want, queue_rate_cb *cb, void *arg);
-int		 queue_commit(const struct commit_item *items, size_t n, queue_done_cb *cb,
+/*
+ * Hands a finished job's result over, once.  Results are written in the
+ * order handed over, batched per loop iteration in transactions of up to
+ * 64 (8 on the wire at once), and written again, with backoff, until Redis
+ * takes them (at least once).  cb tells the item's progress; the item and
+ * what it points to stay as they are until COMMIT_WRITTEN.
+ */
+void		 queue_commit_add(struct commit_item *item, queue_commit_cb *cb,
 		    void *arg);
 /* LPUSH a socket request to our processing list before acknowledging it. */
 int		 queue_push_processing(const char *raw, size_t len, queue_done_cb *cb, void *arg);

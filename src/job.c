@@ -16,10 +16,12 @@
  *                       auth wait (401/403/TLS) ◄────────────┘
  *
  * Each job is in exactly one state, and in at most one of the queues below
- * (rate, send, auth, commit) or one owner's waiter list, the one its state
- * names: job_set_state changes both together.  The job is freed only after
- * its result transaction succeeded (or at final exit, when its request
- * stays in the processing list for the next start).
+ * (rate, send, auth) or one owner's waiter list, the one its state names:
+ * job_set_state changes both together.  A finished job's result is handed
+ * to queue_commit.c, which holds it in line until its transaction and
+ * tells every step (on_commit).  The job is freed only after its result
+ * transaction succeeded (or at final exit, when its request stays in the
+ * processing list for the next start).
  */
 #include "config.h"
 
@@ -34,8 +36,6 @@
 
 #include "daemon.h"
 
-#define COMMIT_BATCH_MAX	64
-#define COMMITS_MAX		8	/* transactions in flight at once */
 #define CLAIM_POLL_MIN_MS	50
 #define CLAIM_POLL_MAX_MS	1000
 #define REDIS_RETRY_MS		500
@@ -68,7 +68,7 @@ enum job_state {
 	JOB_HTTP,		/* request on the wire */
 	JOB_BACKOFF,		/* timer: retry schedule */
 	JOB_AUTH_WAIT,		/* in auth_q until Twilio accepts us again */
-	JOB_COMMIT_WAIT,	/* in commit_q */
+	JOB_COMMIT_WAIT,	/* handed over, waiting for a transaction */
 	JOB_COMMITTING,		/* in a result transaction */
 };
 
@@ -114,13 +114,11 @@ struct job {
 	char			*last_message;
 	char			*sid;		/* for the update */
 
-	const char		*status;	/* result, once known */
+	enum result_status	 status;	/* once finished */
 	json_t			*user;
-	json_t			*error;
-	json_t			*result;	/* the result map, once finished */
-
-	char			*enc_result, *enc_record, *enc_dead;
-	size_t			 enc_result_len, enc_record_len, enc_dead_len;
+	struct result		 res;	/* once finished; its record may come
+					 * first (record_straight) */
+	struct commit_item	 commit;	/* the result, handed over */
 
 	struct event		*timer;
 };
@@ -129,7 +127,6 @@ static struct job_list all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
 static struct job_list rate_q = TAILQ_HEAD_INITIALIZER(rate_q);
 static struct job_list send_q = TAILQ_HEAD_INITIALIZER(send_q);
 static struct job_list auth_q = TAILQ_HEAD_INITIALIZER(auth_q);
-static struct job_list commit_q = TAILQ_HEAD_INITIALIZER(commit_q);
 static long njobs;
 
 /*
@@ -148,8 +145,6 @@ state_queue(const struct job *j)
 		return &send_q;
 	case JOB_AUTH_WAIT:
 		return &auth_q;
-	case JOB_COMMIT_WAIT:
-		return &commit_q;
 	default:
 		return NULL;
 	}
@@ -196,10 +191,7 @@ static struct pace_window window;
 
 static int rate_outstanding;
 static struct event *rate_ev;
-static struct event *flush_ev;
-static struct event *commit_retry_ev;
-static int commit_outstanding;		/* result transactions on the wire */
-static long commit_failures;		/* result transactions failed in a row */
+static struct event *written_ev;	/* results were written */
 static long rate_failures;		/* rate calls failed in a row */
 
 /*
@@ -231,9 +223,11 @@ static void	 start_attempt(struct job *);
 static void	 send_enter(struct job *);
 static void	 send_pump(void);
 static void	 rate_pump(void);
-static void	 finish(struct job *, const char *status);
+static void	 conclude(struct job *, enum result_status, const char *code,
+		    const char *message);
+static void	 finish(struct job *, enum result_status);
 static void	 fail(struct job *, const char *code, const char *message);
-static void	 schedule_flush(void);
+static void	 commit_enter(struct job *);
 static int	 auth_park(struct job *);
 static void	 auth_clear(void);
 static void	 auth_probe_done(struct job *);
@@ -324,12 +318,8 @@ job_free(struct job *j)
 	free(j->request_id);
 	free(j->last_message);
 	free(j->sid);
-	free(j->enc_result);
-	free(j->enc_record);
-	free(j->enc_dead);
+	result_free(&j->res);
 	json_decref(j->user);
-	json_decref(j->error);
-	json_decref(j->result);
 	free(j);
 }
 
@@ -423,9 +413,8 @@ job_start(struct job *j)
 		return;
 	}
 	if (j->err != REQ_OK) {
-		j->error = json_pack("{s:s, s:s}", "code", request_error_code(j->err),
-		    "message", j->errmsg);
-		finish(j, "invalid");
+		conclude(j, RESULT_INVALID, request_error_code(j->err),
+		    j->errmsg);
 		return;
 	}
 	if (j->recoveries >= UG_POISON_RECOVERIES) {
@@ -539,7 +528,7 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 	case CLAIM_DONE:
 		if ((user = record_stored(rec, reclen)) != NULL) {
 			j->user = user;
-			finish(j, "duplicate");
+			finish(j, RESULT_DUPLICATE);
 			return;
 		}
 		/* An unreadable stored record: let Twilio decide. */
@@ -940,9 +929,9 @@ record_straight(struct job *j, const struct http_result *res)
 	    ug.cfg->format != FORMAT_MSGPACK || !TAILQ_EMPTY(&j->waiters) ||
 	    !record_msgpack_from_twilio(res->body, res->len, j->req.identity, &enc, &len))
 		return 0;
-	free(j->enc_record);
-	j->enc_record = enc;
-	j->enc_record_len = len;
+	free(j->res.record);
+	j->res.record = enc;
+	j->res.recordlen = len;
 	return 1;
 }
 
@@ -1017,7 +1006,7 @@ on_user_answer(struct job *j, const struct http_result *res)
 	json_t *rec;
 
 	if (record_straight(j, res)) {
-		finish(j, "created");
+		finish(j, RESULT_CREATED);
 		return;
 	}
 	rec = record_from_twilio(res->body, res->len, j->req.identity, &what);
@@ -1057,8 +1046,8 @@ on_user_answer(struct job *j, const struct http_result *res)
 	}
 	json_decref(j->user);
 	j->user = rec;
-	finish(j, j->phase == PHASE_CREATE ? "created" :
-	    j->phase == PHASE_FETCH ? "exists" : "updated");
+	finish(j, j->phase == PHASE_CREATE ? RESULT_CREATED :
+	    j->phase == PHASE_FETCH ? RESULT_EXISTS : RESULT_UPDATED);
 }
 
 static void
@@ -1105,58 +1094,23 @@ on_http(const struct http_result *res, void *arg)
 /* ------------------------------------------------------------------ */
 /* results */
 
-static void
-fail(struct job *j, const char *code, const char *message)
-{
-	json_decref(j->error);
-	j->error = json_pack("{s:s, s:s}", "code", code, "message", message);
-	if (j->error != NULL && j->last_code)
-		json_object_set_new(j->error, "twilio_code", json_integer(j->last_code));
-	if (j->error != NULL && j->last_status)
-		json_object_set_new(j->error, "http_status", json_integer(j->last_status));
-	finish(j, "failed");
-}
-
-static void
-count_result(const char *status)
-{
-	if (strcmp(status, "created") == 0)
-		stats.created++;
-	else if (strcmp(status, "exists") == 0)
-		stats.exists++;
-	else if (strcmp(status, "updated") == 0)
-		stats.updated++;
-	else if (strcmp(status, "duplicate") == 0)
-		stats.duplicate++;
-	else if (strcmp(status, "invalid") == 0)
-		stats.invalid++;
-	else
-		stats.failed++;
-}
-
-static int
-is_success(const char *status)
-{
-	return strcmp(status, "invalid") != 0 && strcmp(status, "failed") != 0;
-}
-
 /*
- * The dead-list copy of the request: decoded when it decodes to text that
- * is all UTF-8, so an operator can read and replay it.  NULL otherwise
- * (and when memory ran out): the caller keeps the raw bytes.
+ * Each status adds to the counter RESULT_STATUSES gives it, so the lists
+ * cannot drift apart: a status without its counter does not build.
  */
-static json_t *
-dead_request(const struct job *j)
+static void
+count_result(enum result_status status)
 {
-	json_t *v = NULL;
-	char err[64];
-
-	if (j->rawlen <= UG_FRAME_MAX &&
-	    codec_decode(j->raw, j->rawlen, &v, err, sizeof(err)) == CODEC_OK &&
-	    codec_text_valid(v))
-		return v;
-	json_decref(v);
-	return NULL;
+	switch (status) {
+#define COUNT_STATUS(id, name, success, counter)			\
+	case RESULT_##id:						\
+		stats.counter++;					\
+		break;
+	RESULT_STATUSES(COUNT_STATUS)
+#undef COUNT_STATUS
+	default:
+		break;
+	}
 }
 
 /*
@@ -1175,7 +1129,7 @@ hand_over_waiters(struct job *j, int succeeded)
 		w->owner = NULL;
 		if (succeeded) {
 			w->user = json_incref(j->user);
-			finish(w, "duplicate");
+			finish(w, RESULT_DUPLICATE);
 		} else {
 			identity_enter(w);
 		}
@@ -1200,241 +1154,165 @@ abandon(struct job *j)
 	job_free(j);
 }
 
-/*
- * {request, result} for the dead list.  A request that did not decode to
- * text is kept as its raw bytes: a msgpack bin (after the result, as
- * codec_encode_with adds it), or with JSON results the text itself when it
- * is UTF-8, else a description.  A request that decodes but cannot be
- * written in the configured format is kept as a description too.
- */
-static int
-dead_entry(struct job *j)
+/* What result.c builds the job's result from. */
+static void
+outcome_of(const struct job *j, enum result_status status, const char *code,
+    const char *message, struct result_outcome *o)
 {
-	json_t *d = json_object(), *req = dead_request(j);
-	char *bin = NULL;
-	size_t binlen;
-	int rv;
-
-	if (d == NULL) {
-		json_decref(req);
-		return -1;
-	}
-	if (req == NULL && ug.cfg->format == FORMAT_MSGPACK) {
-		json_object_set(d, "result", j->result);
-		rv = codec_encode_bin(j->raw, j->rawlen, &bin, &binlen);
-		if (rv == 0)
-			rv = codec_encode_with(d, "request", bin, binlen, FORMAT_MSGPACK,
-			    &j->enc_dead, &j->enc_dead_len);
-		free(bin);
-		json_decref(d);
-		return rv;
-	}
-	if (req == NULL)
-		req = codec_utf8_valid(j->raw, j->rawlen) ? json_stringn(j->raw, j->rawlen) :
-		    json_sprintf("<%zu bytes, not UTF-8>", j->rawlen);
-	json_object_set_new(d, "request", req);
-	json_object_set(d, "result", j->result);
-	rv = codec_encode(d, ug.cfg->format, &j->enc_dead, &j->enc_dead_len);
-	if (rv != 0) {
-		json_object_set_new(d, "request", json_sprintf("<%zu bytes that cannot be "
-		    "written as %s>", j->rawlen, ug.cfg->format == FORMAT_JSON ? "JSON" :
-		    "msgpack"));
-		rv = codec_encode(d, ug.cfg->format, &j->enc_dead, &j->enc_dead_len);
-	}
-	json_decref(d);
-	return rv;
+	memset(o, 0, sizeof(*o));
+	o->status = status;
+	o->request_id = j->request_id;
+	o->identity = j->req.identity;
+	o->error_code = code;
+	o->error_message = message;
+	o->twilio_code = j->last_code;
+	o->http_status = j->last_status;
+	o->attempts = j->attempts;
+	o->from_socket = j->source != SOURCE_REDIS;
+	o->received_wall = j->received_wall;
+	o->completed_wall = now_wall();
+	o->user = j->user;
+	o->raw = j->raw;
+	o->rawlen = j->rawlen;
+	o->format = ug.cfg->format;
 }
 
 /*
- * The result map of SPEC §4.2, encoded once for every place it goes; the
- * job then waits for the next result transaction.
+ * A request not done is worth a warning, within the budget of its kind.
+ * Identities (often e-mail addresses) and messages that may quote them
+ * are logged at debug level only.
  */
 static void
-finish(struct job *j, const char *status)
+log_outcome(const struct job *j, const char *code, const char *message)
 {
-	char received[32], completed[32];
-	json_t *r;
+	const char *status = result_status_name(j->status);
+	struct log_limit *limit = j->status == RESULT_INVALID ?
+	    &invalid_limit : &failed_limit;
+
+	if (!result_success(j->status) &&
+	    log_limit_allow(limit, now_monotonic())) {
+		char tcode[32] = "";
+
+		if (j->last_code)
+			snprintf(tcode, sizeof(tcode), "%ld", j->last_code);
+		log_warn("request not done", "request_id", j->request_id,
+		    "status", status, "code", code,
+		    "twilio_code", tcode[0] ? tcode : NULL);
+	}
+	if (log_get_level() >= LOG_LEVEL_DEBUG)
+		log_debug("request done", "request_id", j->request_id,
+		    "status", status, "identity", j->req.identity,
+		    "message", message);
+}
+
+/*
+ * The job is done: its result (SPEC §4.2) is built once for every place
+ * it goes, counted and logged, and the job waits for the result
+ * transaction that writes it.
+ */
+static void
+conclude(struct job *j, enum result_status status, const char *code,
+    const char *message)
+{
+	struct result_outcome o;
 
 	if (j->timer)
 		evtimer_del(j->timer);
 	auth_probe_done(j);
 	j->status = status;
-	format_time(j->received_wall, received, sizeof(received));
-	format_time(now_wall(), completed, sizeof(completed));
-	r = json_object();
-	if (r == NULL)
-		goto oom;
-	/*
-	 * Keys are ASCII constants and every value but request_id is known
-	 * UTF-8 (identity is checked here, the rest are ours): the _nocheck
-	 * calls skip jansson's own check, a fifth of this function's cost.
-	 */
-	json_object_set_new_nocheck(r, "request_id", json_string(j->request_id));
-	if (j->req.identity != NULL && codec_utf8_valid(j->req.identity, strlen(j->req.identity)))
-		json_object_set_new_nocheck(r, "identity", json_string_nocheck(j->req.identity));
-	json_object_set_new_nocheck(r, "status", json_string_nocheck(status));
-	if (j->error != NULL && !is_success(status))
-		json_object_set_nocheck(r, "error", j->error);
-	json_object_set_new_nocheck(r, "attempts", json_integer(j->attempts));
-	json_object_set_new_nocheck(r, "source", json_string_nocheck(
-	    j->source == SOURCE_REDIS ? "redis" : "socket"));
-	json_object_set_new_nocheck(r, "received_at", json_string_nocheck(received));
-	json_object_set_new_nocheck(r, "completed_at", json_string_nocheck(completed));
-	j->result = r;
-
-	if ((j->user != NULL || j->enc_record != NULL) && is_success(status)) {
-		/* The record is encoded once (or came packed: record_straight):
-		 * stored under its own key (not for a duplicate, whose record
-		 * is the stored one) and put into the result as it is, as its
-		 * last member. */
-		if ((j->enc_record == NULL && codec_encode(j->user, ug.cfg->format,
-		    &j->enc_record, &j->enc_record_len) != 0) ||
-		    codec_encode_with(r, "user", j->enc_record, j->enc_record_len,
-		    ug.cfg->format, &j->enc_result, &j->enc_result_len) != 0 ||
-		    (j->user != NULL && json_object_set_nocheck(r, "user", j->user) != 0))
-			goto oom;
-		if (strcmp(status, "duplicate") == 0) {
-			free(j->enc_record);
-			j->enc_record = NULL;
-			j->enc_record_len = 0;
-		}
-	} else if (codec_encode(r, ug.cfg->format, &j->enc_result, &j->enc_result_len) != 0)
-		goto oom;
-	if (!is_success(status) && dead_entry(j) != 0)
-		goto oom;
+	outcome_of(j, status, code, message, &o);
+	if (result_build(&o, &j->res) != 0) {
+		/* Without a result we cannot finish; the request stays in the
+		 * processing list and the next start handles it again. */
+		log_error("out of memory encoding a result; the request stays "
+		    "in the processing list", "request_id", j->request_id);
+		abandon(j);
+		return;
+	}
 	count_result(status);
 	stats_observe(&stats_result_seconds, now_monotonic() - j->received_mono);
-	/* Identities (often e-mail addresses) and messages that may quote
-	 * them are logged at debug level only. */
-	if (!is_success(status) && log_limit_allow(strcmp(status, "invalid") == 0 ?
-	    &invalid_limit : &failed_limit, now_monotonic())) {
-		char tcode[32] = "";
+	log_outcome(j, code, message);
+	commit_enter(j);
+}
 
-		if (j->last_code)
-			snprintf(tcode, sizeof(tcode), "%ld", j->last_code);
-		log_warn("request not done", "request_id", j->request_id, "status", status,
-		    "code", json_string_value(json_object_get(j->error, "code")),
-		    "twilio_code", tcode[0] ? tcode : NULL);
-	}
-	if (log_get_level() >= LOG_LEVEL_DEBUG)
-		log_debug("request done", "request_id", j->request_id, "status", status,
-		    "identity", j->req.identity,
-		    "message", json_string_value(json_object_get(j->error, "message")));
-	job_set_state(j, JOB_COMMIT_WAIT, &commit_q);
-	schedule_flush();
-	return;
-oom:
-	/* Without a result we cannot finish; the request stays in the
-	 * processing list and the next start handles it again. */
-	log_error("out of memory encoding a result; the request stays in the "
-	    "processing list", "request_id", j->request_id);
-	abandon(j);
+/* A success: its user is j->user, or j->res.record packed already. */
+static void
+finish(struct job *j, enum result_status status)
+{
+	conclude(j, status, NULL, NULL);
+}
+
+/* Failed, with one of result_failure_codes; Twilio's last code and HTTP
+ * status go with it. */
+static void
+fail(struct job *j, const char *code, const char *message)
+{
+	assert(result_error_known(RESULT_FAILED, code));
+	conclude(j, RESULT_FAILED, code, message);
 }
 
 static void	 completed(struct job *);
 
-struct commit_batch {
-	size_t		 n;
-	struct job	*jobs[COMMIT_BATCH_MAX];
-};
-
+/*
+ * Results were written and their jobs freed: there is room to take more,
+ * and a drain may be over.  Run once after the results of a loop
+ * iteration, not once per result, so that a take asks for all the room.
+ */
 static void
-on_committed(int ok, void *arg)
+after_written(evutil_socket_t fd, short what, void *arg)
 {
-	struct commit_batch *b = arg;
-	size_t i;
-
-	commit_outstanding--;
-	if (!ok) {
-		/* Back to the front, in order; written again when Redis is
-		 * back.  Results are at-least-once: a lost EXEC reply may mean
-		 * this batch is written twice, never that it is lost. */
-		for (i = b->n; i-- > 0;)
-			job_set_state_front(b->jobs[i], JOB_COMMIT_WAIT,
-			    &commit_q);
-		free(b);
-		/* Redis refusing the transaction (a key of the wrong type) is
-		 * retried with backoff, not at the rate of the link checks. */
-		long ms = redis_backoff_ms(++commit_failures);
-
-		if (!evtimer_pending(commit_retry_ev, NULL)) {
-			struct timeval tv;
-
-			tv.tv_sec = ms / 1000;
-			tv.tv_usec = (ms % 1000) * 1000;
-			evtimer_add(commit_retry_ev, &tv);
-		}
-		return;
-	}
-	commit_failures = 0;
-	for (i = 0; i < b->n; i++)
-		completed(b->jobs[i]);
-	free(b);
-	if (!TAILQ_EMPTY(&commit_q))
-		schedule_flush();
 	job_pump();
 	if (ug.draining && njobs == 0)
 		hooks->drained();
 }
 
-/*
- * Everything finished since the last flush goes out in one transaction:
- * at high rates that is one round trip for hundreds of results.
- */
+/* What queue_commit.c tells of the job's result. */
 static void
-flush_cb(evutil_socket_t fd, short what, void *arg)
+on_commit(enum commit_progress progress, void *arg)
 {
-	struct commit_item items[COMMIT_BATCH_MAX];
-	struct commit_batch *b;
-	struct job *j;
-	size_t n = 0;
+	struct job *j = arg;
 
-	if (commit_outstanding >= COMMITS_MAX || TAILQ_EMPTY(&commit_q) || !queue_connected())
-		return;
-	if ((b = malloc(sizeof(*b))) == NULL)
-		return;
-	while (n < COMMIT_BATCH_MAX && (j = TAILQ_FIRST(&commit_q)) != NULL) {
-		struct commit_item *it = &items[n];
-
+	switch (progress) {
+	case COMMIT_SENT:
 		job_set_state(j, JOB_COMMITTING, NULL);
-		memset(it, 0, sizeof(*it));
-		it->raw = j->raw;
-		it->rawlen = j->rawlen;
-		it->identity = j->req.identity;
-		it->result = j->enc_result;
-		it->resultlen = j->enc_result_len;
-		it->record = j->enc_record;
-		it->recordlen = j->enc_record_len;
-		it->reply_to = j->req.reply_to;
-		it->dead = j->enc_dead;
-		it->deadlen = j->enc_dead_len;
-		it->identity_done = j->owns_claim && is_success(j->status);
-		it->identity_release = j->owns_claim && !is_success(j->status);
-		it->recovered = j->recoveries > 0;
-		it->in_processing = 1;
-		b->jobs[n++] = j;
+		break;
+	case COMMIT_WAITING:
+		job_set_state(j, JOB_COMMIT_WAIT, NULL);
+		break;
+	case COMMIT_WRITTEN:
+		completed(j);
+		event_active(written_ev, EV_TIMEOUT, 0);
+		break;
 	}
-	b->n = n;
-	if (n == 0) {
-		free(b);
-		return;
-	}
-	commit_outstanding++;
-	if (queue_commit(items, n, on_committed, b) != 0) {
-		on_committed(0, b);	/* back in the queue; retried later */
-		return;
-	}
-	/* More than a batch finished in this iteration: send the next one
-	 * too, up to COMMITS_MAX transactions in flight. */
-	if (!TAILQ_EMPTY(&commit_q))
-		schedule_flush();
 }
 
+/*
+ * The result goes to queue_commit.c, once: it writes it in the next
+ * result transaction, with the Identity's dedup state (done, or free
+ * again), and removes the request from our processing list.
+ */
 static void
-schedule_flush(void)
+commit_enter(struct job *j)
 {
-	if (commit_outstanding < COMMITS_MAX)
-		event_active(flush_ev, EV_TIMEOUT, 0);
+	struct commit_item *it = &j->commit;
+
+	memset(it, 0, sizeof(*it));
+	it->raw = j->raw;
+	it->rawlen = j->rawlen;
+	it->identity = j->req.identity;
+	it->result = j->res.enc;
+	it->resultlen = j->res.enclen;
+	it->record = j->res.record;
+	it->recordlen = j->res.recordlen;
+	it->reply_to = j->req.reply_to;
+	it->dead = j->res.dead;
+	it->deadlen = j->res.deadlen;
+	it->identity_done = j->owns_claim && result_success(j->status);
+	it->identity_release = j->owns_claim && !result_success(j->status);
+	it->recovered = j->recoveries > 0;
+	it->in_processing = 1;
+	job_set_state(j, JOB_COMMIT_WAIT, NULL);
+	queue_commit_add(it, on_commit, j);
 }
 
 /*
@@ -1447,37 +1325,25 @@ completed(struct job *j)
 	char err[128];
 
 	if (j->conn != NULL)
-		intake_answer(j->conn, j->result);
+		intake_answer(j->conn, j->res.map);
 	/* A request for the same Identity that came in after the record was
 	 * packed straight gets it decoded; if that fails it claims again and
 	 * finds the stored record. */
-	if (j->user == NULL && j->enc_record != NULL && is_success(j->status) &&
-	    !TAILQ_EMPTY(&j->waiters))
-		(void)codec_decode_any(j->enc_record, j->enc_record_len, &j->user,
-		    err, sizeof(err));
-	hand_over_waiters(j, is_success(j->status) && j->user != NULL);
+	if (j->user == NULL && j->res.record != NULL &&
+	    result_success(j->status) && !TAILQ_EMPTY(&j->waiters))
+		(void)codec_decode_any(j->res.record, j->res.recordlen,
+		    &j->user, err, sizeof(err));
+	hand_over_waiters(j, result_success(j->status) && j->user != NULL);
 	job_free(j);
 }
 
 /* ------------------------------------------------------------------ */
 /* life cycle */
 
-static void
-commit_retry_cb(evutil_socket_t fd, short what, void *arg)
-{
-	schedule_flush();
-	if (!TAILQ_EMPTY(&commit_q) && !queue_connected()) {
-		struct timeval tv = { 0, REDIS_RETRY_MS * 1000 };
-
-		evtimer_add(commit_retry_ev, &tv);
-	}
-}
-
 void
 job_redis_changed(int up)
 {
 	if (up) {
-		schedule_flush();
 		rate_pump();
 		job_pump();
 	}
@@ -1550,11 +1416,10 @@ job_init(const struct job_hooks *h)
 	pace_window_init(&window, ug.cfg->max_inflight);
 	users_url = twilio_users_url(ug.cfg->api_base, ug.cfg->service_sid);
 	rate_ev = evtimer_new(ug.base, rate_timer_cb, NULL);
-	flush_ev = event_new(ug.base, -1, 0, flush_cb, NULL);
-	commit_retry_ev = evtimer_new(ug.base, commit_retry_cb, NULL);
+	written_ev = event_new(ug.base, -1, 0, after_written, NULL);
 	auth_ev = evtimer_new(ug.base, auth_probe_cb, NULL);
-	if (users_url == NULL || rate_ev == NULL || flush_ev == NULL ||
-	    commit_retry_ev == NULL || auth_ev == NULL) {
+	if (users_url == NULL || rate_ev == NULL || written_ev == NULL ||
+	    auth_ev == NULL) {
 		log_error("out of memory at start");
 		exit(1);
 	}
@@ -1584,13 +1449,11 @@ job_shutdown(void)
 	job_abandon_all();
 	if (rate_ev)
 		event_free(rate_ev);
-	if (flush_ev)
-		event_free(flush_ev);
-	if (commit_retry_ev)
-		event_free(commit_retry_ev);
+	if (written_ev)
+		event_free(written_ev);
 	if (auth_ev)
 		event_free(auth_ev);
-	rate_ev = flush_ev = commit_retry_ev = auth_ev = NULL;
+	rate_ev = written_ev = auth_ev = NULL;
 	free(users_url);
 	users_url = NULL;
 }

@@ -106,7 +106,8 @@ reload(char *err, size_t errlen)
 		    "keys", restart);
 	/* Keep the old values of the keys that need a restart by swapping
 	 * them into the new struct (the old one is then freed with the new
-	 * values).  The Redis password belongs to [redis] too. */
+	 * values).  The Redis password and the server derived from [redis]
+	 * belong to it too. */
 	keys = config_keys(&nkeys);
 	for (i = 0; i < nkeys; i++) {
 		char *a = (char *)ug.cfg + keys[i].offset, *b = (char *)fresh + keys[i].offset;
@@ -122,9 +123,12 @@ reload(char *err, size_t errlen)
 	}
 	{
 		char *p = ug.cfg->redis_password;
+		struct redis_url to = ug.cfg->redis;
 
 		ug.cfg->redis_password = fresh->redis_password;
 		fresh->redis_password = p;
+		ug.cfg->redis = fresh->redis;
+		fresh->redis = to;
 	}
 	{
 		struct config *old = ug.cfg;
@@ -421,7 +425,7 @@ teardown(void)
 int
 main(int argc, char **argv)
 {
-	char err[1024];
+	char err[1024], redis[512];
 	uint64_t wd_usec = 0;
 	int rv, check_only = 0;
 
@@ -476,8 +480,12 @@ main(int argc, char **argv)
 	if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0)
 		watchdog_ev = persist_timer(watchdog_cb, (long)(wd_usec / 2));
 
+	/* The password is shown as "***": the line goes to the journal. */
+	redis_url_show(&ug.cfg->redis, ug.cfg->redis_password != NULL, redis,
+	    sizeof(redis));
 	log_info("usergated started", "version", PACKAGE_VERSION,
-	    "instance_id", ug.cfg->instance_id, "twilio", ug.cfg->api_base);
+	    "instance_id", ug.cfg->instance_id, "twilio", ug.cfg->api_base,
+	    "redis", redis);
 	sd_notify(0, "READY=1");
 	notify_status();
 

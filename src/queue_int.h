@@ -21,7 +21,7 @@
  *   queue_take.c      taking requests into our processing list
  *   queue_claim.c     Identity claims, batched per loop iteration
  *   queue_rate.c      the shared rate window
- *   queue_commit.c    the result transaction
+ *   queue_commit.c    results: batching them, the result transaction
  *   queue_instance.c  heartbeat, instance check, takeover, reconcile
  *   queue_admin.c     lengths, queue age, the dead list and its retry
  */
@@ -176,6 +176,7 @@ int		 queue_send_argv(struct queue_conn *, queue_conn_cb *, void *,
 		    int, const char **, const size_t *);
 int		 queue_send_strings(struct queue_conn *, queue_conn_cb *,
 		    void *, int, ...);
+const char	*queue_client_name(void);
 
 /* queue_take.c */
 extern int queue_take_outstanding;
@@ -197,6 +198,11 @@ void		 queue_instance_shutdown(void);
 void		 queue_instance_check(void);
 void		 queue_heartbeat_value(char *, size_t);
 int		 queue_reconcile_send(void);
+
+/* queue_commit.c */
+int		 queue_commit_init(void);
+void		 queue_commit_resume(void);
+void		 queue_commit_shutdown(void);
 
 /* queue_admin.c */
 void		 queue_admin_shutdown(void);

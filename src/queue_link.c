@@ -301,6 +301,7 @@ queue_link_up(int first)
 	if (outage_reason[0] || !first)
 		log_info("redis connection restored");
 	outage_reason[0] = '\0';
+	queue_commit_resume();
 	queue_events->link(1);
 	state_changed();
 }
@@ -474,16 +475,35 @@ on_script_loaded(struct queue_conn *ac, redisReply *reply, void *priv)
 	queue_script_sha[s][40] = '\0';
 }
 
-/* Where the configured Redis is, for queue_conn_open; no timeouts. */
+/*
+ * The name every connection of ours gives itself (CLIENT SETNAME), so that
+ * CLIENT LIST tells which daemon holds it: usergated:{instance_id}, with
+ * what Redis refuses in a name (spaces, control characters) made '_'.
+ */
+const char *
+queue_client_name(void)
+{
+	static char name[300];
+	size_t i;
+
+	snprintf(name, sizeof(name), "usergated:%s", ug.cfg->instance_id);
+	for (i = 0; name[i] != '\0'; i++)
+		if (name[i] <= ' ' || name[i] > '~')
+			name[i] = '_';
+	return name;
+}
+
+/* Where the configured Redis is (cfg->redis: from url, or host, port and
+ * unix_socket), for queue_conn_open; no timeouts. */
 void
 queue_link_params(struct queue_conn_params *p)
 {
-	struct config *c = ug.cfg;
+	const struct redis_url *to = &ug.cfg->redis;
 
 	memset(p, 0, sizeof(*p));
-	p->host = c->redis_host;
-	p->port = (unsigned)c->redis_port;
-	p->unix_socket = c->redis_unix_socket;
+	p->host = to->host;
+	p->port = (unsigned)to->port;
+	p->unix_socket = to->path;
 	queue_link_tls(p);
 }
 
@@ -617,21 +637,28 @@ on_maxmemory_policy(struct queue_conn *ac, redisReply *reply, void *priv)
 }
 
 /*
- * Sends what every new connection sends first, AUTH and SELECT as the
- * config asks; the replies go to cb (NULL: ignored).  Commands wait until
- * the connection is up.
+ * Sends what every new connection sends first: AUTH (with a user name,
+ * Redis 6's ACL form; without one, the default user's), CLIENT SETNAME and
+ * SELECT as the config asks; the replies go to cb (NULL: ignored).
+ * Commands wait until the connection is up.
  */
 void
 queue_link_hello(struct queue_conn *qc, queue_conn_cb *cb)
 {
 	struct config *c = ug.cfg;
+	const struct redis_url *to = &c->redis;
 	char db[16];
 
-	if (c->redis_password)
+	if (c->redis_password != NULL && to->username != NULL)
+		queue_send_strings(qc, cb, "AUTH", 3, "AUTH", to->username,
+		    c->redis_password);
+	else if (c->redis_password != NULL)
 		queue_send_strings(qc, cb, "AUTH", 2, "AUTH",
 		    c->redis_password);
-	if (c->redis_db != 0) {
-		snprintf(db, sizeof(db), "%ld", c->redis_db);
+	queue_send_strings(qc, cb, "CLIENT SETNAME", 3, "CLIENT", "SETNAME",
+	    queue_client_name());
+	if (to->db != 0) {
+		snprintf(db, sizeof(db), "%ld", to->db);
 		queue_send_strings(qc, cb, "SELECT", 2, "SELECT", db);
 	}
 }
@@ -753,7 +780,7 @@ queue_init(const struct queue_events *events)
 		return -1;
 	if ((reconnect_ev = evtimer_new(ug.base, reconnect_cb, NULL)) == NULL ||
 	    queue_take_init() != 0 || queue_claim_init() != 0 ||
-	    queue_instance_init() != 0)
+	    queue_instance_init() != 0 || queue_commit_init() != 0)
 		return -1;
 	connect_all();
 	return 0;
@@ -783,6 +810,7 @@ queue_shutdown(void)
 		queue_conn_close(c);
 	}
 	queue_instance_shutdown();
+	queue_commit_shutdown();
 	queue_admin_shutdown();
 	free(queue_keys.requests);
 	free(queue_keys.processing);

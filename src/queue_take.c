@@ -335,6 +335,27 @@ on_blocked(struct queue_conn *ac, redisReply *reply, void *priv)
 }
 
 /*
+ * CLIENT UNBLOCK is an @admin command, which the least-privilege ACL of
+ * docs/operations.md does not grant.  Refused once, it is not sent again:
+ * a pause or a drain then waits for the BLMOVE's timeout (BLOCK_TIMEOUT).
+ */
+static int unblock_refused;
+
+static void
+on_unblock(struct queue_conn *ac, redisReply *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	if (r == NULL || r->type != REDIS_REPLY_ERROR ||
+	    strncmp(r->str, "NOPERM", 6) != 0 || unblock_refused)
+		return;
+	unblock_refused = 1;
+	log_info("the redis user may not CLIENT UNBLOCK (an @admin command); "
+	    "pause and drain wait up to " BLOCK_TIMEOUT " s for the blocking "
+	    "take instead");
+}
+
+/*
  * Ends a BLMOVE in progress at once (pause, drain).  One that already moved
  * a request hands it to us as usual: it was taken before the pause.
  */
@@ -344,10 +365,11 @@ queue_unblock(void)
 	char id[32];
 
 	if (!queue_block_outstanding || queue_blk_client_id < 0 ||
-	    queue_cmd == NULL)
+	    queue_cmd == NULL || unblock_refused)
 		return;
 	snprintf(id, sizeof(id), "%lld", queue_blk_client_id);
-	queue_send_strings(queue_cmd, NULL, NULL, 3, "CLIENT", "UNBLOCK", id);
+	queue_send_strings(queue_cmd, on_unblock, NULL, 3, "CLIENT", "UNBLOCK",
+	    id);
 }
 
 /* A take or a BLMOVE is on its way: until its reply comes back, requests

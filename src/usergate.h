@@ -99,6 +99,34 @@ unsigned long long log_limit_held(struct log_limit *l, double now);
 void		 log_limits_report(double now);
 
 /* ------------------------------------------------------------------ */
+/* redis_url.c */
+
+/*
+ * A Redis server to connect to, as the [redis] url key writes it:
+ * redis://[user[:password]@]host[:port][/db], rediss://... (TLS) or
+ * unix://[user[:password]@]/path[?db=N], read as ioredis and redis-client
+ * read them (docs/usergate.conf.5).
+ */
+struct redis_url {
+	int	 tls;		/* rediss:// */
+	char	*host;		/* NULL for a Unix socket; IPv6 without [] */
+	long	 port;		/* 6379 when not given; 0 for a Unix socket */
+	char	*path;		/* the Unix socket; NULL for TCP */
+	long	 db;		/* -1 when not given */
+	char	*username;	/* NULL when none */
+	char	*password;	/* NULL when none; a secret */
+};
+/* Fills *u (to be freed with redis_url_free) or returns -1 with a message
+ * in err that quotes no part of url (it may hold a password).  Pure. */
+int		 redis_url_parse(const char *url, struct redis_url *u,
+		    char *err, size_t errlen);
+void		 redis_url_free(struct redis_url *u);
+/* Writes u as a URL for logs: "***" stands for the password when password
+ * is set, whatever u->password holds.  Pure. */
+void		 redis_url_show(const struct redis_url *u, int password,
+		    char *buf, size_t size);
+
+/* ------------------------------------------------------------------ */
 /* config.c */
 
 enum results_format { FORMAT_MSGPACK = 0, FORMAT_JSON = 1 };
@@ -135,6 +163,9 @@ struct config {
 	char	*redis_unix_socket;
 	char	*redis_password_file;
 	long	 redis_db;
+	char	*redis_url_key;		/* as written, password and all: never
+					 * logged, wiped when freed; see redis */
+	char	*redis_username;
 	char	*prefix;
 	char	*instance_id;		/* filled with the host name when empty */
 	char	*redis_tls_ca_file;	/* tls_*: see config_redis_tls */
@@ -173,6 +204,12 @@ struct config {
 	char	*auth_user;		/* SK... or AC... */
 	char	*auth_secret;		/* API secret or auth token */
 	char	*redis_password;	/* NULL when none */
+	/*
+	 * The server to use: from url when it is set, else from host, port,
+	 * unix_socket and db; username from either.  db is never -1 here,
+	 * and password always NULL: the one password is redis_password.
+	 */
+	struct redis_url redis;
 };
 
 /* One row per key; drives parsing, defaults, bounds, reload and docs. */
@@ -412,7 +449,7 @@ struct status_command {
 void		 status_parse(const char *line, size_t len, struct status_command *cmd);
 
 /* ------------------------------------------------------------------ */
-/* record.c: Twilio answers -> user records; result maps.  Pure. */
+/* record.c: Twilio answers -> user records.  Pure. */
 
 /* What a Twilio answer holds, for the record functions below. */
 enum record_answer {
@@ -459,6 +496,85 @@ char		*record_dead_line(const char *buf, size_t len);
  * *textlen bytes, malloc'd; NULL when the entry is unreadable, holds no
  * request object, or one that JSON text cannot carry. */
 char		*record_dead_request(const char *buf, size_t len, size_t *textlen);
+
+/* ------------------------------------------------------------------ */
+/* result.c: a finished request's result and dead entry (SPEC §4.2).  Pure. */
+
+/*
+ * The statuses of a result, declared once: the name results carry, whether
+ * it is a success (the result holds the user, never an error), and the
+ * counter of daemon.h's STATS_COUNTERS that counts it (job.c adds to
+ * stats.COUNTER, so a status without its counter does not build).
+ */
+#define RESULT_STATUSES(X)					\
+	X(CREATED, "created", 1, created)			\
+	X(EXISTS, "exists", 1, exists)				\
+	X(UPDATED, "updated", 1, updated)			\
+	X(DUPLICATE, "duplicate", 1, duplicate)			\
+	X(INVALID, "invalid", 0, invalid)			\
+	X(FAILED, "failed", 0, failed)
+
+enum result_status {
+#define RESULT_STATUS_ENUM(id, name, success, counter) RESULT_##id,
+	RESULT_STATUSES(RESULT_STATUS_ENUM)
+#undef RESULT_STATUS_ENUM
+	RESULT_STATUS_COUNT
+};
+
+/* The status as results spell it; NULL for no status. */
+const char	*result_status_name(enum result_status s);
+/* 1 for the statuses that carry a user (created, exists, updated,
+ * duplicate). */
+int		 result_success(enum result_status s);
+/* The error.code values of failed results, NULL-terminated (an invalid
+ * result's come from request_error_code). */
+extern const char *const result_failure_codes[];
+/* 1 when a result with status s may carry error.code code. */
+int		 result_error_known(enum result_status s, const char *code);
+
+/* What a request's result is made of. */
+struct result_outcome {
+	enum result_status	 status;
+	const char		*request_id;
+	const char		*identity;	/* NULL: the request had none */
+	const char		*error_code;	/* invalid and failed only */
+	const char		*error_message;
+	long			 twilio_code;	/* 0: none */
+	long			 http_status;	/* 0: none */
+	int			 attempts;	/* HTTP requests made */
+	int			 from_socket;	/* source: socket, else redis */
+	double			 received_wall;	/* seconds since the epoch */
+	double			 completed_wall;
+	json_t			*user;		/* a success: its record */
+	const char		*raw;		/* the request, as taken */
+	size_t			 rawlen;
+	enum results_format	 format;
+};
+
+/* A result built, every part encoded once for every place it goes. */
+struct result {
+	json_t	*map;		/* the result, with its user if it has one */
+	char	*enc;		/* map encoded: results, events, ReplyTo */
+	size_t	 enclen;
+	char	*record;	/* the user record encoded: user:{Identity} */
+	size_t	 recordlen;
+	char	*dead;		/* {request, result}, for invalid and failed */
+	size_t	 deadlen;
+};
+
+/*
+ * Builds r from o (r zeroed, but for a record that came encoded already,
+ * which r->record may hold and r then owns: the user is then put into the
+ * encoded result only, not into r->map).  A success's record is encoded
+ * from o->user unless it came so; a duplicate, whose record is the stored
+ * one, has none.  0, or -1 when memory ran out; free r with result_free
+ * either way.
+ */
+int		 result_build(const struct result_outcome *o, struct result *r);
+void		 result_free(struct result *r);
+/* The timestamp results carry: ISO 8601 UTC with milliseconds
+ * ("2025-01-31T09:12:45.123Z") into buf (>= 25 bytes). */
+void		 result_format_time(double wall, char *buf, size_t size);
 
 /* ------------------------------------------------------------------ */
 /* twilio.c: Twilio's URLs, forms and answers.  Pure. */

@@ -8,7 +8,7 @@
 # variable) from the first file into the second.  The layers, lowest first:
 #
 #   1 pure library         log config codec request record twilio pace
-#                          framing stats command
+#                          framing stats command result redis_url
 #   2 shared daemon pieces clock state listen
 #   3 I/O adapters         queue* http intake status
 #   4 orchestrator         job
@@ -69,7 +69,7 @@ function unit(file) {
 	return file ~ /^queue/ ? "queue" : file
 }
 function layer(u) {
-	if (u ~ /^(log|config|codec|request|record|twilio|pace|framing|stats|command)$/)
+	if (u ~ /^(log|config|codec|request|record|twilio|pace|framing|stats|command|result|redis_url)$/)
 		return 1
 	if (u ~ /^(clock|state|listen)$/)
 		return 2

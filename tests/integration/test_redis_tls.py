@@ -73,6 +73,18 @@ def test_creates_over_tls(env, pki):
     assert env.r.exists("usergate:instance:ug") == 0
 
 
+def test_rediss_url(env, pki):
+    """rediss:// in url turns TLS on; the tls_* keys still apply."""
+    env.redis = Server(env.dir, tls=pki)
+    env.start_twilio()
+    url = "rediss://127.0.0.1:%d/0" % env.redis.port
+    d = env.daemon(extra={"redis.url": url, "redis.host": None,
+                          "redis.port": None,
+                          "redis.tls_ca_file": pki["ca"][0]}).wait_healthy()
+    create_one(env, "url-user")
+    assert d.stats()["redis_tls"] is True
+
+
 def test_mutual_tls(env, pki):
     d = tls_env(env, pki, auth_clients=True, tls_ca_file=pki["ca"][0])
     # Without a client certificate the server ends the handshake.

@@ -183,9 +183,11 @@ static const struct default_case {
 	{ "retry", "max_attempts", "10", 1 },
 	{ "retry", "base_delay_ms", "200", 1 },
 	{ "retry", "max_delay_ms", "30000", 1 },
+	{ "redis", "url", "", 0 },
 	{ "redis", "host", "127.0.0.1", 0 },
 	{ "redis", "port", "6379", 0 },
 	{ "redis", "unix_socket", "", 0 },
+	{ "redis", "username", "", 0 },
 	{ "redis", "password_file", "", 0 },
 	{ "redis", "db", "0", 0 },
 	{ "redis", "prefix", "usergate:", 0 },
@@ -582,6 +584,28 @@ static const struct error_case {
 	{ "no redis address", "[redis]\nhost =\n",
 	    "%s:2: key \"host\" in [redis]: must not be empty when unix_socket "
 	    "is empty", 0 },
+	{ "url not a URL", "[redis]\nurl = 127.0.0.1:6379\n",
+	    "%s:2: key \"url\" in [redis]: expected redis://, rediss:// or "
+	    "unix:// at the start", 0 },
+	{ "url with a bad port", "[redis]\n\nurl = redis://h:0\n",
+	    "%s:3: key \"url\" in [redis]: ", 1 },
+	{ "url db and db differ", "[redis]\ndb = 1\nurl = redis://h/2\n",
+	    "%s:3: key \"url\" in [redis]: its database (2) differs from key "
+	    "\"db\" (1, line 2); keep one of them", 0 },
+	{ "url user and username differ",
+	    "[redis]\nurl = redis://b:p@h\nusername = a\n",
+	    "%s:2: key \"url\" in [redis]: its user name differs from key "
+	    "\"username\"; keep one of them", 0 },
+	{ "username without a password", "[redis]\nusername = usergated\n",
+	    "%s:2: key \"username\" in [redis]: a user name needs a password: "
+	    "set password_file, give the redis-password credential, or write "
+	    "user:password@ in url (\"user@\" alone is a user name, "
+	    "\":password@\" a password alone)", 0 },
+	{ "url user without a password", "[redis]\nurl = redis://pw@h\n",
+	    "%s:2: key \"url\" in [redis]: a user name needs a password: "
+	    "set password_file, give the redis-password credential, or write "
+	    "user:password@ in url (\"user@\" alone is a user name, "
+	    "\":password@\" a password alone)", 0 },
 	{ "client certificate without key", "[redis]\ntls_cert_file = c\n",
 	    "%s:2: key \"tls_cert_file\" in [redis]: needs tls_key_file too",
 	    0 },
@@ -592,6 +616,14 @@ static const struct error_case {
 	    "tls_ca_file = /etc/ca.pem\n",
 	    "%s:2: key \"unix_socket\" in [redis]: cannot be used with TLS "
 	    "(the tls_* keys)", 0 },
+	{ "TLS keys with a redis:// url", "[redis]\nurl = redis://h\n"
+	    "tls_server_name = h\n",
+	    "%s:2: key \"url\" in [redis]: is not rediss://, and the tls_* "
+	    "keys are set: write rediss:// for TLS", 0 },
+	{ "TLS keys with a unix:// url", "[redis]\n\nurl = unix:///r.sock\n"
+	    "tls_ca_file = /etc/ca.pem\n",
+	    "%s:3: key \"url\" in [redis]: is not rediss://, and the tls_* "
+	    "keys are set: write rediss:// for TLS", 0 },
 	{ "max_delay below base", "[retry]\nbase_delay_ms = 500\n"
 	    "max_delay_ms = 100\n",
 	    "%s:3: key \"max_delay_ms\" in [retry]: 100 is less than "
@@ -658,6 +690,11 @@ test_redis_tls(void)
 		{ "[redis]\ntls_ca_file = /etc/ca.pem\n", 1 },
 		{ "[redis]\ntls_server_name = redis.example\n", 1 },
 		{ "[redis]\ntls_cert_file = c.pem\ntls_key_file = k.pem\n", 1 },
+		{ "[redis]\nurl = rediss://cache.example:6380\n", 1 },
+		{ "[redis]\nurl = rediss://h\ntls_ca_file = /etc/ca.pem\n", 1 },
+		{ "[redis]\nurl = redis://h:6380\n", 0 },
+		/* The url wins over host and port, TLS keys and all. */
+		{ "[redis]\nurl = unix:///run/r.sock\nhost = h\n", 0 },
 	};
 	struct config	 cfg;
 	char		 err[ERRLEN];
@@ -695,6 +732,133 @@ test_redis_version(void)
 	for (i = 0; i < NELEM(cases); i++)
 		check_true(cases[i].version, redis_version_at_least(
 		    cases[i].version, 6, 2) == cases[i].want, __LINE__);
+}
+
+/* ------------------------------------------------------------------ */
+
+/* [redis] url, username and the old keys: cfg->redis is what is used. */
+static const struct redis_case {
+	const char	*name, *text;
+	const char	*host, *path;
+	long		 port, db;
+	const char	*username, *password;
+} redis_cases[] = {
+	{ "the old keys", "[redis]\nhost = r.example\nport = 7000\ndb = 4\n",
+	    "r.example", NULL, 7000, 4, NULL, NULL },
+	{ "unix_socket wins over host",
+	    "[redis]\nhost = r.example\nunix_socket = /run/r.sock\n",
+	    NULL, "/run/r.sock", 6379, 0, NULL, NULL },
+	{ "url wins over the old keys", "[redis]\nhost = a\nport = 1\n"
+	    "unix_socket = /run/r.sock\nurl = redis://u:p%40ss@b:2/3\n",
+	    "b", NULL, 2, 3, "u", "p@ss" },
+	{ "url with an empty host key", "[redis]\nhost =\n"
+	    "url = unix:///run/r.sock?db=2\n", NULL, "/run/r.sock", 0, 2,
+	    NULL, NULL },
+	{ "url without db takes db", "[redis]\ndb = 5\nurl = redis://h\n",
+	    "h", NULL, 6379, 5, NULL, NULL },
+	{ "url db equal to db", "[redis]\ndb = 5\nurl = redis://h/5\n",
+	    "h", NULL, 6379, 5, NULL, NULL },
+	{ "url password, username key", "[redis]\nusername = ug\n"
+	    "url = redis://:pw@[::1]:6380\n", "::1", NULL, 6380, 0, "ug",
+	    "pw" },
+	{ "url user equal to username", "[redis]\nusername = ug\n"
+	    "url = redis://ug:pw@h\n", "h", NULL, 6379, 0, "ug", "pw" },
+};
+
+static int
+same_or_null(const char *got, const char *want)
+{
+	return want == NULL ? got == NULL : got != NULL &&
+	    strcmp(got, want) == 0;
+}
+
+static void
+test_redis_keys(void)
+{
+	struct config	 cfg;
+	char		 err[ERRLEN], what[256];
+	size_t		 i;
+
+	clear_env();
+	for (i = 0; i < NELEM(redis_cases); i++) {
+		const struct redis_case *c = &redis_cases[i];
+
+		if (load_text(c->text, 0, &cfg, err) != 0) {
+			check_str(c->name, err, "", __LINE__);
+			continue;
+		}
+		snprintf(what, sizeof(what), "%s: host", c->name);
+		check_true(what, same_or_null(cfg.redis.host, c->host),
+		    __LINE__);
+		snprintf(what, sizeof(what), "%s: path", c->name);
+		check_true(what, same_or_null(cfg.redis.path, c->path),
+		    __LINE__);
+		snprintf(what, sizeof(what), "%s: port", c->name);
+		check_true(what, c->host == NULL || cfg.redis.port == c->port,
+		    __LINE__);
+		snprintf(what, sizeof(what), "%s: db", c->name);
+		check_true(what, cfg.redis.db == c->db, __LINE__);
+		snprintf(what, sizeof(what), "%s: username", c->name);
+		check_true(what, same_or_null(cfg.redis.username, c->username),
+		    __LINE__);
+		snprintf(what, sizeof(what), "%s: password", c->name);
+		check_true(what, same_or_null(cfg.redis_password, c->password),
+		    __LINE__);
+		/* The one copy of the password is redis_password. */
+		CU_ASSERT_PTR_NULL(cfg.redis.password);
+		CU_ASSERT_FALSE(cfg.redis.tls);
+		config_free(&cfg);
+		CU_ASSERT_PTR_NULL(cfg.redis.host);
+	}
+}
+
+/*
+ * A password in the url and one from password_file or the redis-password
+ * credential: refused, whichever it is, and neither is quoted.
+ */
+static void
+test_redis_password_twice(void)
+{
+	struct config	 cfg;
+	char		 err[ERRLEN], pw[PATH_MAX], text[TEXTLEN];
+	char		 want[TEXTLEN];
+
+	clear_env();
+	write_file("redis-pw", "filepw\n", 0600, pw, sizeof(pw));
+	snprintf(text, sizeof(text), "[redis]\nurl = redis://u:urlpw@h\n"
+	    "password_file = %s\n", pw);
+	CU_ASSERT_EQUAL(load_text(text, 0, &cfg, err), -1);
+	expand(want, sizeof(want), "%s:2: key \"url\" in [redis]: holds a "
+	    "password, and password_file (or the redis-password credential) "
+	    "gives one too; keep one of them", conf_path);
+	check_str("url and password_file", err, want, __LINE__);
+
+	/* username and password_file: the ACL form of the old keys. */
+	snprintf(text, sizeof(text), "[redis]\nurl = redis://h:1/0\n"
+	    "username = ug\npassword_file = %s\n", pw);
+	if (load_text(text, 0, &cfg, err) != 0)
+		check_str("username and password_file", err, "", __LINE__);
+	else {
+		check_str("username", cfg.redis.username, "ug", __LINE__);
+		check_str("password", cfg.redis_password, "filepw", __LINE__);
+		config_free(&cfg);
+	}
+
+	write_file("redis-password", "credpw\n", 0600, pw, sizeof(pw));
+	set_env("CREDENTIALS_DIRECTORY", tmpdir);
+	CU_ASSERT_EQUAL(load_text("[redis]\nurl = redis://:urlpw@h\n", 0,
+	    &cfg, err), -1);
+	check_str("url and the credential", err, want, __LINE__);
+	check_true("no password quoted", strstr(err, "urlpw") == NULL &&
+	    strstr(err, "credpw") == NULL, __LINE__);
+	if (load_text("[redis]\nurl = redis://ug@h\n", 0, &cfg, err) != 0)
+		check_str("url user, credential password", err, "", __LINE__);
+	else {
+		check_str("username", cfg.redis.username, "ug", __LINE__);
+		check_str("password", cfg.redis_password, "credpw", __LINE__);
+		config_free(&cfg);
+	}
+	clear_env();
 }
 
 static void
@@ -1203,6 +1367,31 @@ test_restart_keys(void)
 	    __LINE__);
 	config_free(&a);
 	config_free(&b);
+
+	/* A url with a new password is the url alone; username restarts. */
+	if (load_text("[redis]\nurl = redis://u:one@h/0\n", 0, &a, err) != 0) {
+		check_str("load url a", err, "", __LINE__);
+		return;
+	}
+	if (load_text("[redis]\nurl = redis://u:two@h/0\n", 0, &b, err) != 0) {
+		check_str("load url b", err, "", __LINE__);
+		config_free(&a);
+		return;
+	}
+	CU_ASSERT_EQUAL(config_restart_keys(&a, &b, out, sizeof(out)), 1);
+	check_str("url changed", out, "redis.url", __LINE__);
+	config_free(&b);
+	if (load_text("[redis]\nurl = redis://:one@h/0\nusername = u\n", 0, &b,
+	    err) != 0)
+		check_str("load url b", err, "", __LINE__);
+	else {
+		CU_ASSERT_EQUAL(config_restart_keys(&a, &b, out, sizeof(out)),
+		    2);
+		check_str("url and username", out, "redis.url,redis.username",
+		    __LINE__);
+		config_free(&b);
+	}
+	config_free(&a);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1450,6 +1639,9 @@ main(void)
 	    CU_add_test(suite, "SPEC block", test_spec_block) == NULL ||
 	    CU_add_test(suite, "values", test_values) == NULL ||
 	    CU_add_test(suite, "errors", test_errors) == NULL ||
+	    CU_add_test(suite, "redis keys", test_redis_keys) == NULL ||
+	    CU_add_test(suite, "redis password twice",
+	    test_redis_password_twice) == NULL ||
 	    CU_add_test(suite, "refused values not quoted",
 	    test_refused_value_not_quoted) == NULL ||
 	    CU_add_test(suite, "file errors", test_file_errors) == NULL ||
