@@ -6,7 +6,8 @@
 #      black-box integration tests against redis-server and the fake Twilio);
 #   3. builds in build-asan/ with AddressSanitizer + UBSan and runs the
 #      whole suite again;
-#   4. `make distcheck`;
+#   4. `make distcheck`, and the Debian package built and checked with
+#      lintian (tests/check-deb.sh, about a minute);
 #   5. the libFuzzer targets for FUZZ_SECONDS each (default 30);
 #   6. the daemon under valgrind for the core, socket, status and systemd
 #      tests (`make check-valgrind`).
@@ -66,10 +67,12 @@ if ! make -s -C build distcheck > build/distcheck.log 2>&1; then
 	    while read -r f; do echo "==== $f"; grep -E 'FAILED|^E ' "$f" | head -40; done
 	exit 1
 fi
+echo "== Debian package"
+top_srcdir=$top tests/check-deb.sh || [ $? -eq 77 ]
 echo "== fuzzing (libFuzzer, ${FUZZ_SECONDS:-30} s per target)"
 make -s -C build fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 echo "== valgrind"
 make -s -C build check-valgrind > build/valgrind.log 2>&1 || { tail -n 80 build/valgrind.log; exit 1; }
 grep -E '^=+ .*(passed|failed)' build/valgrind.log | tail -n 1
-echo "all checks passed (build, ASan+UBSan build, distcheck, fuzzing, valgrind)"
+echo "all checks passed (build, ASan+UBSan build, distcheck, Debian package, fuzzing, valgrind)"
 echo "checks: $total_passed passed, 0 failed"

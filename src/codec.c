@@ -45,9 +45,10 @@ static void		 set_error(char *, size_t, const char *, ...)
 static const char	*msgpack_type_noun(const msgpack_object *);
 static const char	*string_bytes(const char *);
 static int		 is_printable_ascii(const char *, size_t);
-static json_t		*from_msgpack_map(const msgpack_object_map *, int, char *,
+static json_t		*from_msgpack_map(const msgpack_object_map *, int,
+			    char *, size_t);
+static json_t		*from_msgpack(const msgpack_object *, int, char *,
 			    size_t);
-static json_t		*from_msgpack(const msgpack_object *, int, char *, size_t);
 static int		 json_depth_ok(const json_t *, int);
 static enum codec_status decode_json(const char *, size_t, int, json_t **,
 			    char *, size_t);
@@ -161,22 +162,26 @@ from_msgpack_map(const msgpack_object_map *map, int depth, char *err,
 			key = string_bytes(kv->key.via.bin.ptr);
 			keylen = kv->key.via.bin.size;
 		} else {
-			set_error(err, errlen, "map key must be a string, got %s",
+			set_error(err, errlen,
+			    "map key must be a string, got %s",
 			    msgpack_type_noun(&kv->key));
 			goto fail;
 		}
 		if (json_object_getn(obj, key, keylen) != NULL) {
 			if (keylen <= CODEC_KEY_QUOTE_MAX &&
 			    is_printable_ascii(key, keylen))
-				set_error(err, errlen, "duplicate map key \"%.*s\"",
+				set_error(err, errlen,
+				    "duplicate map key \"%.*s\"",
 				    (int)keylen, key);
 			else
 				set_error(err, errlen, "duplicate map key");
 			goto fail;
 		}
-		if ((child = from_msgpack(&kv->val, depth + 1, err, errlen)) == NULL)
+		if ((child = from_msgpack(&kv->val, depth + 1, err,
+		    errlen)) == NULL)
 			goto fail;
-		if (json_object_setn_new_nocheck(obj, key, keylen, child) == -1) {
+		if (json_object_setn_new_nocheck(obj, key, keylen,
+		    child) == -1) {
 			set_error(err, errlen, "out of memory");
 			goto fail;
 		}
@@ -230,8 +235,8 @@ from_msgpack(const msgpack_object *o, int depth, char *err, size_t errlen)
 	 * Only containers count, as in json_depth_ok: a scalar inside the
 	 * deepest allowed container is fine in both formats.
 	 */
-	if ((o->type == MSGPACK_OBJECT_ARRAY || o->type == MSGPACK_OBJECT_MAP) &&
-	    depth > CODEC_DEPTH_MAX) {
+	if ((o->type == MSGPACK_OBJECT_ARRAY ||
+	    o->type == MSGPACK_OBJECT_MAP) && depth > CODEC_DEPTH_MAX) {
 		set_error(err, errlen, "nested deeper than %d levels",
 		    CODEC_DEPTH_MAX);
 		return NULL;
@@ -333,11 +338,13 @@ decode_json(const char *buf, size_t len, int want_map, json_t **out, char *err,
 	json_error_t	 jerr;
 	json_t		*v;
 
-	v = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+	v = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL,
+	    &jerr);
 	if (v == NULL) {
 		if (json_error_code(&jerr) == json_error_invalid_utf8) {
-			set_error(err, errlen, "JSON is not valid UTF-8 at byte "
-			    "%d: %s", jerr.position, jerr.text);
+			set_error(err, errlen,
+			    "JSON is not valid UTF-8 at byte %d: %s",
+			    jerr.position, jerr.text);
 			return CODEC_BAD_UTF8;
 		}
 		set_error(err, errlen, "invalid JSON at byte %d: %s",
@@ -448,8 +455,9 @@ decode_msgpack(const char *buf, size_t len, int want_map, json_t **out,
 		 * CODEC_DEPTH_MAX containers overflows and when a container
 		 * announces more elements than can be allocated.
 		 */
-		set_error(err, errlen, "msgpack nested deeper than %d levels or "
-		    "too large", CODEC_DEPTH_MAX);
+		set_error(err, errlen,
+		    "msgpack nested deeper than %d levels or too large",
+		    CODEC_DEPTH_MAX);
 		goto done;
 	case MSGPACK_UNPACK_PARSE_ERROR:
 	default:
@@ -457,8 +465,8 @@ decode_msgpack(const char *buf, size_t len, int want_map, json_t **out,
 		goto done;
 	}
 	if (off != len) {
-		set_error(err, errlen, "%zu trailing bytes after the msgpack value",
-		    len - off);
+		set_error(err, errlen,
+		    "%zu trailing bytes after the msgpack value", len - off);
 		goto done;
 	}
 	if (want_map && unpacked.data.type != MSGPACK_OBJECT_MAP) {
@@ -692,7 +700,8 @@ pack_members(msgpack_packer *pk, const json_t *v, int depth)
 		keylen = json_object_iter_key_len(iter);
 		if (msgpack_pack_str(pk, keylen) != 0 ||
 		    msgpack_pack_str_body(pk, key, keylen) != 0 ||
-		    pack_value(pk, json_object_iter_value(iter), depth + 1) != 0)
+		    pack_value(pk, json_object_iter_value(iter),
+		    depth + 1) != 0)
 			return -1;
 	}
 	return 0;
@@ -781,8 +790,8 @@ pack_root(msgpack_packer *pk, const void *v)
 }
 
 int
-codec_msgpack_packed(int (*pack)(struct msgpack_packer *, const void *), const void *arg,
-    char **out, size_t *len)
+codec_msgpack_packed(int (*pack)(struct msgpack_packer *, const void *),
+    const void *arg, char **out, size_t *len)
 {
 	msgpack_packer	 pk;
 
@@ -844,7 +853,8 @@ codec_text_valid(const json_t *v)
 		for (iter = json_object_iter((json_t *)v); iter != NULL;
 		    iter = json_object_iter_next((json_t *)v, iter)) {
 			key = json_object_iter_key(iter);
-			if (!codec_utf8_valid(key, json_object_iter_key_len(iter)) ||
+			if (!codec_utf8_valid(key,
+			    json_object_iter_key_len(iter)) ||
 			    !codec_text_valid(json_object_iter_value(iter)))
 				return 0;
 		}
@@ -862,8 +872,8 @@ codec_text_valid(const json_t *v)
  * way, for its own key and inside the result (docs/performance.md).
  */
 int
-codec_encode_with(const json_t *v, const char *key, const char *enc, size_t enclen,
-    enum results_format fmt, char **out, size_t *len)
+codec_encode_with(const json_t *v, const char *key, const char *enc,
+    size_t enclen, enum results_format fmt, char **out, size_t *len)
 {
 	static const char plain[] = "abcdefghijklmnopqrstuvwxyz"
 	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ_";
@@ -1023,7 +1033,9 @@ codec_sanitize_text(char *s)
 			n = 4;
 		else
 			n = 0;
-		/* strnlen: a sequence cut by the terminator is not read past. */
+		/*
+		 * strnlen: a sequence cut by the terminator is not read past.
+		 */
 		if (n != 0 && strnlen((char *)p, n) == n &&
 		    codec_utf8_valid((char *)p, n) &&
 		    !(p[0] == 0xc2 && p[1] <= 0x9f)) {

@@ -54,7 +54,8 @@ printable(const char *s, size_t len)
 }
 
 static const struct {
-	const char		*first, *second;	/* second NULL: one word */
+	/* second NULL: one word */
+	const char		*first, *second;
 	enum status_verb	 verb;
 } verbs[] = {
 	{ "show", "stats", STATUS_SHOW_STATS },
@@ -116,14 +117,17 @@ status_parse(const char *line, size_t len, struct status_command *cmd)
 		return;
 	switch (verbs[i].verb) {
 	case STATUS_DEAD_LIST:
-		if (n > 3 || parse_count(w[2], 0, DEAD_LIST_DEFAULT, &cmd->count) != 0) {
-			cmd->error = "error: dead list takes a count from 1 to 10000";
+		if (n > 3 ||
+		    parse_count(w[2], 0, DEAD_LIST_DEFAULT, &cmd->count) != 0) {
+			cmd->error =
+			    "error: dead list takes a count from 1 to 10000";
 			return;
 		}
 		break;
 	case STATUS_DEAD_RETRY:
 		if (n > 3 || parse_count(w[2], 1, -1, &cmd->count) != 0) {
-			cmd->error = "error: dead retry takes a count from 1 to 10000, or all";
+			cmd->error = "error: dead retry takes a count from 1 "
+			    "to 10000, or all";
 			return;
 		}
 		break;

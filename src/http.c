@@ -45,7 +45,8 @@ struct http_call {
 	struct http_call	*next_free;
 	TAILQ_ENTRY(http_call)	 active;	/* while in the multi handle */
 	struct header_gen	*gen;		/* whose headers it sends */
-	int			 out_of_fds;	/* socket() said EMFILE/ENFILE */
+	/* socket() said EMFILE/ENFILE */
+	int			 out_of_fds;
 };
 
 struct sock_ctx {
@@ -56,7 +57,8 @@ struct sock_ctx {
 static CURLM *multi;
 static struct event *timer_ev;
 static struct http_call *free_calls;
-static TAILQ_HEAD(, http_call) active_calls = TAILQ_HEAD_INITIALIZER(active_calls);
+static TAILQ_HEAD(, http_call) active_calls =
+    TAILQ_HEAD_INITIALIZER(active_calls);
 static long inflight;
 /* "User-Agent: ..." as a ready header line (see headers_build). */
 static char user_agent[180];
@@ -140,7 +142,8 @@ basic_authorization(const char *user, const char *secret)
 	}
 	snprintf((char *)plain, plain_len + 1, "%s:%s", user, secret);
 	memcpy(line, prefix, sizeof(prefix) - 1);
-	EVP_EncodeBlock((unsigned char *)line + sizeof(prefix) - 1, plain, (int)plain_len);
+	EVP_EncodeBlock((unsigned char *)line + sizeof(prefix) - 1, plain,
+	    (int)plain_len);
 	explicit_bzero(plain, plain_len);
 	free(plain);
 	return line;
@@ -150,7 +153,8 @@ static int
 headers_build(void)
 {
 	static const char *const webhook_lines[3] = {
-		NULL, "X-Twilio-Webhook-Enabled: true", "X-Twilio-Webhook-Enabled: false",
+		NULL, "X-Twilio-Webhook-Enabled: true",
+		"X-Twilio-Webhook-Enabled: false",
 	};
 	struct header_gen *g = calloc(1, sizeof(*g));
 	char *auth;
@@ -162,13 +166,15 @@ headers_build(void)
 	    ug.cfg->auth_secret ? ug.cfg->auth_secret : "");
 	for (post = 0; post < 2 && auth != NULL; post++) {
 		for (w = 0; w < 3; w++) {
-			struct curl_slist *h = curl_slist_append(NULL, "Accept: application/json");
+			struct curl_slist *h =
+			    curl_slist_append(NULL, "Accept: application/json");
 
 			/*
 			 * User-Agent as a header line, not CURLOPT_USERAGENT:
 			 * libcurl 7.88 re-formats that option with its
-			 * byte-at-a-time printf for every transfer (Curl_pretransfer),
-			 * then copies it again into the request head.
+			 * byte-at-a-time printf for every transfer
+			 * (Curl_pretransfer), then copies it again into the
+			 * request head.
 			 */
 			if (h != NULL)
 				h = curl_slist_append(h, user_agent);
@@ -180,8 +186,8 @@ headers_build(void)
 			 * formatting a line through its printf (2 % of the
 			 * CPU per created user), as Twilio's own libraries do.
 			 */
-			if (h != NULL && post)
-				h = curl_slist_append(h, "Expect:");	/* no 100-continue */
+			if (h != NULL && post)	/* no 100-continue */
+				h = curl_slist_append(h, "Expect:");
 			if (h != NULL && webhook_lines[w] != NULL)
 				h = curl_slist_append(h, webhook_lines[w]);
 			if (h == NULL)
@@ -251,7 +257,8 @@ on_header(char *buf, size_t size, size_t nitems, void *userdata)
 	char value[128];
 	size_t vlen;
 
-	if (n > sizeof(name) - 1 && strncasecmp(buf, name, sizeof(name) - 1) == 0) {
+	if (n > sizeof(name) - 1 &&
+	    strncasecmp(buf, name, sizeof(name) - 1) == 0) {
 		vlen = n - (sizeof(name) - 1);
 		if (vlen >= sizeof(value))
 			vlen = sizeof(value) - 1;
@@ -278,8 +285,9 @@ on_header(char *buf, size_t size, size_t nitems, void *userdata)
 static int
 proxy_in_env(void)
 {
-	static const char *const vars[] = { "http_proxy", "HTTP_PROXY", "https_proxy",
-	    "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY" };
+	static const char *const vars[] = { "http_proxy", "HTTP_PROXY",
+	    "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+	    "no_proxy", "NO_PROXY" };
 	size_t i;
 
 	for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
@@ -408,7 +416,8 @@ set_url(struct http_call *c, const char *url)
 		    (c->url_text = strdup(url)) == NULL)
 			return -1;
 	}
-	return curl_easy_setopt(c->easy, CURLOPT_CURLU, c->url) == CURLE_OK ? 0 : -1;
+	return curl_easy_setopt(c->easy, CURLOPT_CURLU, c->url) == CURLE_OK ?
+	    0 : -1;
 }
 
 int
@@ -431,7 +440,8 @@ http_send(const char *url, const char *body, int webhook, http_done_cb *cb,
 		log_error("http: the request URL does not parse");
 		goto fail;
 	}
-	curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, headers_for(body != NULL, webhook));
+	curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER,
+	    headers_for(body != NULL, webhook));
 	c->gen = headers;
 	headers->calls++;
 	if (body != NULL) {
@@ -439,13 +449,15 @@ http_send(const char *url, const char *body, int webhook, http_done_cb *cb,
 			goto fail;
 		curl_easy_setopt(c->easy, CURLOPT_POST, 1L);
 		curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, c->post);
-		curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(c->post));
+		curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE,
+		    (long)strlen(c->post));
 	} else {
 		curl_easy_setopt(c->easy, CURLOPT_HTTPGET, 1L);
 	}
 	c->started = now_monotonic();
 	if ((mc = curl_multi_add_handle(multi, c->easy)) != CURLM_OK) {
-		log_error("http: cannot start a request", "error", curl_multi_strerror(mc));
+		log_error("http: cannot start a request", "error",
+		    curl_multi_strerror(mc));
 		goto fail;
 	}
 	inflight++;
@@ -540,9 +552,9 @@ timer_cb(CURLM *m, long timeout_ms, void *userp)
 static int
 is_tls_failure(CURLcode rc)
 {
-	return rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE ||
-	    rc == CURLE_SSL_ISSUER_ERROR || rc == CURLE_SSL_PINNEDPUBKEYNOTMATCH ||
-	    rc == CURLE_SSL_CRL_BADFILE;
+	return rc == CURLE_PEER_FAILED_VERIFICATION ||
+	    rc == CURLE_SSL_CACERT_BADFILE || rc == CURLE_SSL_ISSUER_ERROR ||
+	    rc == CURLE_SSL_PINNEDPUBKEYNOTMATCH || rc == CURLE_SSL_CRL_BADFILE;
 }
 
 /*
@@ -563,7 +575,8 @@ check_done(void)
 		if (msg->msg != CURLMSG_DONE)
 			continue;
 		rc = msg->data.result;
-		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
+		    (char **)&c);
 		curl_multi_remove_handle(multi, msg->easy_handle);
 		TAILQ_REMOVE(&active_calls, c, active);
 		inflight--;
@@ -571,7 +584,8 @@ check_done(void)
 		res.retry_after_ms = c->retry_after_ms;
 		res.seconds = now_monotonic() - c->started;
 		if (rc == CURLE_OK) {
-			curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &res.status);
+			curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE,
+			    &res.status);
 			res.body = c->body ? c->body : "";
 			res.len = c->len;
 		} else {
@@ -579,7 +593,8 @@ check_done(void)
 			res.body = "";
 			res.tls_failure = is_tls_failure(rc);
 			res.out_of_fds = c->out_of_fds;
-			res.error = c->error[0] ? c->error : curl_easy_strerror(rc);
+			res.error =
+			    c->error[0] ? c->error : curl_easy_strerror(rc);
 		}
 		stats_observe(&stats_twilio_seconds, res.seconds);
 		{
@@ -598,8 +613,10 @@ http_configure(void)
 	struct http_call *c;
 
 	if (headers_build() != 0)
-		log_error("http: out of memory building request headers; keeping the old ones");
-	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, ug.cfg->max_inflight);
+		log_error("http: out of memory building request headers; "
+		    "keeping the old ones");
+	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+	    ug.cfg->max_inflight);
 	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, ug.cfg->max_inflight);
 	/* Handles in flight keep their old options until they come back;
 	 * pooled ones take the new ones now. */
@@ -618,7 +635,8 @@ http_init(void)
 	v = curl_version_info(CURLVERSION_NOW);
 	if (uname(&u) != 0)
 		strcpy(u.machine, "unknown");
-	snprintf(user_agent, sizeof(user_agent), "User-Agent: usergate/%s (Linux %s) libcurl/%s",
+	snprintf(user_agent, sizeof(user_agent),
+	    "User-Agent: usergate/%s (Linux %s) libcurl/%s",
 	    PACKAGE_VERSION, u.machine, v->version);
 	if ((multi = curl_multi_init()) == NULL)
 		return -1;

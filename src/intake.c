@@ -43,9 +43,11 @@ struct intake_conn {
 	struct listen_conn	 lc;		/* refs: pushes on their way */
 	enum framing		 framing;
 	int			 outstanding;	/* requests not yet answered */
-	struct framing_state	 fs;		/* framing_next's, between reads */
+	/* framing_next's, between reads */
+	struct framing_state	 fs;
 	int			 throttled;
-	int			 output_full;	/* not read until answers drain */
+	/* not read until answers drain */
+	int			 output_full;
 };
 
 static struct listen_socket sock;
@@ -93,7 +95,8 @@ send_value(struct intake_conn *c, const json_t *v)
 
 	if (c->lc.closed || c->lc.bev == NULL)
 		return;
-	if (codec_encode(v, c->framing == FRAMING_MSGPACK ? FORMAT_MSGPACK : FORMAT_JSON,
+	if (codec_encode(v,
+	    c->framing == FRAMING_MSGPACK ? FORMAT_MSGPACK : FORMAT_JSON,
 	    &out, &len) != 0)
 		return;
 	bufferevent_write(c->lc.bev, out, len);
@@ -254,8 +257,9 @@ read_frames(struct intake_conn *c, struct evbuffer *in)
 			have = UG_FRAME_MAX + 1;
 		data = NULL;
 		if (have > 0 &&
-		    (data = (const char *)evbuffer_pullup(in, (ev_ssize_t)have)) == NULL)
-			return;		/* out of memory: try on the next read */
+		    (data = (const char *)evbuffer_pullup(in,
+		    (ev_ssize_t)have)) == NULL)
+			return;	/* out of memory: try on the next read */
 		st = framing_next(data, have, c->framing, &c->fs, &frame_len,
 		    &consumed);
 		if (st == FRAME_NONE)
@@ -298,7 +302,8 @@ conn_read(struct bufferevent *bev, void *arg)
 	}
 	if (c->output_full)
 		return;		/* conn_write reads on once answers drain */
-	if (evbuffer_get_length(bufferevent_get_output(bev)) > INTAKE_OUTPUT_MAX) {
+	if (evbuffer_get_length(bufferevent_get_output(bev)) >
+	    INTAKE_OUTPUT_MAX) {
 		/* The client does not read its answers: read no more of its
 		 * requests, whose answers would pile up here too. */
 		c->output_full = 1;
@@ -443,11 +448,12 @@ intake_init(const struct intake_events *ev)
 	    "request", on_accept, conn_closing, conn_release) != 0)
 		return -1;
 	if (connection_limit() < ug.cfg->socket_max_connections) {
-		snprintf(want, sizeof(want), "%ld", ug.cfg->socket_max_connections);
+		snprintf(want, sizeof(want), "%ld",
+		    ug.cfg->socket_max_connections);
 		snprintf(have, sizeof(have), "%ld", connection_limit());
-		log_warn("the descriptor limit (RLIMIT_NOFILE) leaves fewer request "
-		    "socket connections than max_connections", "max_connections", want,
-		    "limit", have);
+		log_warn("the descriptor limit (RLIMIT_NOFILE) leaves fewer "
+		    "request socket connections than max_connections",
+		    "max_connections", want, "limit", have);
 	}
 	return 0;
 }

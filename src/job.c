@@ -62,7 +62,8 @@ enum job_state {
 	JOB_PARSED,
 	JOB_LOCAL_WAIT,		/* behind a local job with the same Identity */
 	JOB_CLAIMING,		/* claim script outstanding */
-	JOB_CLAIM_RETRY,	/* timer: another instance has it, or no Redis */
+	/* timer: another instance has it, or no Redis */
+	JOB_CLAIM_RETRY,
 	JOB_RATE_WAIT,		/* in rate_q */
 	JOB_SEND_WAIT,		/* in send_q */
 	JOB_HTTP,		/* request on the wire */
@@ -79,7 +80,8 @@ enum job_source { SOURCE_REDIS, SOURCE_SOCKET };
 TAILQ_HEAD(job_list, job);
 
 struct job {
-	TAILQ_ENTRY(job)	 link;	/* the one queue or waiter list it is in */
+	/* the one queue or waiter list it is in */
+	TAILQ_ENTRY(job)	 link;
 	TAILQ_ENTRY(job)	 all;
 	enum job_state		 state;
 	enum job_phase		 phase;
@@ -98,13 +100,18 @@ struct job {
 	double			 received_mono;
 
 	int			 attempts;	/* HTTP requests made */
-	int			 tries;		/* counted against max_attempts */
-	int			 fd_waits;	/* not sent: no descriptor (backoff) */
-	int			 retrying;	/* next HTTP request is a retry */
-	int			 claim_refusals;	/* a key of its Identity had the wrong type */
+	/* counted against max_attempts */
+	int			 tries;
+	/* not sent: no descriptor (backoff) */
+	int			 fd_waits;
+	/* next HTTP request is a retry */
+	int			 retrying;
+	/* a key of its Identity had the wrong type */
+	int			 claim_refusals;
 	long			 claim_poll_ms;
 	int			 owns_claim;	/* our claim is in Redis */
-	int			 is_owner;	/* in the local identity table */
+	/* in the local identity table */
+	int			 is_owner;
 	struct job_list		 waiters;	/* same Identity, behind us */
 	struct job		*owner;
 
@@ -206,12 +213,16 @@ static struct job *auth_probe_job;	/* NULL: no probe under way */
 
 /* Warnings about one request each: a flood of bad requests must not flood
  * the log (held-back lines are counted, see log_limit_allow). */
-static struct log_limit invalid_limit = LOG_LIMIT("request not done", LOG_LIMIT_PER_SECOND);
-static struct log_limit failed_limit = LOG_LIMIT("request not done", LOG_LIMIT_PER_SECOND);
+static struct log_limit invalid_limit =
+    LOG_LIMIT("request not done", LOG_LIMIT_PER_SECOND);
+static struct log_limit failed_limit =
+    LOG_LIMIT("request not done", LOG_LIMIT_PER_SECOND);
 static struct log_limit unreadable_limit =
-    LOG_LIMIT("stored user record unreadable; asking Twilio", LOG_LIMIT_PER_SECOND);
+    LOG_LIMIT("stored user record unreadable; asking Twilio",
+    LOG_LIMIT_PER_SECOND);
 static struct log_limit unexpected_limit =
-    LOG_LIMIT("unexpected twilio answer body; fetching the user", LOG_LIMIT_PER_SECOND);
+    LOG_LIMIT("unexpected twilio answer body; fetching the user",
+    LOG_LIMIT_PER_SECOND);
 
 static char *users_url;			/* api_base + /v1/Users (service) */
 static const struct job_hooks *hooks;	/* main.c's */
@@ -384,7 +395,8 @@ job_new(char *raw, size_t len, enum job_source source, long recoveries,
 
 	stats.received++;
 	if ((j = calloc(1, sizeof(*j))) == NULL) {
-		log_error("out of memory for a request; it stays in the processing list");
+		log_error("out of memory for a request; it stays in the "
+		    "processing list");
 		free(raw);
 		return NULL;
 	}
@@ -504,7 +516,8 @@ identity_leave(struct job *j)
 static long
 redis_backoff_ms(long n)
 {
-	return pace_backoff_ms(n, REDIS_BACKOFF_MIN_MS, REDIS_BACKOFF_MAX_MS, 0, 1.0);
+	return pace_backoff_ms(n, REDIS_BACKOFF_MIN_MS, REDIS_BACKOFF_MAX_MS,
+	    0, 1.0);
 }
 
 static void
@@ -542,7 +555,8 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 	case CLAIM_PENDING:
 		/* Another instance is creating it: poll with backoff until
 		 * it is done (duplicate) or released (we create). */
-		j->claim_poll_ms = j->claim_poll_ms ? j->claim_poll_ms * 2 : CLAIM_POLL_MIN_MS;
+		j->claim_poll_ms = j->claim_poll_ms ? j->claim_poll_ms * 2 :
+		    CLAIM_POLL_MIN_MS;
 		if (j->claim_poll_ms > CLAIM_POLL_MAX_MS)
 			j->claim_poll_ms = CLAIM_POLL_MAX_MS;
 		job_set_state(j, JOB_CLAIM_RETRY, NULL);
@@ -555,13 +569,15 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 		if (++j->claim_refusals >= REDIS_REFUSALS_MAX) {
 			char msg[320];
 
-			snprintf(msg, sizeof(msg), "redis key %.*s has the wrong type",
+			snprintf(msg, sizeof(msg),
+			    "redis key %.*s has the wrong type",
 			    (int)(reclen > 256 ? 256 : reclen), rec);
 			fail(j, "redis_error", msg);
 			return;
 		}
 		job_set_state(j, JOB_CLAIM_RETRY, NULL);
-		set_timer(j, redis_backoff_ms(j->claim_refusals), claim_timer_cb);
+		set_timer(j, redis_backoff_ms(j->claim_refusals),
+		    claim_timer_cb);
 		return;
 	case CLAIM_ERROR:
 	default:
@@ -659,7 +675,8 @@ rate_pump(void)
 	long want = 0;
 	struct job *j;
 
-	if (rate_outstanding || evtimer_pending(rate_ev, NULL) || TAILQ_EMPTY(&rate_q))
+	if (rate_outstanding || evtimer_pending(rate_ev, NULL) ||
+	    TAILQ_EMPTY(&rate_q))
 		return;
 	TAILQ_FOREACH(j, &rate_q, link)
 		want++;
@@ -679,7 +696,8 @@ send_enter(struct job *j)
 {
 	if (auth_park(j))
 		return;
-	if (TAILQ_EMPTY(&send_q) && http_inflight() < pace_window_limit(&window)) {
+	if (TAILQ_EMPTY(&send_q) &&
+	    http_inflight() < pace_window_limit(&window)) {
 		http_start(j);
 		return;
 	}
@@ -718,10 +736,12 @@ http_start(struct job *j)
 		body = twilio_form(&j->req, 1);
 		break;
 	case PHASE_FETCH:
-		url = twilio_user_url(ug.cfg->api_base, ug.cfg->service_sid, j->req.identity);
+		url = twilio_user_url(ug.cfg->api_base, ug.cfg->service_sid,
+		    j->req.identity);
 		break;
 	case PHASE_UPDATE:
-		url = twilio_user_url(ug.cfg->api_base, ug.cfg->service_sid, j->sid);
+		url = twilio_user_url(ug.cfg->api_base, ug.cfg->service_sid,
+		    j->sid);
 		body = twilio_form(&j->req, 0);
 		break;
 	}
@@ -763,17 +783,21 @@ retry_or_fail(struct job *j)
 
 	if (j->tries >= ug.cfg->max_attempts) {
 		if (j->last_status)
-			snprintf(msg, sizeof(msg), "gave up after %d attempts; last answer: "
+			snprintf(msg, sizeof(msg),
+			    "gave up after %d attempts; last answer: "
 			    "HTTP %ld%s%s", j->attempts, j->last_status,
-			    j->last_message ? ": " : "", j->last_message ? j->last_message : "");
+			    j->last_message ? ": " : "",
+			    j->last_message ? j->last_message : "");
 		else
-			snprintf(msg, sizeof(msg), "gave up after %d attempts; last error: %s",
-			    j->attempts, j->last_message ? j->last_message : "unknown");
+			snprintf(msg, sizeof(msg),
+			    "gave up after %d attempts; last error: %s",
+			    j->attempts,
+			    j->last_message ? j->last_message : "unknown");
 		fail(j, "retries_exhausted", msg);
 		return;
 	}
-	ms = pace_backoff_ms(j->tries, ug.cfg->base_delay_ms, ug.cfg->max_delay_ms,
-	    j->last_retry_after_ms, random_unit());
+	ms = pace_backoff_ms(j->tries, ug.cfg->base_delay_ms,
+	    ug.cfg->max_delay_ms, j->last_retry_after_ms, random_unit());
 	job_set_state(j, JOB_BACKOFF, NULL);
 	set_timer(j, ms, backoff_cb);
 }
@@ -790,8 +814,8 @@ auth_arm_probe(void)
 	tv.tv_sec = auth_probe_ms / 1000;
 	tv.tv_usec = (auth_probe_ms % 1000) * 1000;
 	evtimer_add(auth_ev, &tv);
-	auth_probe_ms = auth_probe_ms * 2 > AUTH_PROBE_MAX_MS ? AUTH_PROBE_MAX_MS :
-	    auth_probe_ms * 2;
+	auth_probe_ms = auth_probe_ms * 2 > AUTH_PROBE_MAX_MS ?
+	    AUTH_PROBE_MAX_MS : auth_probe_ms * 2;
 }
 
 /*
@@ -835,8 +859,8 @@ auth_wait(struct job *j, const char *reason)
 	if (!auth_blocked) {
 		auth_blocked = 1;
 		snprintf(ug.auth_reason, sizeof(ug.auth_reason), "%s", reason);
-		log_error("twilio refuses this daemon; intake paused, probing with backoff",
-		    "reason", reason);
+		log_error("twilio refuses this daemon; intake paused, "
+		    "probing with backoff", "reason", reason);
 		auth_park_queue(&rate_q);
 		auth_park_queue(&send_q);
 		queue_unblock();
@@ -899,14 +923,16 @@ auth_clear(void)
 /* answers */
 
 static void
-remember_answer(struct job *j, const struct http_result *res, long code, char *message)
+remember_answer(struct job *j, const struct http_result *res, long code,
+    char *message)
 {
 	j->last_status = res->status;
 	j->last_code = code;
 	j->last_retry_after_ms = res->retry_after_ms;
 	free(j->last_message);
 	if (res->status == 0)
-		j->last_message = strdup(res->error ? res->error : "transport error");
+		j->last_message =
+		    strdup(res->error ? res->error : "transport error");
 	else
 		j->last_message = message ? strdup(message) : NULL;
 }
@@ -927,7 +953,8 @@ record_straight(struct job *j, const struct http_result *res)
 
 	if (j->phase != PHASE_CREATE || j->conn != NULL || j->user != NULL ||
 	    ug.cfg->format != FORMAT_MSGPACK || !TAILQ_EMPTY(&j->waiters) ||
-	    !record_msgpack_from_twilio(res->body, res->len, j->req.identity, &enc, &len))
+	    !record_msgpack_from_twilio(res->body, res->len, j->req.identity,
+	    &enc, &len))
 		return 0;
 	free(j->res.record);
 	j->res.record = enc;
@@ -988,7 +1015,8 @@ classify_answer(struct job *j, const struct http_result *res, char **message)
 	if (res->status == 429) {
 		stats.rate_limited++;
 		pace_window_throttled(&window);
-	} else if (o == TWILIO_CREATED || o == TWILIO_OK || o == TWILIO_EXISTS) {
+	} else if (o == TWILIO_CREATED || o == TWILIO_OK ||
+	    o == TWILIO_EXISTS) {
 		pace_window_success(&window);
 	}
 	/* Only the probe's answer tells: an answer to a request sent
@@ -1068,7 +1096,8 @@ on_http(const struct http_result *res, void *arg)
 		break;
 	case TWILIO_EXISTS:
 		if (j->phase != PHASE_CREATE) {
-			fail(j, "twilio_rejected", message ? message : "conflict");
+			fail(j, "twilio_rejected",
+			    message ? message : "conflict");
 			break;
 		}
 		j->phase = PHASE_FETCH;
@@ -1078,13 +1107,16 @@ on_http(const struct http_result *res, void *arg)
 		retry_or_fail(j);
 		break;
 	case TWILIO_AUTH:
-		auth_wait(j, res->tls_failure ? "twilio TLS verification failed" :
-		    res->status == 403 ? "twilio credentials refused (HTTP 403)" :
+		auth_wait(j,
+		    res->tls_failure ? "twilio TLS verification failed" :
+		    res->status == 403 ?
+		    "twilio credentials refused (HTTP 403)" :
 		    "twilio credentials refused (HTTP 401)");
 		break;
 	case TWILIO_REJECTED:
 	default:
-		fail(j, "twilio_rejected", message ? message : "rejected by Twilio");
+		fail(j, "twilio_rejected",
+		    message ? message : "rejected by Twilio");
 		break;
 	}
 	free(message);
@@ -1230,7 +1262,8 @@ conclude(struct job *j, enum result_status status, const char *code,
 		return;
 	}
 	count_result(status);
-	stats_observe(&stats_result_seconds, now_monotonic() - j->received_mono);
+	stats_observe(&stats_result_seconds,
+	    now_monotonic() - j->received_mono);
 	log_outcome(j, code, message);
 	commit_enter(j);
 }

@@ -45,8 +45,8 @@ socket_fd_budget(void)
 {
 	struct rlimit rl;
 
-	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
-	    rl.rlim_cur > LONG_MAX)
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 ||
+	    rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > LONG_MAX)
 		return LONG_MAX;
 	return (long)rl.rlim_cur - 2 * ug.cfg->max_inflight - FD_RESERVE;
 }
@@ -74,16 +74,16 @@ listener_error(struct evconnlistener *lev, void *arg)
 
 	evconnlistener_disable(lev);
 	if (!sl->failing) {
-		log_warn("cannot accept connections; pausing", "socket", sl->what,
-		    "error", strerror(err));
+		log_warn("cannot accept connections; pausing", "socket",
+		    sl->what, "error", strerror(err));
 		sl->failing = 1;
 	}
 	evtimer_add(sl->resume, &pause);
 }
 
 static void
-listener_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
-    int socklen, void *arg)
+listener_accept(struct evconnlistener *lev, evutil_socket_t fd,
+    struct sockaddr *sa, int socklen, void *arg)
 {
 	struct socket_listener *sl = arg;
 
@@ -106,8 +106,8 @@ socket_listener_open(struct socket_listener *sl, const char *path, long mode,
 	sl->what = what;
 	sl->accepted = accepted;
 	sl->resume = evtimer_new(ug.base, listener_resume, sl);
-	sl->lev = evconnlistener_new(ug.base, listener_accept, sl, LEV_OPT_CLOSE_ON_FREE,
-	    -1, fd);
+	sl->lev = evconnlistener_new(ug.base, listener_accept, sl,
+	    LEV_OPT_CLOSE_ON_FREE, -1, fd);
 	if (sl->resume == NULL || sl->lev == NULL) {
 		if (sl->lev == NULL)
 			close(fd);
@@ -267,27 +267,31 @@ unix_listen(const char *path, long mode, const char *what)
 	strcpy(sun.sun_path, path);
 	if (lstat(path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode)) {
-			log_error("socket path exists and is not a socket", "socket", what,
-			    "path", path);
+			log_error("socket path exists and is not a socket",
+			    "socket", what, "path", path);
 			return -1;
 		}
 		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
+		if (fd >= 0 &&
+		    connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
 			close(fd);
-			log_error("another daemon is listening on this socket; refusing to "
-			    "start", "socket", what, "path", path);
+			log_error("another daemon is listening on this "
+			    "socket; refusing to start", "socket", what,
+			    "path", path);
 			return -1;
 		}
 		if (fd >= 0)
 			close(fd);
 		if (unlink(path) != 0 && errno != ENOENT) {
-			log_error("cannot remove stale socket", "socket", what, "path", path,
-			    "error", strerror(errno));
+			log_error("cannot remove stale socket", "socket", what,
+			    "path", path, "error", strerror(errno));
 			return -1;
 		}
 	}
-	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
-		log_error("cannot create socket", "socket", what, "error", strerror(errno));
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0)) < 0) {
+		log_error("cannot create socket", "socket", what, "error",
+		    strerror(errno));
 		return -1;
 	}
 	/* Never world-writable, not even for an instant: the umask covers
@@ -305,10 +309,12 @@ unix_listen(const char *path, long mode, const char *what)
 		char want[8];
 
 		snprintf(want, sizeof(want), "%04lo", mode & 0777);
-		log_warn("socket mode would make it world-writable; others may not write",
-		    "socket", what, "path", path, "mode", want);
+		log_warn("socket mode would make it world-writable; "
+		    "others may not write", "socket", what, "path", path,
+		    "mode", want);
 	}
-	if (chmod(path, (mode_t)mode & 0777 & ~(mode_t)0002) != 0 || listen(fd, 128) != 0) {
+	if (chmod(path, (mode_t)mode & 0777 & ~(mode_t)0002) != 0 ||
+	    listen(fd, 128) != 0) {
 		log_error("cannot set up socket", "socket", what, "path", path,
 		    "error", strerror(errno));
 		close(fd);

@@ -526,6 +526,7 @@ log_limits_report(double now)
 		if ((held = log_limit_held(l, now)) == 0)
 			continue;
 		snprintf(count, sizeof(count), "%llu", held);
-		log_warn("suppressed similar lines", "like", l->msg, "count", count);
+		log_warn("suppressed similar lines", "like", l->msg, "count",
+		    count);
 	}
 }

@@ -11,6 +11,7 @@
 #include <sys/prctl.h>
 
 #include <errno.h>
+#include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,12 +48,17 @@ daemon_stop(int graceful)
 static void
 notify_status(void)
 {
-	char line[256], health[160];
+	char line[256], health[160], queue[32];
 	long long requests, processing, dead;
 
+	/* -1 until Redis has first answered, and while it is away. */
 	queue_last_lengths(&requests, &processing, &dead);
-	snprintf(line, sizeof(line), "STATUS=%s; queue %lld, in flight %ld/%ld%s%s",
-	    daemon_health(health, sizeof(health)), requests, http_inflight(),
+	if (requests < 0)
+		snprintf(queue, sizeof(queue), "unknown");
+	else
+		snprintf(queue, sizeof(queue), "%lld", requests);
+	snprintf(line, sizeof(line), "STATUS=%s; queue %s, in flight %ld/%ld%s%s",
+	    daemon_health(health, sizeof(health)), queue, http_inflight(),
 	    ug.cfg->max_inflight, ug.paused ? ", paused" : "",
 	    ug.draining ? ", stopping" : "");
 	if (strcmp(line, last_status_line) == 0)
@@ -376,6 +382,28 @@ parse_options(int argc, char **argv, int *check_only)
 	return -1;
 }
 
+/*
+ * -n run from a shell checks what the unit would start with: outside
+ * systemd (no $CREDENTIALS_DIRECTORY) the credentials are read from the
+ * configuration file's directory, where the unit's LoadCredential= lines
+ * take them from (/etc/usergate/twilio-api-secret, ...).  0, or -1.
+ */
+static int
+credentials_beside_config(void)
+{
+	const char *dir = getenv("CREDENTIALS_DIRECTORY");
+	char *copy;
+	int r;
+
+	if (dir != NULL && *dir != '\0')
+		return 0;
+	if ((copy = strdup(config_path)) == NULL)
+		return -1;
+	r = setenv("CREDENTIALS_DIRECTORY", dirname(copy), 1);
+	free(copy);
+	return r;
+}
+
 /* The event loop and the signals it handles; 0, or -1 (logged). */
 static int
 loop_init(void)
@@ -444,6 +472,10 @@ main(int argc, char **argv)
 	if ((rv = parse_options(argc, argv, &check_only)) != -1)
 		return rv;
 
+	if (check_only && credentials_beside_config() != 0) {
+		fprintf(stderr, "usergated: %s\n", strerror(errno));
+		return 1;
+	}
 	state_init(&hooks);
 	if ((ug.cfg = calloc(1, sizeof(*ug.cfg))) == NULL)
 		return 1;

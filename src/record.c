@@ -96,7 +96,8 @@ check_user(const char *sid, size_t sidlen, const char *identity,
 	if (want == NULL)
 		return RECORD_USER;
 	if (!twilio_is_sid(sid, sidlen, "US") || identity == NULL ||
-	    identitylen != strlen(want) || memcmp(identity, want, identitylen) != 0)
+	    identitylen != strlen(want) ||
+	    memcmp(identity, want, identitylen) != 0)
 		return RECORD_WRONG_USER;
 	return RECORD_USER;
 }
@@ -142,7 +143,8 @@ from_cjson(const cJSON *c, enum fast *why)
 			if ((jchild = from_cjson(child, why)) == NULL ||
 			    (cJSON_IsArray(c) ?
 			    json_array_append_new(v, jchild) :
-			    json_object_set_new(v, child->string, jchild)) != 0) {
+			    json_object_set_new(v, child->string,
+			    jchild)) != 0) {
 				if (jchild != NULL)
 					*why = FAST_INVALID;
 				json_decref(v);
@@ -214,7 +216,8 @@ parse_answer(const char *body, size_t len, const char *identity,
 	id = cJSON_IsString(found[KEPT_IDENTITY]) ? found[KEPT_IDENTITY] : NULL;
 	*what = check_user(found[KEPT_SID]->valuestring,
 	    strlen(found[KEPT_SID]->valuestring),
-	    id ? id->valuestring : NULL, id ? strlen(id->valuestring) : 0, identity);
+	    id ? id->valuestring : NULL, id ? strlen(id->valuestring) : 0,
+	    identity);
 	if (*what != RECORD_USER) {
 		cJSON_Delete(answer);
 		return NULL;
@@ -287,7 +290,8 @@ pack_cjson(msgpack_packer *pk, const cJSON *c)
 	if (!cJSON_IsArray(c) && !cJSON_IsObject(c))
 		return -1;
 	n = (size_t)cJSON_GetArraySize(c);
-	if ((cJSON_IsArray(c) ? msgpack_pack_array(pk, n) : msgpack_pack_map(pk, n)) != 0)
+	if ((cJSON_IsArray(c) ? msgpack_pack_array(pk, n) :
+	    msgpack_pack_map(pk, n)) != 0)
 		return -1;
 	cJSON_ArrayForEach(a, c) {
 		if (cJSON_IsObject(c)) {
@@ -387,7 +391,8 @@ record_exact(const char *body, size_t len, const char *identity,
 	for (i = 0; i < sizeof(record_fields) / sizeof(record_fields[0]); i++) {
 		if ((v = json_object_get(answer, record_fields[i])) == NULL)
 			continue;
-		if (json_object_set_nocheck(record, record_fields[i], v) == -1) {
+		if (json_object_set_nocheck(record, record_fields[i],
+		    v) == -1) {
 			json_decref(record);
 			json_decref(answer);
 			return NULL;
@@ -428,8 +433,8 @@ record_from_twilio(const char *body, size_t len, const char *identity,
 		return NULL;
 	if (has_nul_escape(body, len))
 		record = record_exact(body, len, identity, what);
-	else if ((record = record_fast(body, len, identity, &why, what)) == NULL &&
-	    why == FAST_INEXACT)
+	else if ((record = record_fast(body, len, identity, &why,
+	    what)) == NULL && why == FAST_INEXACT)
 		record = record_exact(body, len, identity, what);
 	/* The right user in an answer that is no record (a value that is
 	 * not UTF-8, no memory): no record all the same. */
@@ -562,7 +567,8 @@ record_stored(const char *buf, size_t len)
 	json_t		*v = NULL;
 	char		 err[128];
 
-	if (codec_decode_any(buf, len, &v, err, sizeof(err)) == CODEC_OK && json_is_object(v))
+	if (codec_decode_any(buf, len, &v, err, sizeof(err)) == CODEC_OK &&
+	    json_is_object(v))
 		return v;
 	json_decref(v);
 	return NULL;
@@ -594,7 +600,8 @@ dead_request_hex(json_t *v)
 		hex[2 * i] = digits[p[i] >> 4];
 		hex[2 * i + 1] = digits[p[i] & 0xf];
 	}
-	json_object_set_new_nocheck(v, "request_hex", json_stringn_nocheck(hex, 2 * len));
+	json_object_set_new_nocheck(v, "request_hex",
+	    json_stringn_nocheck(hex, 2 * len));
 	free(hex);
 	json_object_del(v, "request");
 	return 0;
@@ -636,7 +643,8 @@ record_dead_request(const char *buf, size_t len, size_t *textlen)
 	if (codec_decode_any(buf, len, &v, err, sizeof(err)) != CODEC_OK)
 		return NULL;
 	req = json_object_get(v, "request");
-	if (json_is_object(req) && codec_encode(req, FORMAT_JSON, &text, textlen) != 0)
+	if (json_is_object(req) &&
+	    codec_encode(req, FORMAT_JSON, &text, textlen) != 0)
 		text = NULL;
 	json_decref(v);
 	return text;

@@ -59,7 +59,8 @@ static const struct field_name field_names[FIELD_COUNT] = {
 	[FIELD_FRIENDLY_NAME] = FIELD_NAME("FriendlyName", "friendly_name"),
 	[FIELD_ATTRIBUTES] = FIELD_NAME("Attributes", "attributes"),
 	[FIELD_ROLE_SID] = FIELD_NAME("RoleSid", "role_sid"),
-	[FIELD_WEBHOOK_ENABLED] = FIELD_NAME("WebhookEnabled", "webhook_enabled"),
+	[FIELD_WEBHOOK_ENABLED] =
+	    FIELD_NAME("WebhookEnabled", "webhook_enabled"),
 	[FIELD_REQUEST_ID] = FIELD_NAME("RequestId", "request_id"),
 	[FIELD_REPLY_TO] = FIELD_NAME("ReplyTo", "reply_to"),
 	/* Socket only (SPEC §6.1); accepted and ignored from Redis. */
@@ -115,7 +116,8 @@ static enum request_error check_identity(const struct fields *, char *,
 static enum request_error check_request_id(const struct fields *, char *,
 			    size_t);
 static int		 has_prefix(const char *, size_t, const char *, size_t);
-static int		 in_scope(const char *, size_t, const struct reply_scope *);
+static int		 in_scope(const char *, size_t,
+			    const struct reply_scope *);
 static enum request_error check_reply_to(const struct fields *,
 			    const struct reply_scope *, char *, size_t);
 static enum request_error check_attributes(const json_t *, const char *,
@@ -123,8 +125,8 @@ static enum request_error check_attributes(const json_t *, const char *,
 static enum request_error copy_echo_fields(const struct fields *,
 			    const struct reply_scope *, struct request *);
 static enum request_error validate(const struct fields *,
-			    const struct reply_scope *, struct request *, char *,
-			    size_t);
+			    const struct reply_scope *, struct request *,
+			    char *, size_t);
 
 /*
  * Writes the message (when the caller wants one) and returns e.  The
@@ -728,7 +730,8 @@ check_size(const void *buf, size_t len, char *err, size_t errlen)
 		    p[i] >= '0' && p[i] <= '9'; i++)
 			total = total * 10 + (unsigned long long)(p[i] - '0');
 		return reject(err, errlen, REQ_TOO_LARGE,
-		    "request is %llu bytes, over the limit of %d", total, UG_FRAME_MAX);
+		    "request is %llu bytes, over the limit of %d", total,
+		    UG_FRAME_MAX);
 	}
 	/*
 	 * msgpack that announces more than the limit is too large however
@@ -742,8 +745,8 @@ check_size(const void *buf, size_t len, char *err, size_t errlen)
 		if (codec_msgpack_scan(&scan, buf, len, UG_FRAME_MAX) ==
 		    CODEC_SCAN_TOO_LARGE)
 			return reject(err, errlen, REQ_TOO_LARGE,
-			    "msgpack header at byte %zu announces more than the "
-			    "limit of %d bytes", scan.off, UG_FRAME_MAX);
+			    "msgpack header at byte %zu announces more than "
+			    "the limit of %d bytes", scan.off, UG_FRAME_MAX);
 	}
 	return REQ_OK;
 }

@@ -21,7 +21,7 @@
 #include "daemon.h"
 
 #define STATUS_IDLE_S		30
-#define STATUS_INPUT_MAX	(64 * 1024)	/* bytes read ahead of answers */
+#define STATUS_INPUT_MAX	(64 * 1024) /* bytes read ahead of answers */
 /* Answers waiting for a client that sends commands without reading them:
  * beyond the high mark no command is read until they drain to the low. */
 #define STATUS_OUTPUT_MAX	(1024 * 1024)
@@ -31,8 +31,10 @@
 
 struct status_conn {
 	struct listen_conn	 lc;
-	int			 busy;		/* an answer is being prepared */
-	int			 closing;	/* close once the output is written */
+	/* an answer is being prepared */
+	int			 busy;
+	/* close once the output is written */
+	int			 closing;
 };
 
 static struct listen_socket sock;
@@ -46,7 +48,8 @@ static const char help_text[] =
 	"pause             stop taking requests (in-flight ones finish)\n"
 	"resume            take requests again\n"
 	"reload            reload the configuration (as SIGHUP)\n"
-	"dead list [N]     the newest N dead entries (default 10), one JSON per line\n"
+	"dead list [N]     the newest N dead entries (default 10), "
+	"one JSON per line\n"
 	"dead retry [N|all] move dead requests back to the request list\n"
 	"help              this list\n";
 
@@ -131,8 +134,8 @@ struct stats_call {
 };
 
 static void
-on_stats_lengths(int ok, long long requests, long long processing, long long dead,
-    double oldest, void *arg)
+on_stats_lengths(int ok, long long requests, long long processing,
+    long long dead, double oldest, void *arg)
 {
 	struct stats_call *sc = arg;
 	struct stats_gauges g;
@@ -169,22 +172,24 @@ show_stats(struct status_conn *c, int metrics)
 	sc->metrics = metrics;
 	c->busy = 1;
 	listen_conn_ref(&c->lc);
+	/* Redis down: say null */
 	if (queue_lengths(on_stats_lengths, sc) != 0)
-		on_stats_lengths(0, -1, -1, -1, 0, sc);	/* Redis down: say null */
+		on_stats_lengths(0, -1, -1, -1, 0, sc);
 }
 
 static void
-on_queue_lengths(int ok, long long requests, long long processing, long long dead,
-    double oldest, void *arg)
+on_queue_lengths(int ok, long long requests, long long processing,
+    long long dead, double oldest, void *arg)
 {
 	struct status_conn *c = arg;
 
 	if (!ok)
 		answer(c, "error: redis unavailable");
 	else
-		answer_json(c, json_pack("{s:I, s:I, s:I, s:f}", "depth", (json_int_t)requests,
-		    "processing", (json_int_t)processing, "dead", (json_int_t)dead,
-		    "oldest_age_s", oldest));
+		answer_json(c, json_pack("{s:I, s:I, s:I, s:f}",
+		    "depth", (json_int_t)requests,
+		    "processing", (json_int_t)processing,
+		    "dead", (json_int_t)dead, "oldest_age_s", oldest));
 	done(c);
 }
 

@@ -13,11 +13,14 @@
 #include "config.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,21 +42,58 @@ usage(FILE *f)
 {
 	fprintf(f,
 	    "usage: usergatectl [-s STATUS_SOCK] show stats|metrics|queue\n"
-	    "       usergatectl [-s STATUS_SOCK] health|pause|resume|reload|help\n"
+	    "       usergatectl [-s STATUS_SOCK] "
+	    "health|pause|resume|reload|help\n"
 	    "       usergatectl [-s STATUS_SOCK] dead list [N]\n"
 	    "       usergatectl [-s STATUS_SOCK] dead retry [N|all]\n"
-	    "       usergatectl [-S REQUEST_SOCK] create IDENTITY [--friendly-name S]\n"
+	    "       usergatectl [-S REQUEST_SOCK] create IDENTITY "
+	    "[--friendly-name S]\n"
 	    "                   [--attributes JSON] [--role-sid RL...]\n"
-	    "                   [--webhook-enabled true|false] [--request-id ID]\n"
-	    "                   [--reply-to KEY] [--no-wait] [--timeout SECONDS]\n"
+	    "                   [--webhook-enabled true|false] "
+	    "[--request-id ID]\n"
+	    "                   [--reply-to KEY] [--no-wait] "
+	    "[--timeout SECONDS]\n"
 	    "\n"
 	    "  -s PATH        status socket (default " DEFAULT_STATUS ")\n"
 	    "  -S PATH        request socket (default " DEFAULT_REQUEST ")\n"
 	    "  -h, --help     this help\n"
 	    "  -V, --version  the version\n"
 	    "\n"
-	    "exit status: 0 ok; 1 the daemon said no (error, degraded, create failed);\n"
+	    "exit status: 0 ok; 1 the daemon said no "
+	    "(error, degraded, create failed);\n"
 	    "2 bad usage or daemon not reachable\n");
+}
+
+/*
+ * EACCES: the daemon runs, but its sockets (and their directory, 0750)
+ * belong to its group.  Name that group and the fix, rather than leave
+ * the user wondering whether usergated is running.
+ */
+static void
+say_not_allowed(const char *path)
+{
+	char dir[sizeof(((struct sockaddr_un *)NULL)->sun_path)], *slash;
+	const char *group = "usergate", *user = "YOUR-USER";
+	struct group *gr;
+	struct passwd *pw;
+	struct stat st;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	if ((slash = strrchr(dir, '/')) == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == dir)
+		slash[1] = '\0';	/* a socket in / */
+	else
+		*slash = '\0';
+	if ((stat(path, &st) == 0 || stat(dir, &st) == 0) &&
+	    (gr = getgrgid(st.st_gid)) != NULL)
+		group = gr->gr_name;
+	if ((pw = getpwuid(getuid())) != NULL)
+		user = pw->pw_name;
+	fprintf(stderr, "usergatectl: cannot connect to %s: permission denied: "
+	    "you are not in the group %s; ask an administrator to add you "
+	    "(usermod -aG %s %s), then log in again\n", path, group, group,
+	    user);
 }
 
 static int
@@ -65,7 +105,8 @@ connect_to(const char *path)
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
 	if (strlen(path) >= sizeof(sun.sun_path)) {
-		fprintf(stderr, "usergatectl: socket path too long: %s\n", path);
+		fprintf(stderr, "usergatectl: socket path too long: %s\n",
+		    path);
 		return -1;
 	}
 	strcpy(sun.sun_path, path);
@@ -74,8 +115,13 @@ connect_to(const char *path)
 		return -1;
 	}
 	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-		fprintf(stderr, "usergatectl: cannot connect to %s: %s (is usergated "
-		    "running?)\n", path, strerror(errno));
+		if (errno == EACCES) {
+			say_not_allowed(path);
+			close(fd);
+			return -1;
+		}
+		fprintf(stderr, "usergatectl: cannot connect to %s: %s "
+		    "(is usergated running?)\n", path, strerror(errno));
 		close(fd);
 		return -1;
 	}
@@ -162,7 +208,8 @@ read_until(int fd, const char *end, int end_line, long timeout_ms)
 			return buf;
 		}
 		if (dl != NULL && left <= 0) {
-			fprintf(stderr, "usergatectl: no answer from usergated in time\n");
+			fprintf(stderr,
+			    "usergatectl: no answer from usergated in time\n");
 			break;
 		}
 		if (poll(&p, 1, dl ? (int)left : -1) < 0) {
@@ -175,7 +222,8 @@ read_until(int fd, const char *end, int end_line, long timeout_ms)
 		if (len + 4096 + 1 > cap) {
 			char *nb;
 
-			if (cap > ANSWER_MAX || (nb = realloc(buf, cap * 2)) == NULL)
+			if (cap > ANSWER_MAX ||
+			    (nb = realloc(buf, cap * 2)) == NULL)
 				break;
 			buf = nb;
 			cap *= 2;
@@ -188,7 +236,8 @@ read_until(int fd, const char *end, int end_line, long timeout_ms)
 				buf[len] = '\0';
 				return buf;	/* closed after a full answer */
 			}
-			fprintf(stderr, "usergatectl: usergated closed the connection\n");
+			fprintf(stderr,
+			    "usergatectl: usergated closed the connection\n");
 			break;
 		}
 		len += (size_t)n;
@@ -217,8 +266,8 @@ status_command(int argc, char **argv)
 	if ((fd = connect_to(status_path)) < 0)
 		return 2;
 	if (write_all(fd, line, strlen(line)) != 0) {
-		fprintf(stderr, "usergatectl: cannot send to %s: %s\n", status_path,
-		    strerror(errno));
+		fprintf(stderr, "usergatectl: cannot send to %s: %s\n",
+		    status_path, strerror(errno));
 		close(fd);
 		return 2;
 	}
@@ -235,9 +284,11 @@ status_command(int argc, char **argv)
 		fprintf(stderr, "usergatectl: %s\n", answer);
 		rv = 1;
 	} else {
-		if (answer[0] != '\0')	/* no lines: print none (jq reads nothing) */
+		/* no lines: print none (jq reads nothing) */
+		if (answer[0] != '\0')
 			printf("%s\n", answer);
-		rv = strcmp(argv[0], "health") == 0 && strcmp(answer, "ok") != 0;
+		rv = strcmp(argv[0], "health") == 0 &&
+		    strcmp(answer, "ok") != 0;
 	}
 	free(answer);
 	return rv;
@@ -334,13 +385,15 @@ create_request(int argc, char **argv, char **text, long *timeout_ms, int *wait)
 		}
 	}
 	if (optind + 1 != argc) {
-		fprintf(stderr, "usergatectl: create takes exactly one IDENTITY\n");
+		fprintf(stderr,
+		    "usergatectl: create takes exactly one IDENTITY\n");
 		usage(stderr);
 		json_decref(req);
 		return 2;
 	}
 	/* json_string refuses text that is not UTF-8: say so plainly. */
-	if (json_object_set_new(req, "Identity", json_string(argv[optind])) != 0 ||
+	if (json_object_set_new(req, "Identity",
+	    json_string(argv[optind])) != 0 ||
 	    json_object_size(req) == 0) {
 		fprintf(stderr, "usergatectl: arguments must be UTF-8 text\n");
 		json_decref(req);
@@ -364,8 +417,8 @@ send_request(const char *text, long timeout_ms)
 	if ((fd = connect_to(request_path)) < 0)
 		return NULL;
 	if (write_all(fd, text, strlen(text)) || write_all(fd, "\n", 1)) {
-		fprintf(stderr, "usergatectl: cannot send to %s: %s\n", request_path,
-		    strerror(errno));
+		fprintf(stderr, "usergatectl: cannot send to %s: %s\n",
+		    request_path, strerror(errno));
 		close(fd);
 		return NULL;
 	}
@@ -387,7 +440,8 @@ print_result(char *answer, int wait)
 
 	res = json_loads(answer, 0, &jerr);
 	if (res == NULL) {
-		fprintf(stderr, "usergatectl: unreadable answer: %s\n", jerr.text);
+		fprintf(stderr, "usergatectl: unreadable answer: %s\n",
+		    jerr.text);
 		free(answer);
 		return 2;
 	}
@@ -397,8 +451,9 @@ print_result(char *answer, int wait)
 	free(answer);
 	status = json_string_value(json_object_get(res, "status"));
 	rv = 1;
-	if (status != NULL && (strcmp(status, "created") == 0 || strcmp(status, "exists") == 0 ||
-	    strcmp(status, "updated") == 0 || strcmp(status, "duplicate") == 0 ||
+	if (status != NULL && (strcmp(status, "created") == 0 ||
+	    strcmp(status, "exists") == 0 || strcmp(status, "updated") == 0 ||
+	    strcmp(status, "duplicate") == 0 ||
 	    (!wait && strcmp(status, "queued") == 0)))
 		rv = 0;
 	json_decref(res);
@@ -460,9 +515,12 @@ main(int argc, char **argv)
 	}
 	if (strcmp(argv[0], "create") == 0)
 		return create_command(argc, argv);
-	if ((argc == 2 && strcmp(argv[0], "show") == 0 && (strcmp(argv[1], "stats") == 0 ||
-	    strcmp(argv[1], "metrics") == 0 || strcmp(argv[1], "queue") == 0)) ||
-	    (argc == 1 && (strcmp(argv[0], "health") == 0 || strcmp(argv[0], "pause") == 0 ||
+	if ((argc == 2 && strcmp(argv[0], "show") == 0 &&
+	    (strcmp(argv[1], "stats") == 0 ||
+	    strcmp(argv[1], "metrics") == 0 ||
+	    strcmp(argv[1], "queue") == 0)) ||
+	    (argc == 1 && (strcmp(argv[0], "health") == 0 ||
+	    strcmp(argv[0], "pause") == 0 ||
 	    strcmp(argv[0], "resume") == 0 || strcmp(argv[0], "reload") == 0 ||
 	    strcmp(argv[0], "help") == 0)) ||
 	    (argc >= 2 && argc <= 3 && strcmp(argv[0], "dead") == 0 &&
@@ -472,7 +530,8 @@ main(int argc, char **argv)
 	    strcmp(argv[0], "health") == 0 || strcmp(argv[0], "pause") == 0 ||
 	    strcmp(argv[0], "resume") == 0 || strcmp(argv[0], "reload") == 0 ||
 	    strcmp(argv[0], "help") == 0)
-		fprintf(stderr, "usergatectl: bad arguments for '%s'\n", argv[0]);
+		fprintf(stderr, "usergatectl: bad arguments for '%s'\n",
+		    argv[0]);
 	else
 		fprintf(stderr, "usergatectl: unknown command '%s'\n", argv[0]);
 	usage(stderr);

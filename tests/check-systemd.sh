@@ -7,7 +7,14 @@
 #     Documentation= pages are looked up in the man pages of docs/;
 #  2. `systemd-analyze security --offline=yes`: the overall exposure level
 #     must not exceed MAX_EXPOSURE;
-#  3. lines the unit must hold (LimitCORE=0).
+#  3. lines the unit must hold (LimitCORE=0);
+#  4. every Twilio secret the unit loads (LoadCredential=) is also a
+#     ConditionPathExists= of it, so that before the operator wrote one the
+#     unit is skipped with the reason, not failed with 243/CREDENTIALS and
+#     restarted; no other credential is loaded by default (Debian's Redis
+#     has no password);
+#  5. neither the unit nor the docs tell operators to copy the unit into
+#     /etc/systemd/system, which would hide every upgrade of it.
 #
 # Exit status: 0 pass, 1 fail, 77 skip (only when systemd-analyze is not
 # installed).  top_srcdir and top_builddir come from the test harness; when
@@ -121,5 +128,43 @@ for setting in LimitCORE=0; do
 		status=1
 	fi
 done
+
+# ---- 4. no crash loop before the credentials exist
+loaded=$(sed -n 's/^LoadCredential=[^:]*:\(.*\)$/\1/p' "$unit")
+if [ -z "$loaded" ]; then
+	echo "FAIL: $unit loads no credential"
+	status=1
+fi
+for path in $loaded; do
+	case $path in
+	*/twilio-api-secret | */twilio-auth-token)
+		if grep -qx "ConditionPathExists=|$path" "$unit"; then
+			echo "ok: LoadCredential= of $path has ConditionPathExists=|$path"
+		else
+			echo "FAIL: $unit loads $path without ConditionPathExists=|$path:" \
+			    "without the file it fails with 243/CREDENTIALS and restarts"
+			status=1
+		fi
+		;;
+	*)
+		echo "FAIL: $unit loads $path by default; a Redis without a" \
+		    "password (Debian's default) then fails with 243/CREDENTIALS"
+		status=1
+		;;
+	esac
+done
+
+# ---- 5. drop-ins, not copies
+for doc in "$unit" "$top_srcdir/README.md" "$top_srcdir/docs/operations.md" \
+    "$top_srcdir/debian/README.Debian"; do
+	[ -f "$doc" ] || continue
+	if grep -n -E '(Install as|install .*|cp .*) /etc/systemd/system/usergated\.service' \
+	    "$doc"; then
+		echo "FAIL: $doc tells to copy the unit into /etc/systemd/system" \
+		    "(line above); local changes go in a drop-in (systemctl edit)"
+		status=1
+	fi
+done
+[ $status -eq 0 ] && echo "ok: no doc copies the unit into /etc/systemd/system"
 
 exit $status

@@ -56,6 +56,37 @@ def test_config_check(tmp_path):
     assert p.returncode == 0 and p.stdout.startswith("usergated ")
 
 
+def test_config_check_reads_credentials_beside_the_config(tmp_path):
+    """`usergated -n -c /etc/usergate/usergate.conf`, as the docs say, checks
+    the credentials the unit's LoadCredential= lines would give: outside
+    systemd they are read from the configuration file's directory."""
+    conf = "[twilio]\napi_key = %s\n" % API_KEY
+    p = run_check(conf, tmp_path)
+    assert p.returncode == 2 and "credentials" in p.stderr, p.stderr
+    secret = tmp_path / "twilio-api-secret"
+    secret.write_text("abc\n")
+    secret.chmod(0o644)
+    p = run_check(conf, tmp_path)
+    assert p.returncode == 2 and "twilio-api-secret" in p.stderr, p.stderr
+    assert "abc" not in p.stderr
+    secret.chmod(0o400)
+    p = run_check(conf, tmp_path)
+    assert p.returncode == 0, p.stderr
+    # A redis-password file there is checked too.
+    (tmp_path / "redis-password").write_text("pw")
+    (tmp_path / "redis-password").chmod(0o644)
+    p = run_check(conf, tmp_path)
+    assert p.returncode == 2 and "redis-password" in p.stderr, p.stderr
+    # $CREDENTIALS_DIRECTORY, when set, still wins.
+    other = tmp_path / "creds"
+    other.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
+    env["CREDENTIALS_DIRECTORY"] = str(other)
+    p = subprocess.run([USERGATED, "-n", "-c", str(tmp_path / "u.conf")],
+                       capture_output=True, text=True, env=env, timeout=30)
+    assert p.returncode == 2 and "credentials" in p.stderr, p.stderr
+
+
 def test_fifo_secret_file_is_refused_at_once(tmp_path):
     """A FIFO named as the secret file: opened blocking it would wait for a
     writer forever; it is refused at once as not a regular file."""

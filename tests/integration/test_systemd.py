@@ -18,7 +18,8 @@ import pytest
 
 from conftest import wait_for, SLOW, SRCDIR, USERGATECTL
 
-STATUS_RE = re.compile(r"^STATUS=(ok|degraded: [^;]+); queue (-?\d+), in flight (\d+)/(\d+)")
+STATUS_RE = re.compile(r"^STATUS=(ok|degraded: [^;]+); queue (unknown|\d+), "
+                       r"in flight (\d+)/(\d+)")
 WATCHDOG_USEC = 500000
 
 
@@ -142,6 +143,10 @@ def test_ready_status_and_watchdog(env, notify):
     notify.wait_line(status_where(lambda m, l: int(m.group(3)) >= 1 and "paused" not in l),
                      since=mark, timeout=15, what="STATUS with requests in flight")
     assert d.stop() == 0
+    # An unknown depth (at start, with Redis away) is "unknown", never -1.
+    status = [l for l in notify.lines() if l.startswith("STATUS=")]
+    assert all(STATUS_RE.match(l) for l in status), status
+    assert not [l for l in status if "queue -" in l], status
 
 
 def test_no_watchdog_unless_asked(env, notify):

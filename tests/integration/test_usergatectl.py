@@ -1,10 +1,14 @@
 """usergatectl (SPEC §6.3) against a live daemon: every subcommand, its
 output (JSON where the daemon answers JSON, so it pipes into jq), its exit
 status, and its errors when there is no daemon or the usage is wrong."""
+import grp
 import json
+import os
+import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 
 import pytest
@@ -98,6 +102,35 @@ def test_no_daemon(tmp_path):
     s.close()
     rc, _, err = ctl("-s", stale, "health")
     assert rc == 2 and "cannot connect to %s" % stale in err
+
+
+def test_not_in_the_group_is_said_plainly(tmp_path):
+    """A user outside the socket's group is told so, with the group and the
+    fix, not "Permission denied (is usergated running?)"."""
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrnam("daemon")
+    assert nobody.pw_name not in group.gr_mem
+    top = tempfile.mkdtemp(prefix="ctl-perm-")   # /tmp: nobody may pass
+    try:
+        os.chmod(top, 0o755)
+        run = os.path.join(top, "run")
+        os.mkdir(run, 0o750)
+        os.chown(run, 0, group.gr_gid)
+        path = os.path.join(run, "status.sock")
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind(path)
+        srv.listen(4)
+        p = subprocess.run([USERGATECTL, "-s", path, "health"], capture_output=True,
+                           text=True, user=nobody.pw_uid, group=nobody.pw_gid,
+                           extra_groups=[], timeout=30)
+        srv.close()
+    finally:
+        shutil.rmtree(top)
+    assert p.returncode == 2 and p.stdout == ""
+    assert "cannot connect to %s" % path in p.stderr, p.stderr
+    assert "not in the group daemon" in p.stderr, p.stderr
+    assert "ask an administrator" in p.stderr and "usermod -aG daemon nobody" in p.stderr
+    assert "is usergated running" not in p.stderr
 
 
 def test_daemon_not_answering(tmp_path):
