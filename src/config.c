@@ -111,6 +111,12 @@ static const struct config_key config_table[] = {
 	    redis_durable_replicas),
 	KEY_LONG("redis", "durable_timeout_ms", "1000", 1, 60000, RESTART,
 	    redis_durable_timeout_ms),
+	/* Read on every connect: a reload reconnects with the new ones. */
+	KEY_STRING("redis", "tls_ca_file", "", RELOAD, redis_tls_ca_file),
+	KEY_STRING("redis", "tls_cert_file", "", RELOAD, redis_tls_cert_file),
+	KEY_STRING("redis", "tls_key_file", "", RELOAD, redis_tls_key_file),
+	KEY_STRING("redis", "tls_server_name", "", RELOAD,
+	    redis_tls_server_name),
 
 	/* Up to a year: Redis expiries are happy with that. */
 	KEY_LONG("dedup", "ttl_s", "86400", 1, 31536000, RELOAD, dedup_ttl_s),
@@ -248,6 +254,7 @@ static int	 parse_file(struct config_load *);
 static int	 apply_environment(struct config_load *);
 static int	 derive_instance_id(struct config_load *);
 static int	 check_combinations(struct config_load *);
+static int	 check_redis_tls(struct config_load *);
 static int	 derive_api_base(struct config_load *);
 static int	 derive_redis(struct config_load *);
 static int	 merge_redis_password(struct config_load *, char **);
@@ -733,6 +740,86 @@ check_combinations(struct config_load *ld)
 	return 0;
 }
 
+static int
+redis_tls_keys(const struct config *cfg)
+{
+	return *cfg->redis_tls_ca_file != '\0' ||
+	    *cfg->redis_tls_cert_file != '\0' ||
+	    *cfg->redis_tls_key_file != '\0' ||
+	    *cfg->redis_tls_server_name != '\0';
+}
+
+/*
+ * A certificate goes with its key, and TLS needs TCP: tls_* keys with
+ * unix_socket, or with a url that is not rediss://, would otherwise be
+ * ignored, and the operator who asked for TLS would get plain text
+ * without a word.  Runs after derive_redis.
+ */
+static int
+check_redis_tls(struct config_load *ld)
+{
+	struct config	*cfg = ld->cfg;
+	const char	*cert = cfg->redis_tls_cert_file;
+	const char	*key = cfg->redis_tls_key_file;
+
+	if ((*cert == '\0') != (*key == '\0')) {
+		key_fail(ld, key_find("redis", *cert ? "tls_cert_file" :
+		    "tls_key_file"), "needs %s too", *cert ? "tls_key_file" :
+		    "tls_cert_file");
+		return -1;
+	}
+	if (!redis_tls_keys(cfg) || cfg->redis.tls)
+		return 0;
+	if (*cfg->redis_url_key != '\0')
+		key_fail(ld, key_find("redis", "url"), "is not rediss://, and "
+		    "the tls_* keys are set: write rediss:// for TLS");
+	else if (cfg->redis.path != NULL)
+		key_fail(ld, key_find("redis", "unix_socket"),
+		    "cannot be used with TLS (the tls_* keys)");
+	else
+		return 0;
+	return -1;
+}
+
+/*
+ * TLS is on when url is rediss://, or, without a url, when any tls_* key
+ * is set: each of them only means something over TLS.  (With the
+ * system's CA store and no other key, tls_server_name names the host to
+ * check.)  A reload keeps the old url (a restart key) and its scheme, and
+ * takes the new tls_* keys.
+ */
+int
+config_redis_tls(const struct config *cfg)
+{
+	return cfg->redis.tls ||
+	    (*cfg->redis_url_key == '\0' && redis_tls_keys(cfg));
+}
+
+/* Reads a decimal number; NULL unless there is one. */
+static const char *
+version_part(const char *s, long *out)
+{
+	char	*end;
+
+	if (!isdigit((unsigned char)*s))
+		return NULL;
+	errno = 0;
+	*out = strtol(s, &end, 10);
+	return errno == 0 ? end : NULL;
+}
+
+int
+redis_version_at_least(const char *version, int major, int minor)
+{
+	const char	*s;
+	long		 ma, mi;
+
+	if ((s = version_part(version, &ma)) == NULL || *s != '.' ||
+	    (s = version_part(s + 1, &mi)) == NULL)
+		return -1;
+	return ma > major || (ma == major && mi >= minor);
+}
+
 /*
  * [redis] sentinels: "host:port,host:port", a host in brackets when it is an
  * IPv6 address ("[::1]:26379"), blanks around the commas allowed.  With
@@ -848,12 +935,6 @@ derive_redis(struct config_load *ld)
 		if (redis_url_parse(cfg->redis_url_key, r, message,
 		    sizeof(message)) == -1) {
 			key_fail(ld, url, "%s", message);
-			return -1;
-		}
-		/* Until the transport speaks TLS (issue 13, item 2). */
-		if (r->tls) {
-			key_fail(ld, url, "rediss:// (TLS) is not supported by "
-			    "this build yet");
 			return -1;
 		}
 		if (r->db != -1 && ld->lines[db] > 0 &&
@@ -1219,7 +1300,8 @@ config_load(const char *path, struct config *cfg, int require_credentials,
 	    check_combinations(&ld) == -1 ||
 	    derive_api_base(&ld) == -1 ||
 	    derive_redis(&ld) == -1 ||
-	    derive_sentinels(&ld) == -1)
+	    derive_sentinels(&ld) == -1 ||
+	    check_redis_tls(&ld) == -1)
 		goto fail;
 	url_password = cfg->redis.password;
 	cfg->redis.password = NULL;

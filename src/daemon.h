@@ -35,7 +35,8 @@ struct intake_conn;
 	X(recovered, "Requests taken back from a processing list after a crash") \
 	X(rate_limited, "429 answers from Twilio")			\
 	X(dead_dropped, "Oldest dead entries dropped to keep dead_max")	\
-	X(failovers, "Times Sentinel named a new Redis primary")
+	X(failovers, "Times Sentinel named a new Redis primary")	\
+	X(redis_reconnects, "Times the Redis link came up again after a loss")
 
 struct stats {
 #define STATS_FIELD(name, help) unsigned long long name;
@@ -85,9 +86,15 @@ void		 stats_observe(struct histogram *h, double seconds);
 	X(processing, long long, LENGTH, LENGTH, 7, "processing",	\
 	    "Length of this instance's processing list")		\
 	X(dead, long long, LENGTH, LENGTH, 8, "dead",			\
-	    "Length of the dead list")
+	    "Length of the dead list")					\
+	X(redis_address, const char *, STRING, INFO, 10, "redis_info",	\
+	    "The Redis address in use, as a label; always 1")		\
+	X(redis_tls, int, BOOLEAN, VALUE, 11, "redis_tls",		\
+	    "1 when the Redis link uses TLS")				\
+	X(redis_up_s, long long, LENGTH, LENGTH, 12, "redis_up_seconds", \
+	    "Seconds since the Redis link came up (absent while down)")
 /* The last place of a Prometheus gauge in STATS_GAUGES. */
-#define STATS_GAUGE_PLACES	9
+#define STATS_GAUGE_PLACES	12
 
 struct stats_gauges {
 #define STATS_GAUGE_FIELD(name, type, kind, prom, place, pname, help) \
@@ -290,6 +297,14 @@ struct queue_events {
 };
 int		 queue_init(const struct queue_events *events);
 int		 queue_connected(void);
+/* Config reloaded: new Redis TLS settings (or an outage) reconnect now. */
+void		 queue_reconfigure(void);
+/*
+ * For show stats: the Redis address in use (host:port or a socket's
+ * path), whether it is TLS, and the seconds since the link came up (-1
+ * while it is down).
+ */
+void		 queue_link_stats(const char **address, int *tls, double *up_s);
 /*
  * Takes up to room requests into our processing list, each reported as
  * taken, then ready once the take ended; nothing while a take is on its

@@ -147,6 +147,7 @@ reload(char *err, size_t errlen)
 		log_set_level(ug.cfg->log_level);
 	http_configure();
 	job_reconfigure();
+	queue_reconfigure();
 	log_info("configuration reloaded", "file", ug.cfg->path);
 	sd_notify(0, "READY=1");
 	notify_status();

@@ -169,6 +169,7 @@ void		 queue_link_up(int);
 void		 queue_hello_failed(struct queue_conn *, const char *,
 		    const redisReply *);
 void		 queue_link_params(struct queue_conn_params *);
+void		 queue_link_tls(struct queue_conn_params *);
 void		 queue_link_hello(struct queue_conn *, queue_conn_cb *);
 int		 queue_failover(const redisReply *);
 int		 queue_durable_send(queue_conn_cb *, void *);

@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #define CONNECT_TIMEOUT_MS	10000	/* to an address that never answers */
 #define SENTINEL_TIMEOUT_MS	500	/* per Sentinel: connect, then reply */
 #define REPLICA_RETRY_MS	300	/* a replica answered for the primary */
+#define AFTER_HANDSHAKE		"redis TLS: closed after the handshake"
 
 static const char *const script_source[SCRIPT_COUNT] = {
 	queue_take_lua, queue_claim_lua, queue_rate_lua, queue_takeover_lua,
@@ -45,8 +47,17 @@ static long reconnect_floor_ms;		/* least next wait (a replica) */
 static char outage_reason[256];		/* non-empty: an outage */
 static int scripts_loading;		/* SCRIPT LOADs on the wire */
 static int cmd_connected, blk_connected; /* came up since connect_all */
-static char link_role[16] = "unknown";	/* what ROLE said, for show stats */
+static char link_role[16] = "unknown";	/* what HELLO said, for show stats */
 static struct event *reconnect_ev;
+static char *link_tls_seen;		/* tls_settings() of the last connect */
+static char link_address[300];		/* host:port, or the socket's path */
+static int link_tls;			/* the link is made with TLS */
+static double link_up_since;		/* monotonic; 0 while down */
+static int link_was_up;			/* next link up: a reconnect */
+static char version_seen[32];		/* HELLO's, logged when it changes */
+static char policy_warned[32];		/* maxmemory-policy warned about */
+static int policy_unreadable;		/* CONFIG GET refused: NOPERM */
+static int hello_warned;		/* HELLO refused by an ACL */
 
 static void	 connect_all(void);
 static void	 connect_links(void);
@@ -57,6 +68,8 @@ static void	 link_drop(struct queue_conn **);
 static void	 on_client_id(struct queue_conn *, redisReply *, void *);
 static void	 on_script_loaded(struct queue_conn *, redisReply *, void *);
 static void	 schedule_reconnect(void);
+static void	 setup_refused(struct queue_conn *);
+static void	 role_seen(struct queue_conn *, const char *);
 
 static const char *const fault_operation[FAULT_COUNT] = {
 	"taking requests", "identity claims", "rate window",
@@ -135,15 +148,49 @@ queue_problem(void)
 static void
 outage(const char *reason, const char *error)
 {
+	/* The alert that a reset hid at first is no new outage. */
+	int refined = strncmp(outage_reason, AFTER_HANDSHAKE,
+	    strlen(AFTER_HANDSHAKE)) == 0 &&
+	    strncmp(reason, "redis TLS", 9) == 0;
+
 	if (strcmp(reason, outage_reason) == 0)
 		return;
 	snprintf(outage_reason, sizeof(outage_reason), "%s", reason);
-	if (strcmp(reason, "redis unreachable") == 0)
+	if (refined)
+		log_info("redis told why TLS failed", "reason", reason);
+	else if (strncmp(reason, "redis unreachable", 17) == 0)
 		log_warn("cannot connect to redis, retrying with backoff", "error", error);
+	else if (strncmp(reason, "redis TLS", 9) == 0)
+		log_error("TLS to redis failed, retrying with backoff", "reason",
+		    reason);
 	else
 		log_error("redis refuses us, retrying with backoff", "reason", reason,
 		    "error", error);
 	state_changed();
+}
+
+/*
+ * A connection that failed before the link was up: TLS (a certificate
+ * verification, a file that cannot be loaded, a close right after the
+ * handshake) says so, anything else is unreachable with its reason
+ * ("connection refused").
+ */
+static void
+outage_closed(const char *error, int after_handshake)
+{
+	char reason[sizeof(outage_reason)];
+	int first = tolower((unsigned char)error[0]);
+	const char *rest = error[0] ? error + 1 : "";
+
+	if (strncmp(error, "TLS:", 4) == 0)
+		snprintf(reason, sizeof(reason), "redis %s", error);
+	else if (after_handshake)
+		snprintf(reason, sizeof(reason), AFTER_HANDSHAKE
+		    " (client certificate refused?): %c%s", first, rest);
+	else
+		snprintf(reason, sizeof(reason), "redis unreachable: %c%s",
+		    first, rest);
+	outage(reason, error);
 }
 
 /* Sends a SCRIPT LOAD of each script, counting those on the wire. */
@@ -298,7 +345,8 @@ queue_durable_confirmed(const redisReply *r, queue_conn_cb *fn, void *priv)
  * before every connection, as Redis' "Sentinel client guidelines" say:
  * each in turn, with a short timeout; the first that names the primary
  * goes to the front of our list, so that it is asked first next time.
- * The link then checks with ROLE that the server is the primary (on_role).
+ * The link then checks that the server is the primary: the role HELLO
+ * names (role_seen).
  * One Sentinel's +switch-master channel tells us of a failover sooner than
  * our next error would; it only makes us drop the link and ask again.
  */
@@ -579,6 +627,7 @@ link_lost(void)
 	queue_ready = 0;
 	ug.redis_up = 0;
 	queue_take_outstanding = 0;
+	link_up_since = 0;
 	if (was) {
 		log_warn("redis connection lost; requests stay queued, reconnecting");
 		queue_events->link(0);
@@ -596,6 +645,10 @@ queue_link_up(int first)
 	queue_ready = 1;
 	ug.redis_up = 1;
 	reconnect_failures = 0;
+	link_up_since = now_monotonic();
+	if (link_was_up)
+		stats.redis_reconnects++;
+	link_was_up = 1;
 	queue_intake_reset();
 	if (outage_reason[0] || !first)
 		log_info("redis connection restored");
@@ -671,8 +724,22 @@ on_closed(struct queue_conn *c, const char *reason, void *arg)
 	struct queue_conn **slot = arg;
 	int lost = slot == &queue_cmd ? cmd_connected : blk_connected;
 
+	int handshaken = lost && link_tls && strncmp(reason, "TLS:", 4) != 0;
+
+	/*
+	 * Before the link is up, a close is an outage even after the
+	 * connection was made: a server that refuses our client certificate
+	 * says so only after the handshake (TLS 1.3), and as it closes on
+	 * the commands we sent meanwhile, our next write often meets a reset
+	 * before its alert is read.  So a plain close right after a
+	 * handshake is told as TLS too, and keeps a TLS reason an earlier
+	 * attempt gave rather than log a new one each time.
+	 */
 	if (!lost)
-		outage("redis unreachable", reason);
+		outage_closed(reason, 0);
+	else if (!queue_ready && !(handshaken &&
+	    strncmp(outage_reason, "redis TLS", 9) == 0))
+		outage_closed(reason, handshaken);
 	link_closed(slot, lost);
 }
 
@@ -755,6 +822,13 @@ queue_hello_failed(struct queue_conn *c, const char *what,
 			snprintf(reason, sizeof(reason), "redis refused %s", what);
 		outage(reason, queue_reply_error(r));
 	}
+	setup_refused(c);
+}
+
+/* Ends a connection attempt that Redis or a check of ours refused. */
+static void
+setup_refused(struct queue_conn *c)
+{
 	queue_setup_failed = 1;
 	if (c != NULL && c == queue_cmd)
 		link_drop(&queue_cmd);
@@ -820,7 +894,143 @@ queue_link_params(struct queue_conn_params *p)
 	p->host = to->host;
 	p->port = (unsigned)to->port;
 	p->unix_socket = to->path;
+	queue_link_tls(p);
 	sentinel_primary_params(p);
+}
+
+/* The [redis] tls_* keys into p (config_redis_tls says when TLS is on). */
+void
+queue_link_tls(struct queue_conn_params *p)
+{
+	struct config *c = ug.cfg;
+
+	p->tls = config_redis_tls(c);
+	p->tls_ca_file = c->redis_tls_ca_file;
+	p->tls_cert_file = c->redis_tls_cert_file;
+	p->tls_key_file = c->redis_tls_key_file;
+	p->tls_server_name = c->redis_tls_server_name;
+}
+
+/* The TLS settings as one string, to tell whether a reload changed them. */
+static char *
+tls_settings(void)
+{
+	struct queue_conn_params p;
+	char *s;
+
+	memset(&p, 0, sizeof(p));
+	queue_link_tls(&p);
+	if (asprintf(&s, "%d\n%s\n%s\n%s\n%s", p.tls, p.tls_ca_file,
+	    p.tls_cert_file, p.tls_key_file, p.tls_server_name) < 0)
+		return NULL;
+	return s;
+}
+
+/* The address show stats names: host:port ([host]:port for IPv6). */
+static void
+link_describe(const struct queue_conn_params *p)
+{
+	if (p->unix_socket != NULL && p->unix_socket[0])
+		snprintf(link_address, sizeof(link_address), "%s",
+		    p->unix_socket);
+	else
+		snprintf(link_address, sizeof(link_address),
+		    strchr(p->host, ':') ? "[%s]:%u" : "%s:%u", p->host,
+		    p->port);
+	link_tls = p->tls && !(p->unix_socket != NULL && p->unix_socket[0]);
+}
+
+void
+queue_link_stats(const char **address, int *tls, double *up_s)
+{
+	*address = link_address;
+	*tls = link_tls;
+	*up_s = link_up_since > 0 ? now_monotonic() - link_up_since : -1;
+}
+
+/*
+ * HELLO's answer (RESP2: a flat array of names and values) tells the
+ * server's version without INFO, which a least-privilege user may not
+ * run.  Below 6.2 there is no BLMOVE: the link is refused, with backoff,
+ * until the operator upgrades.  A server without HELLO is older than 6.0.
+ */
+static void
+on_hello(struct queue_conn *ac, redisReply *reply, void *priv)
+{
+	const redisReply *r = reply;
+	const char *version = NULL, *role = NULL;
+	char reason[sizeof(outage_reason)];
+	size_t i;
+
+	if (r == NULL || queue_setup_failed)
+		return;
+	/*
+	 * Refused for want of a password: the next command is refused too,
+	 * and says so.  Refused by an ACL: warned about once.
+	 */
+	if (r->type == REDIS_REPLY_ERROR &&
+	    strncasecmp(r->str, "ERR unknown command", 19) != 0) {
+		if (strncmp(r->str, "NOAUTH", 6) != 0 && !hello_warned) {
+			hello_warned = 1;
+			log_warn("redis refused HELLO; its version is not "
+			    "checked", "error", r->str);
+		}
+		return;
+	}
+	for (i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements;
+	    i += 2) {
+		if (r->element[i]->type != REDIS_REPLY_STRING ||
+		    r->element[i + 1]->type != REDIS_REPLY_STRING)
+			continue;
+		if (strcmp(r->element[i]->str, "version") == 0)
+			version = r->element[i + 1]->str;
+		else if (strcmp(r->element[i]->str, "role") == 0)
+			role = r->element[i + 1]->str;
+	}
+	if (version != NULL && redis_version_at_least(version, 6, 2) == 0)
+		snprintf(reason, sizeof(reason), "redis too old: version %s, "
+		    "usergated needs 6.2 or later", version);
+	else if (version == NULL && r->type == REDIS_REPLY_ERROR)
+		snprintf(reason, sizeof(reason), "redis too old: no HELLO "
+		    "(before 6.0), usergated needs 6.2 or later");
+	else {
+		if (version != NULL && strcmp(version, version_seen) != 0) {
+			snprintf(version_seen, sizeof(version_seen), "%s",
+			    version);
+			log_info("redis server", "version", version);
+		}
+		if (role != NULL && ac == queue_cmd)
+			role_seen(ac, role);
+		return;
+	}
+	outage(reason, r->type == REDIS_REPLY_ERROR ? r->str : version);
+	setup_refused(ac);
+}
+
+/*
+ * A policy that evicts keys may drop requests, claims or results under
+ * memory pressure: warned about once per policy.  A user without CONFIG
+ * (NOPERM, as a least-privilege one) is not asked again: each refusal
+ * would be an entry in Redis' ACL LOG.
+ */
+static void
+on_maxmemory_policy(struct queue_conn *ac, redisReply *reply, void *priv)
+{
+	const redisReply *r = reply, *v;
+
+	if (r != NULL && r->type == REDIS_REPLY_ERROR &&
+	    strncmp(r->str, "NOPERM", 6) == 0)
+		policy_unreadable = 1;
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+	    (v = r->element[1])->type != REDIS_REPLY_STRING)
+		return;
+	if (strcmp(v->str, "noeviction") == 0 ||
+	    strcmp(v->str, policy_warned) == 0)
+		return;
+	snprintf(policy_warned, sizeof(policy_warned), "%s", v->str);
+	log_warn("redis may evict keys under memory pressure, and with them "
+	    "requests, claims and results; set maxmemory-policy noeviction",
+	    "maxmemory_policy", v->str);
 }
 
 /*
@@ -863,8 +1073,9 @@ connect_one(struct queue_conn **slot)
 
 	queue_link_params(&p);
 	p.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+	link_describe(&p);
 	if ((qc = queue_conn_open(ug.base, &p, &ev, err, sizeof(err))) == NULL) {
-		outage("redis unreachable", err);
+		outage_closed(err, 0);
 		return NULL;
 	}
 	queue_link_hello(qc, on_setup_reply);
@@ -872,25 +1083,18 @@ connect_one(struct queue_conn **slot)
 }
 
 /*
- * ROLE, sent first on the command connection: a server that is not the
- * primary (Sentinel named it before the switch, or it was demoted since)
- * is left at once and asked for again after a few hundred milliseconds.
- * A user without ROLE (it is in @admin) gets an error: the role stays
- * unknown, and a replica would answer READONLY to our first write.
+ * The role HELLO named, first on the command connection (Redis 6.0 and
+ * later say it there, so no ROLE, an @admin command that a least-privilege
+ * user may not run): a server that is not the primary (Sentinel named it
+ * before the switch, or it was demoted since) is left at once and asked
+ * for again after a few hundred milliseconds.
  */
 static void
-on_role(struct queue_conn *c, redisReply *r, void *priv)
+role_seen(struct queue_conn *c, const char *role)
 {
 	char where[300];
 
-	if (r == NULL || c != queue_cmd)
-		return;
-	if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
-	    r->element[0]->type != REDIS_REPLY_STRING) {
-		snprintf(link_role, sizeof(link_role), "unknown");
-		return;
-	}
-	snprintf(link_role, sizeof(link_role), "%s", r->element[0]->str);
+	snprintf(link_role, sizeof(link_role), "%s", role);
 	if (strcmp(link_role, "master") == 0)
 		return;
 	queue_link_address(where, sizeof(where));
@@ -915,17 +1119,23 @@ connect_links(void)
 {
 	queue_setup_failed = 0;
 	cmd_connected = blk_connected = 0;
+	free(link_tls_seen);
+	link_tls_seen = tls_settings();
 	if ((queue_cmd = connect_one(&queue_cmd)) == NULL) {
 		schedule_reconnect();
 		return;
 	}
+	/* Before anything that needs 6.2: its reply comes first. */
+	queue_send_strings(queue_cmd, on_hello, NULL, 2, "HELLO", "2");
+	if (!policy_unreadable)
+		queue_send_strings(queue_cmd, on_maxmemory_policy, NULL, 3,
+		    "CONFIG", "GET", "maxmemory-policy");
 	if ((queue_blk = connect_one(&queue_blk)) == NULL) {
 		link_drop(&queue_cmd);
 		return;
 	}
 	queue_blk_client_id = -1;
 	queue_send_strings(queue_blk, on_client_id, NULL, 2, "CLIENT", "ID");
-	queue_send_strings(queue_cmd, on_role, NULL, 1, "ROLE");
 	scripts_loading = 0;
 	scripts_load();
 	queue_instance_check();
@@ -947,6 +1157,36 @@ int
 queue_connected(void)
 {
 	return queue_ready;
+}
+
+/*
+ * A reload: new TLS settings are used on the next connect, so the links
+ * are made again at once; so is a link in an outage, whose fix the
+ * operator may have just made (a CA file fixed in place, say).  A link
+ * that is up with unchanged settings stays: new files under the same
+ * names are read when it next reconnects.  A drain is left alone.
+ */
+void
+queue_reconfigure(void)
+{
+	char *now = tls_settings();
+	int changed = now == NULL || link_tls_seen == NULL ||
+	    strcmp(now, link_tls_seen) != 0;
+
+	free(now);
+	if (shutting_down || ug.draining || (!changed && ug.redis_up))
+		return;
+	if (changed)
+		log_info("redis TLS settings changed; reconnecting");
+	reconnect_failures = 0;
+	if (queue_cmd != NULL)
+		link_drop(&queue_cmd);
+	else if (queue_blk != NULL)
+		link_drop(&queue_blk);
+	else {
+		evtimer_del(reconnect_ev);
+		connect_all();
+	}
 }
 
 int
@@ -1011,4 +1251,6 @@ queue_shutdown(void)
 	free(queue_keys.events);
 	free(queue_keys.dead);
 	free(queue_keys.instance);
+	free(link_tls_seen);
+	link_tls_seen = NULL;
 }

@@ -182,6 +182,28 @@ gauge_prom_LENGTH(struct evbuffer *b, const char *name, const char *help,
 		gauge_text(b, name, help, v);
 }
 
+/*
+ * A string as the label of a gauge that is always 1 (an "info" metric,
+ * as node_exporter's), escaped as the exposition format wants.
+ */
+static void
+gauge_prom_INFO(struct evbuffer *b, const char *name, const char *help,
+    const char *v)
+{
+	const char *p;
+
+	evbuffer_add_printf(b, "# HELP usergate_%s %s\n# TYPE usergate_%s "
+	    "gauge\nusergate_%s{address=\"", name, help, name, name);
+	for (p = v; *p != '\0'; p++)
+		if (*p == '\\' || *p == '"')
+			evbuffer_add_printf(b, "\\%c", *p);
+		else if (*p == '\n')
+			evbuffer_add(b, "\\n", 2);
+		else
+			evbuffer_add(b, p, 1);
+	evbuffer_add_printf(b, "\"} 1\n");
+}
+
 char *
 stats_prometheus(const struct stats_gauges *g)
 {

@@ -110,6 +110,8 @@ done(struct status_conn *c)
 static void
 gather(struct stats_gauges *g, char *health, size_t hsize)
 {
+	double up;
+
 	memset(g, 0, sizeof(*g));
 	g->version = PACKAGE_VERSION;
 	g->health = daemon_health(health, hsize);
@@ -122,6 +124,8 @@ gather(struct stats_gauges *g, char *health, size_t hsize)
 	queue_last_lengths(&g->queue_depth, &g->processing, &g->dead);
 	g->uptime_s = now_monotonic() - ug.started;
 	g->instance_id = ug.cfg->instance_id;
+	queue_link_stats(&g->redis_address, &g->redis_tls, &up);
+	g->redis_up_s = up >= 0 ? (long long)up : -1;
 }
 
 /* show stats / show metrics read the lengths fresh from Redis. */

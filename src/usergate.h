@@ -173,6 +173,10 @@ struct config {
 	char	*redis_sentinel_password_file;
 	long	 redis_durable_replicas;	/* 0: no WAIT */
 	long	 redis_durable_timeout_ms;
+	char	*redis_tls_ca_file;	/* tls_*: see config_redis_tls */
+	char	*redis_tls_cert_file;
+	char	*redis_tls_key_file;
+	char	*redis_tls_server_name;
 
 	/* [dedup] */
 	long	 dedup_ttl_s;
@@ -246,6 +250,14 @@ void		 config_free(struct config *cfg);
  * and new but cannot change without a restart; returns how many. */
 int		 config_restart_keys(const struct config *old, const struct config *new,
 		    char *out, size_t outlen);
+/* 1 when the Redis link uses TLS (a tls_* key is set), else 0. */
+int		 config_redis_tls(const struct config *cfg);
+/*
+ * Compares a Redis version as HELLO tells it ("7.0.15") with major.minor:
+ * 1 when it is that or later, 0 when older, -1 when it is not a version.
+ */
+int		 redis_version_at_least(const char *version, int major,
+		    int minor);
 
 /* ------------------------------------------------------------------ */
 /* codec.c: msgpack / JSON <-> jansson values.  Pure. */

@@ -274,7 +274,8 @@ def test_redis_down_is_unavailable_and_nothing_is_written(env):
     c.send({"Identity": "before"})
     check_result(c.recv(), "before")
     env.redis.stop()
-    wait_for(lambda: d.status("health") == "degraded: redis unreachable",
+    wait_for(lambda: d.status("health") ==
+             "degraded: redis unreachable: connection refused",
              what="daemon to notice Redis is gone")
     c.send({"Identity": "during", "RequestId": "d1"})
     assert c.recv() == {"status": "unavailable", "request_id": "d1"}

@@ -200,7 +200,8 @@ def test_counters_are_exact(env):
     s = stats(d)
     want = {"received": 9, "invalid": 1, "duplicate": 1, "created": 4, "exists": 1,
             "updated": 1, "failed": 1, "retries": 1, "http_requests": 11, "recovered": 1,
-            "rate_limited": 1, "dead_dropped": 0, "failovers": 0}
+            "rate_limited": 1, "dead_dropped": 0, "failovers": 0,
+            "redis_reconnects": 0}
     assert {k: s[k] for k in STATS_COUNTERS} == want
     assert s["redis_role"] == "master"
     assert env.twilio.stats()["requests"] == 11
@@ -295,11 +296,12 @@ def test_health_follows_redis(env):
     d = env.daemon().wait_healthy()
     assert ask(d, "health") == ["ok"]
     env.redis.stop()
-    wait_for(lambda: ask(d, "health") == ["degraded: redis unreachable"],
-             what="degraded health")
+    down = "degraded: redis unreachable: connection refused"
+    wait_for(lambda: ask(d, "health") == [down], what="degraded health")
     s = stats(d)
-    assert s["health"] == "degraded: redis unreachable"
-    assert s["redis_connected"] is False
+    assert s["health"] == down
+    assert s["redis_connected"] is False and s["redis_up_s"] is None
+    assert s["redis_reconnects"] == 0
     assert s["queue_depth"] is None and s["processing"] is None and s["dead"] is None
     assert ask1(d, "show queue") == "error: redis unavailable"
     assert ask1(d, "dead list") == "error: redis unavailable"
@@ -310,7 +312,9 @@ def test_health_follows_redis(env):
     assert "usergate_queue_depth" not in fams
     env.redis.start()
     wait_for(lambda: ask(d, "health") == ["ok"], timeout=30, what="health ok again")
-    assert stats(d)["redis_connected"] is True
+    s = stats(d)
+    assert s["redis_connected"] is True and s["redis_up_s"] >= 0
+    assert s["redis_reconnects"] == 1
 
 
 def test_health_follows_twilio_credentials(stack):

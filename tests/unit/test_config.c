@@ -197,6 +197,10 @@ static const struct default_case {
 	{ "redis", "sentinel_password_file", "", 0 },
 	{ "redis", "durable_replicas", "0", 0 },
 	{ "redis", "durable_timeout_ms", "1000", 0 },
+	{ "redis", "tls_ca_file", "", 1 },
+	{ "redis", "tls_cert_file", "", 1 },
+	{ "redis", "tls_key_file", "", 1 },
+	{ "redis", "tls_server_name", "", 1 },
 	{ "dedup", "ttl_s", "86400", 1 },
 	{ "results", "format", "msgpack", 1 },
 	{ "results", "results_max", "100000", 1 },
@@ -617,9 +621,6 @@ static const struct error_case {
 	    "unix:// at the start", 0 },
 	{ "url with a bad port", "[redis]\n\nurl = redis://h:0\n",
 	    "%s:3: key \"url\" in [redis]: ", 1 },
-	{ "rediss not yet", "[redis]\nurl = rediss://u:p@h:6380/0\n",
-	    "%s:2: key \"url\" in [redis]: rediss:// (TLS) is not supported "
-	    "by this build yet", 0 },
 	{ "url db and db differ", "[redis]\ndb = 1\nurl = redis://h/2\n",
 	    "%s:3: key \"url\" in [redis]: its database (2) differs from key "
 	    "\"db\" (1, line 2); keep one of them", 0 },
@@ -637,6 +638,24 @@ static const struct error_case {
 	    "set password_file, give the redis-password credential, or write "
 	    "user:password@ in url (\"user@\" alone is a user name, "
 	    "\":password@\" a password alone)", 0 },
+	{ "client certificate without key", "[redis]\ntls_cert_file = c\n",
+	    "%s:2: key \"tls_cert_file\" in [redis]: needs tls_key_file too",
+	    0 },
+	{ "client key without certificate", "[redis]\n\ntls_key_file = k\n",
+	    "%s:3: key \"tls_key_file\" in [redis]: needs tls_cert_file too",
+	    0 },
+	{ "TLS over a Unix socket", "[redis]\nunix_socket = /run/r.sock\n"
+	    "tls_ca_file = /etc/ca.pem\n",
+	    "%s:2: key \"unix_socket\" in [redis]: cannot be used with TLS "
+	    "(the tls_* keys)", 0 },
+	{ "TLS keys with a redis:// url", "[redis]\nurl = redis://h\n"
+	    "tls_server_name = h\n",
+	    "%s:2: key \"url\" in [redis]: is not rediss://, and the tls_* "
+	    "keys are set: write rediss:// for TLS", 0 },
+	{ "TLS keys with a unix:// url", "[redis]\n\nurl = unix:///r.sock\n"
+	    "tls_ca_file = /etc/ca.pem\n",
+	    "%s:3: key \"url\" in [redis]: is not rediss://, and the tls_* "
+	    "keys are set: write rediss:// for TLS", 0 },
 	{ "max_delay below base", "[retry]\nbase_delay_ms = 500\n"
 	    "max_delay_ms = 100\n",
 	    "%s:3: key \"max_delay_ms\" in [retry]: 100 is less than "
@@ -688,6 +707,63 @@ test_errors(void)
 		check_true("cfg cleared", cfg.base_url == NULL &&
 		    cfg.path == NULL && cfg.api_base == NULL, __LINE__);
 	}
+}
+
+/* Which [redis] keys turn TLS on (usergate.conf(5)). */
+static void
+test_redis_tls(void)
+{
+	static const struct {
+		const char	*text;
+		int		 tls;
+	} cases[] = {
+		{ "", 0 },
+		{ "[redis]\nhost = redis.example\nport = 6380\n", 0 },
+		{ "[redis]\ntls_ca_file = /etc/ca.pem\n", 1 },
+		{ "[redis]\ntls_server_name = redis.example\n", 1 },
+		{ "[redis]\ntls_cert_file = c.pem\ntls_key_file = k.pem\n", 1 },
+		{ "[redis]\nurl = rediss://cache.example:6380\n", 1 },
+		{ "[redis]\nurl = rediss://h\ntls_ca_file = /etc/ca.pem\n", 1 },
+		{ "[redis]\nurl = redis://h:6380\n", 0 },
+		/* The url wins over host and port, TLS keys and all. */
+		{ "[redis]\nurl = unix:///run/r.sock\nhost = h\n", 0 },
+	};
+	struct config	 cfg;
+	char		 err[ERRLEN];
+	size_t		 i;
+
+	clear_env();
+	for (i = 0; i < NELEM(cases); i++) {
+		if (load_text(cases[i].text, 0, &cfg, err) != 0) {
+			check_str(cases[i].text, err, "", __LINE__);
+			continue;
+		}
+		check_true(cases[i].text, config_redis_tls(&cfg) ==
+		    cases[i].tls, __LINE__);
+		config_free(&cfg);
+	}
+}
+
+/* HELLO's version against usergated's minimum, 6.2 (BLMOVE). */
+static void
+test_redis_version(void)
+{
+	static const struct {
+		const char	*version;
+		int		 want;
+	} cases[] = {
+		{ "6.2.0", 1 }, { "6.2.14", 1 }, { "7.0.15", 1 },
+		{ "10.0.0", 1 }, { "6.10.1", 1 }, { "6.2", 1 },
+		{ "6.0.16", 0 }, { "5.0.7", 0 }, { "6.1.99", 0 },
+		{ "255.255.255", 1 }, { "6", -1 }, { "", -1 }, { "v7.0", -1 },
+		{ "7.x", -1 }, { ".2.0", -1 },
+		{ "99999999999999999999.0", -1 },
+	};
+	size_t		 i;
+
+	for (i = 0; i < NELEM(cases); i++)
+		check_true(cases[i].version, redis_version_at_least(
+		    cases[i].version, 6, 2) == cases[i].want, __LINE__);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1601,6 +1677,8 @@ main(void)
 	    CU_add_test(suite, "refused values not quoted",
 	    test_refused_value_not_quoted) == NULL ||
 	    CU_add_test(suite, "file errors", test_file_errors) == NULL ||
+	    CU_add_test(suite, "redis TLS", test_redis_tls) == NULL ||
+	    CU_add_test(suite, "redis version", test_redis_version) == NULL ||
 	    CU_add_test(suite, "environment", test_environment) == NULL ||
 	    CU_add_test(suite, "secret files", test_secret_files) == NULL ||
 	    CU_add_test(suite, "credentials directory",

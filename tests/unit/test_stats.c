@@ -36,6 +36,9 @@ static const char *const stats_keys[] = {
 	"queue_depth",
 	"processing",
 	"dead",
+	"redis_address",
+	"redis_tls",
+	"redis_up_s",
 	"received",
 	"invalid",
 	"duplicate",
@@ -49,6 +52,7 @@ static const char *const stats_keys[] = {
 	"rate_limited",
 	"dead_dropped",
 	"failovers",
+	"redis_reconnects",
 };
 static const char *const counter_keys[] = {
 	"received",
@@ -64,6 +68,7 @@ static const char *const counter_keys[] = {
 	"rate_limited",
 	"dead_dropped",
 	"failovers",
+	"redis_reconnects",
 };
 
 static struct stats_gauges
@@ -84,6 +89,9 @@ sample_gauges(void)
 	g.dead = 1;
 	g.uptime_s = 12.7;
 	g.instance_id = "host-a";
+	g.redis_address = "redis.example:6380";
+	g.redis_tls = 1;
+	g.redis_up_s = 42;
 	return g;
 }
 
@@ -151,6 +159,12 @@ test_values(void)
 	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "processing")),
 	    2);
 	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "dead")), 1);
+	CU_ASSERT_STRING_EQUAL(
+	    json_string_value(json_object_get(o, "redis_address")),
+	    "redis.example:6380");
+	CU_ASSERT_TRUE(json_is_true(json_object_get(o, "redis_tls")));
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "redis_up_s")),
+	    42);
 	for (i = 0; i < NELEM(counter_keys); i++) {
 		json_t *v = json_object_get(o, counter_keys[i]);
 
@@ -164,8 +178,10 @@ test_values(void)
 	g.health = "degraded: redis unreachable";
 	g.redis_connected = 0;
 	g.paused = 1;
+	g.redis_up_s = -1;
 	o = stats_json(&g);
 	CU_ASSERT_FATAL(o != NULL);
+	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "redis_up_s")));
 	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "queue_depth")));
 	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "processing")));
 	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "dead")));
@@ -470,6 +486,7 @@ test_prometheus(void)
 	/* Degraded, Redis lengths unknown: healthy 0, no made-up lengths. */
 	g.health = "degraded: redis unreachable";
 	g.queue_depth = g.processing = g.dead = -1;
+	g.redis_up_s = -1;
 	text = stats_prometheus(&g);
 	CU_ASSERT_FATAL(text != NULL);
 	n = parse_exposition(text, fam, NELEM(fam), err, sizeof(err));
@@ -479,6 +496,17 @@ test_prometheus(void)
 	CU_ASSERT_DOUBLE_EQUAL(f->samples[0].value, 0, 0);
 	CU_ASSERT_PTR_NULL(find_family(fam, n, "usergate_queue_depth"));
 	CU_ASSERT_PTR_NULL(find_family(fam, n, "usergate_dead"));
+	CU_ASSERT_PTR_NULL(find_family(fam, n, "usergate_redis_up_seconds"));
+	free(text);
+
+	/* A socket path is a label value: quote, backslash, newline escaped. */
+	g.redis_address = "/run/a\"b\\c\nd.sock";
+	text = stats_prometheus(&g);
+	CU_ASSERT_FATAL(text != NULL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nusergate_redis_info{address="
+	    "\"/run/a\\\"b\\\\c\\nd.sock\"} 1\n"));
+	n = parse_exposition(text, fam, NELEM(fam), err, sizeof(err));
+	CU_ASSERT(n > 0);
 	free(text);
 }
 
@@ -515,7 +543,17 @@ test_prometheus_gauges(void)
 	    "# TYPE usergate_dead gauge\nusergate_dead 1\n"
 	    "# HELP usergate_uptime_seconds Seconds since start\n"
 	    "# TYPE usergate_uptime_seconds gauge\n"
-	    "usergate_uptime_seconds 12.699999999999999\n";
+	    "usergate_uptime_seconds 12.699999999999999\n"
+	    "# HELP usergate_redis_info The Redis address in use, as a label; "
+	    "always 1\n"
+	    "# TYPE usergate_redis_info gauge\n"
+	    "usergate_redis_info{address=\"redis.example:6380\"} 1\n"
+	    "# HELP usergate_redis_tls 1 when the Redis link uses TLS\n"
+	    "# TYPE usergate_redis_tls gauge\nusergate_redis_tls 1\n"
+	    "# HELP usergate_redis_up_seconds Seconds since the Redis link "
+	    "came up (absent while down)\n"
+	    "# TYPE usergate_redis_up_seconds gauge\n"
+	    "usergate_redis_up_seconds 42\n";
 	struct stats_gauges g = sample_gauges();
 	const char *from, *to;
 	char *text;
