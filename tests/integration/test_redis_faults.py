@@ -206,9 +206,12 @@ def test_oversize_elements_are_not_loaded_whole(stack):
     stack.r.lpush("usergate:requests", big)
     res = stack.wait_results(n + 2, timeout=30)
     grew = vmhwm_kb(stack.d.proc.pid) - before
-    # (hiredis' read buffer, the reply, allocator slack: a few copies.)
-    assert grew < 6 * size / 1024, "daemon grew by %d kB for one %d MB element" % (
-        grew, size >> 20)
+    # (The reply parser's buffer, grown a megabyte at a time, the reply,
+    # allocator slack: a few copies.  Under AddressSanitizer every buffer
+    # freed on the way, down to each 4 KB read of the socket, stays in its
+    # quarantine, so there the size says nothing about ours.)
+    assert grew < 6 * size / 1024 or "ASAN_OPTIONS" in os.environ, (
+        "daemon grew by %d kB for one %d MB element" % (grew, size >> 20))
     by = {r.get("identity"): r for r in res}
     assert by["small"]["status"] == "created"
     bad = [r for r in res if r.get("identity") != "small"]
