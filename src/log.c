@@ -6,7 +6,11 @@
  *
  * Under journald (JOURNAL_STREAM names the file that is our stderr) the
  * journal stamps the time itself and understands "<N>" syslog priority
- * prefixes, so the line starts with "<6>" instead of the timestamp.
+ * prefixes, so the line starts with "<6>" instead of the timestamp.  Once
+ * main.c hands us sd_journal_sendv, the line goes instead as one journal
+ * entry: MESSAGE= the same line, PRIORITY=, and the fields an operator
+ * looks a request up by (REQUEST_ID=, USERGATE_EVENT=, ...), so that
+ * "journalctl -u usergated REQUEST_ID=..." tells one request's story.
  *
  * A line is built in a fixed buffer and written with one write(2), so lines
  * from one process never interleave and no allocation happens on the way;
@@ -21,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,10 +41,19 @@
 #define LOG_TRUNCATED_MARK	" log_truncated=true"
 /* Appended to a value that was cut short. */
 #define LOG_VALUE_ELLIPSIS	"..."
+/*
+ * Journal entries: the line is built after "MESSAGE=", which leaves room
+ * to write "<N>" just before it when the entry falls back to stderr.
+ */
+#define LOG_MESSAGE_FIELD	"MESSAGE="
+#define LOG_FIELDS_MAX		12
+/* The longest USERGATE_EVENT= value, NUL included. */
+#define LOG_EVENT_MAX		64
 
 static enum log_level	 log_level_current = LOG_LEVEL_INFO;
 /* -1: not yet looked at; 0: plain stderr; 1: stderr is the journal. */
 static int		 log_journal = -1;
+static log_journal_fn	 log_journal_send;
 
 static const char *const log_level_names[] = {
 	[LOG_LEVEL_ERROR] = "error",
@@ -62,6 +76,30 @@ struct log_line {
 	int	 truncated;
 };
 
+/* One journal entry: "FIELD=value" strings in buf, one iovec each. */
+struct log_fields {
+	struct iovec	 iov[LOG_FIELDS_MAX];
+	int		 n;
+	char		 buf[LOG_LINE_MAX];
+	size_t		 len;
+};
+
+/*
+ * Logged keys that become journal fields, values as bytes: what a reader
+ * looks a request up by.  An Identity is personal data, so it goes to the
+ * journal only at the debug level, as it goes to the line only there.
+ */
+static const struct log_field_key {
+	const char	*key;
+	const char	*field;		/* "NAME=" */
+	enum log_level	 from;		/* only on lines this verbose */
+} log_field_keys[] = {
+	{ "request_id",		"REQUEST_ID=",		LOG_LEVEL_ERROR },
+	{ "twilio_code",	"TWILIO_CODE=",		LOG_LEVEL_ERROR },
+	{ "identity",		"IDENTITY=",		LOG_LEVEL_DEBUG },
+};
+#define LOG_FIELD_KEYS	(sizeof(log_field_keys) / sizeof(log_field_keys[0]))
+
 static int	 detect_journal(void);
 static int	 is_safe_char(unsigned char);
 static size_t	 utf8_sequence_length(const unsigned char *);
@@ -71,13 +109,23 @@ static void	 line_append(struct log_line *, const char *);
 static void	 line_append_key(struct log_line *, const char *);
 static void	 line_append_value(struct log_line *, const char *);
 static void	 line_prefix(struct log_line *, enum log_level);
-static void	 line_write(const struct log_line *);
+static void	 line_write(const char *, size_t);
+static void	 fields_add(struct log_fields *, const char *, const char *,
+		    size_t);
+static void	 log_vkv(const char *, int, const char *, enum log_level,
+		    const char *, va_list);
 
 void
 log_init(enum log_level level)
 {
 	log_set_level(level);
 	log_journal = detect_journal();
+}
+
+void
+log_set_journal(log_journal_fn send)
+{
+	log_journal_send = send;
 }
 
 void
@@ -385,7 +433,9 @@ line_prefix(struct log_line *l, enum log_level level)
 	size_t		 n;
 	int		 r;
 
-	if (log_journal) {
+	if (log_journal && log_journal_send != NULL)
+		r = snprintf(stamp, sizeof(stamp), "%s", LOG_MESSAGE_FIELD);
+	else if (log_journal) {
 		r = snprintf(stamp, sizeof(stamp), "<%d>",
 		    log_level_priorities[level]);
 	} else if (clock_gettime(CLOCK_REALTIME, &ts) == -1 ||
@@ -409,10 +459,8 @@ line_prefix(struct log_line *l, enum log_level level)
  * a short write (a full pipe) is finished so the line is not left open.
  */
 static void
-line_write(const struct log_line *l)
+line_write(const char *p, size_t left)
 {
-	const char	*p = l->buf;
-	size_t		 left = l->len;
 	ssize_t		 n;
 
 	while (left > 0) {
@@ -427,13 +475,92 @@ line_write(const struct log_line *l)
 	}
 }
 
+/*
+ * The USERGATE_EVENT= name of a message: its words up to the first ';' (the
+ * rest says what happens next), lower case, joined by '_', so that "request
+ * not done" is request_not_done.  Messages are literals in the code, so the
+ * name stays as long as the message does.
+ */
+void
+log_event_name(const char *msg, char *buf, size_t size)
+{
+	const unsigned char *p;
+	size_t		 len = 0;
+	int		 gap = 0;
+
+	if (size == 0)
+		return;
+	for (p = (const unsigned char *)(msg != NULL ? msg : "");
+	    *p != '\0' && *p != ';'; p++) {
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		    (*p >= '0' && *p <= '9'))) {
+			gap = len > 0;
+			continue;
+		}
+		if (len + gap + 1 >= size)
+			break;
+		if (gap)
+			buf[len++] = '_';
+		gap = 0;
+		buf[len++] = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' :
+		    *p);
+	}
+	buf[len] = '\0';
+}
+
+/*
+ * Adds "name" followed by the first len bytes of value to the entry, cut
+ * to the room left: the entry as a whole is held to the size of a line.
+ */
+static void
+fields_add(struct log_fields *f, const char *name, const char *value,
+    size_t len)
+{
+	size_t	 nlen = strlen(name);
+
+	if (f->n == LOG_FIELDS_MAX || nlen + 1 > sizeof(f->buf) - f->len)
+		return;
+	if (len > sizeof(f->buf) - f->len - nlen)
+		len = sizeof(f->buf) - f->len - nlen;
+	memcpy(f->buf + f->len, name, nlen);
+	memcpy(f->buf + f->len + nlen, value, len);
+	f->iov[f->n].iov_base = f->buf + f->len;
+	f->iov[f->n].iov_len = nlen + len;
+	f->n++;
+	f->len += nlen + len;
+}
+
 void
 log_kv(enum log_level level, const char *msg, ...)
 {
+	va_list	 ap;
+
+	va_start(ap, msg);
+	log_vkv(NULL, 0, NULL, level, msg, ap);
+	va_end(ap);
+}
+
+void
+log_kv_at(const char *file, int line, const char *func, enum log_level level,
+    const char *msg, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, msg);
+	log_vkv(file, line, func, level, msg, ap);
+	va_end(ap);
+}
+
+static void
+log_vkv(const char *file, int line, const char *func, enum log_level level,
+    const char *msg, va_list ap)
+{
 	struct log_line	 l;
-	va_list		 ap;
+	struct log_fields f;
+	char		 num[32], event[LOG_EVENT_MAX];
 	const char	*key, *value;
-	int		 saved_errno;
+	size_t		 i, start;
+	int		 saved_errno, native;
 
 	/* Dropped before any work: debug calls sit on hot paths. */
 	if (level > log_level_current)
@@ -445,6 +572,24 @@ log_kv(enum log_level level, const char *msg, ...)
 	saved_errno = errno;
 	if (log_journal == -1)
 		log_journal = detect_journal();
+	native = log_journal && log_journal_send != NULL;
+	/* iov[0] is kept for MESSAGE=, the line, filled in at the end. */
+	f.n = 1;
+	f.len = 0;
+	if (native) {
+		snprintf(num, sizeof(num), "%d", log_level_priorities[level]);
+		fields_add(&f, "PRIORITY=", num, strlen(num));
+		fields_add(&f, "SYSLOG_IDENTIFIER=", "usergated",
+		    sizeof("usergated") - 1);
+		log_event_name(msg, event, sizeof(event));
+		fields_add(&f, "USERGATE_EVENT=", event, strlen(event));
+		if (file != NULL) {
+			fields_add(&f, "CODE_FILE=", file, strlen(file));
+			snprintf(num, sizeof(num), "%d", line);
+			fields_add(&f, "CODE_LINE=", num, strlen(num));
+			fields_add(&f, "CODE_FUNC=", func, strlen(func));
+		}
+	}
 
 	l.len = 0;
 	l.truncated = 0;
@@ -457,23 +602,41 @@ log_kv(enum log_level level, const char *msg, ...)
 	line_append_key(&l, "msg");
 	line_append_value(&l, msg != NULL ? msg : "");
 
-	va_start(ap, msg);
 	while ((key = va_arg(ap, const char *)) != NULL) {
 		value = va_arg(ap, const char *);
 		if (value == NULL)
 			continue;
 		line_append_key(&l, key);
 		line_append_value(&l, value);
+		if (!native)
+			continue;
+		for (i = 0; i < LOG_FIELD_KEYS; i++)
+			if (strcmp(key, log_field_keys[i].key) == 0 &&
+			    level >= log_field_keys[i].from)
+				fields_add(&f, log_field_keys[i].field, value,
+				    strnlen(value, LOG_LINE_MAX));
 	}
-	va_end(ap);
 
 	if (l.truncated) {
 		memcpy(l.buf + l.len, LOG_TRUNCATED_MARK,
 		    sizeof(LOG_TRUNCATED_MARK) - 1);
 		l.len += sizeof(LOG_TRUNCATED_MARK) - 1;
 	}
+	if (native) {
+		f.iov[0].iov_base = l.buf;
+		f.iov[0].iov_len = l.len;
+		if (log_journal_send(f.iov, f.n) >= 0) {
+			errno = saved_errno;
+			return;
+		}
+		/* The journal is gone: the line goes where it would have. */
+		start = sizeof(LOG_MESSAGE_FIELD) - 1 - 3;
+		snprintf(num, sizeof(num), "<%d>", log_level_priorities[level]);
+		memcpy(l.buf + start, num, 3);
+	} else
+		start = 0;
 	l.buf[l.len++] = '\n';
-	line_write(&l);
+	line_write(l.buf + start, l.len - start);
 	errno = saved_errno;
 }
 

@@ -21,6 +21,7 @@
 
 #include <event2/event.h>
 #include <systemd/sd-daemon.h>
+#include <systemd/sd-journal.h>
 
 #include "daemon.h"
 
@@ -489,6 +490,8 @@ main(int argc, char **argv)
 		free(ug.cfg);
 		return 0;
 	}
+	/* Under journald, lines go as journal entries with fields. */
+	log_set_journal(sd_journal_sendv);
 	log_init(ug.cfg->log_level);
 	if (verbose)
 		log_set_level(ug.cfg->log_level + verbose > LOG_LEVEL_DEBUG ? LOG_LEVEL_DEBUG :

@@ -52,7 +52,8 @@ enum log_level {
 /*
  * One event per line on stderr: "TIMESTAMP level=info msg=\"...\" k=v ...".
  * Under journald (JOURNAL_STREAM names our stderr) a "<N>" priority prefix
- * replaces the timestamp.  Values are quoted when they need it and control
+ * replaces the timestamp, or the line goes as a journal entry with fields
+ * (log_set_journal below).  Values are quoted when they need it and control
  * characters are escaped, so a hostile value cannot forge a line.
  */
 void		 log_init(enum log_level level);
@@ -61,12 +62,30 @@ enum log_level	 log_get_level(void);
 int		 log_level_parse(const char *name, enum log_level *out);
 const char	*log_level_name(enum log_level level);
 /* key/value pairs of strings after msg, terminated by NULL; a NULL value is
- * skipped.  Use the macros below. */
+ * skipped.  Use the macros below, which add where the call is. */
 void		 log_kv(enum log_level level, const char *msg, ...);
-#define log_error(msg, ...)	log_kv(LOG_LEVEL_ERROR, msg, ##__VA_ARGS__, (char *)NULL)
-#define log_warn(msg, ...)	log_kv(LOG_LEVEL_WARNING, msg, ##__VA_ARGS__, (char *)NULL)
-#define log_info(msg, ...)	log_kv(LOG_LEVEL_INFO, msg, ##__VA_ARGS__, (char *)NULL)
-#define log_debug(msg, ...)	log_kv(LOG_LEVEL_DEBUG, msg, ##__VA_ARGS__, (char *)NULL)
+void		 log_kv_at(const char *file, int line, const char *func,
+		    enum log_level level, const char *msg, ...);
+#define LOG_AT(level, msg, ...) \
+	log_kv_at(__FILE__, __LINE__, __func__, level, msg, ##__VA_ARGS__, \
+	    (char *)NULL)
+#define log_error(msg, ...)	LOG_AT(LOG_LEVEL_ERROR, msg, ##__VA_ARGS__)
+#define log_warn(msg, ...)	LOG_AT(LOG_LEVEL_WARNING, msg, ##__VA_ARGS__)
+#define log_info(msg, ...)	LOG_AT(LOG_LEVEL_INFO, msg, ##__VA_ARGS__)
+#define log_debug(msg, ...)	LOG_AT(LOG_LEVEL_DEBUG, msg, ##__VA_ARGS__)
+
+/*
+ * Under journald a line goes instead as one journal entry with fields
+ * (docs/operations.md, "Logging"), through the function set here:
+ * sd_journal_sendv, set by main.c, so that this file needs no libsystemd.
+ * It gets "FIELD=value" entries and returns a negative errno on failure,
+ * when the line goes to stderr after all.  NULL (the default) sends none.
+ */
+struct iovec;
+typedef int	 (*log_journal_fn)(const struct iovec *iov, int n);
+void		 log_set_journal(log_journal_fn send);
+/* The USERGATE_EVENT= name of a message, into buf.  Exposed for tests. */
+void		 log_event_name(const char *msg, char *buf, size_t size);
 /* Appends the logfmt-escaped form of value to buf (NUL-terminated, truncated
  * to size).  Exposed for tests. */
 void		 log_escape(const char *value, char *buf, size_t size);

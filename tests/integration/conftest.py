@@ -183,7 +183,8 @@ class Daemon:
     """usergated with a config of its own in a private directory."""
 
     def __init__(self, workdir, redis, twilio, name="ug", extra=None, env=None,
-                 instance_id=None, start=True, secret=API_SECRET, nofile=None):
+                 instance_id=None, start=True, secret=API_SECRET, nofile=None,
+                 prefix=None):
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.redis = redis
@@ -198,6 +199,7 @@ class Daemon:
         self.instance_id = instance_id or name
         self.extra = extra or {}
         self.nofile = nofile    # a soft RLIMIT_NOFILE for the daemon
+        self.prefix = prefix or []      # a command that runs the daemon
         self.env = dict(os.environ)
         for k in list(self.env):
             if k.startswith("TWILIO_") or k in ("NOTIFY_SOCKET", "WATCHDOG_USEC",
@@ -245,7 +247,8 @@ class Daemon:
 
     def start(self, wait=True):
         self.logf = open(self.log_path, "a")
-        self.proc = subprocess.Popen(WRAP + [USERGATED, "-c", self.conf], stdout=self.logf,
+        self.proc = subprocess.Popen(self.prefix + WRAP + [USERGATED, "-c", self.conf],
+                                     stdout=self.logf,
                                      stderr=self.logf, env=self.env,
                                      preexec_fn=self._limit if self.nofile else None)
         self.procs.append(self.proc)

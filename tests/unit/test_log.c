@@ -1,7 +1,8 @@
 /*
  * test_log.c: CUnit tables for log.c -- value escaping, level names, and
  * the exact shape of a line as it reaches stderr (timestamp or journald
- * priority, logfmt body, one newline, debug dropped at info).
+ * priority, logfmt body, one newline, debug dropped at info) and the
+ * fields of a journal entry.
  */
 #include <errno.h>
 #include <regex.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
@@ -438,6 +440,197 @@ test_journald(void)
 		abort();
 }
 
+/*
+ * The journal entries log.c hands to sd_journal_sendv, here to this
+ * stand-in, kept as "FIELD=value" lines (values may hold any byte but a
+ * NUL, so each field's length is kept too).
+ */
+static char	 sent[8192];
+static size_t	 sent_len;
+static int	 sent_entries;
+static int	 send_result;
+
+static int
+send_capture(const struct iovec *iov, int n)
+{
+	int	 i;
+
+	sent_entries++;
+	for (i = 0; i < n; i++) {
+		if (sent_len + iov[i].iov_len + 1 >= sizeof(sent))
+			abort();
+		memcpy(sent + sent_len, iov[i].iov_base, iov[i].iov_len);
+		sent_len += iov[i].iov_len;
+		sent[sent_len++] = '\n';
+	}
+	sent[sent_len] = '\0';
+	return send_result;
+}
+
+static void
+send_reset(int result)
+{
+	sent_len = 0;
+	sent[0] = '\0';
+	sent_entries = 0;
+	send_result = result;
+}
+
+/* Whether the entry holds exactly the field line "FIELD=value". */
+static int
+has_field(const char *field)
+{
+	const char	*p;
+	size_t		 n = strlen(field);
+
+	for (p = sent; (p = strstr(p, field)) != NULL; p++)
+		if ((p == sent || p[-1] == '\n') && p[n] == '\n')
+			return 1;
+	return 0;
+}
+
+/* Makes stderr the journal's stream for log.c: capture and JOURNAL_STREAM. */
+static int
+journal_start(void)
+{
+	struct stat	 st;
+	char		 stream[64];
+
+	if (capture_start() == -1 || fstat(STDERR_FILENO, &st) == -1)
+		return -1;
+	snprintf(stream, sizeof(stream), "%ju:%ju", (uintmax_t)st.st_dev,
+	    (uintmax_t)st.st_ino);
+	return setenv("JOURNAL_STREAM", stream, 1);
+}
+
+static void
+test_journal_fields(void)
+{
+	char	*out;
+
+	if (journal_start() == -1) {
+		CU_FAIL_FATAL("cannot redirect stderr");
+		return;
+	}
+	log_set_journal(send_capture);
+	log_init(LOG_LEVEL_INFO);
+
+	/* A failed request: the fields journalctl finds it by. */
+	send_reset(0);
+	log_warn("request not done", "request_id", "r-1", "status", "failed",
+	    "code", "twilio_error", "twilio_code", "20404");
+	check_true("one entry", sent_entries == 1, __LINE__);
+	check_true(sent, has_field("MESSAGE=level=warning msg=\"request not "
+	    "done\" request_id=r-1 status=failed code=twilio_error "
+	    "twilio_code=20404"), __LINE__);
+	check_true(sent, has_field("PRIORITY=4"), __LINE__);
+	check_true(sent, has_field("SYSLOG_IDENTIFIER=usergated"), __LINE__);
+	check_true(sent, has_field("USERGATE_EVENT=request_not_done"),
+	    __LINE__);
+	check_true(sent, has_field("REQUEST_ID=r-1"), __LINE__);
+	check_true(sent, has_field("TWILIO_CODE=20404"), __LINE__);
+	check_true(sent, has_field("CODE_FUNC=test_journal_fields"), __LINE__);
+	check_true(sent, matches("\nCODE_FILE=[^\n]*test_log\\.c\n", sent),
+	    __LINE__);
+	check_true(sent, matches("\nCODE_LINE=[0-9]+\n", sent), __LINE__);
+	/* Only the named keys become fields. */
+	check_true(sent, strstr(sent, "STATUS=") == NULL &&
+	    strstr(sent, "\nCODE=") == NULL, __LINE__);
+
+	/* An Identity is personal data: a field at the debug level only. */
+	send_reset(0);
+	log_info("m", "identity", "alice");
+	check_true(sent, sent_entries == 1 && strstr(sent, "IDENTITY=") ==
+	    NULL, __LINE__);
+	log_set_level(LOG_LEVEL_DEBUG);
+	send_reset(0);
+	/* Field values are the bytes, unescaped; the line stays escaped. */
+	log_debug("request done", "request_id", "r 2", "identity", "a\"b\nc");
+	check_true(sent, has_field("IDENTITY=a\"b\nc") &&
+	    has_field("REQUEST_ID=r 2") && has_field("PRIORITY=7") &&
+	    has_field("MESSAGE=level=debug msg=\"request done\" "
+	    "request_id=\"r 2\" identity=\"a\\\"b\\nc\""), __LINE__);
+
+	/* log_kv does not know where it was called from. */
+	send_reset(0);
+	log_kv(LOG_LEVEL_ERROR, "stats", "k", "v", (char *)NULL);
+	check_true(sent, has_field("PRIORITY=3") &&
+	    has_field("USERGATE_EVENT=stats") &&
+	    strstr(sent, "CODE_FILE=") == NULL, __LINE__);
+
+	/* Nothing of this reached stderr. */
+	out = capture_end();
+	check_str("stderr under the journal", out, "", __LINE__);
+	free(out);
+
+	/* The journal is gone: the line goes to stderr as it would have. */
+	if (journal_start() == -1) {
+		CU_FAIL_FATAL("cannot redirect stderr");
+		return;
+	}
+	log_init(LOG_LEVEL_INFO);
+	send_reset(-ECONNREFUSED);
+	errno = EAGAIN;
+	log_warn("m", "request_id", "r-3");
+	check_true("errno kept", errno == EAGAIN, __LINE__);
+	out = capture_end();
+	check_true("tried the journal", sent_entries == 1, __LINE__);
+	check_str("fallback line", out, "<4>level=warning msg=m "
+	    "request_id=r-3\n", __LINE__);
+	free(out);
+
+	/* stderr is not the journal: a plain line, no entry. */
+	if (unsetenv("JOURNAL_STREAM") == -1 || capture_start() == -1) {
+		CU_FAIL_FATAL("cannot redirect stderr");
+		return;
+	}
+	log_init(LOG_LEVEL_INFO);
+	send_reset(0);
+	log_info("m", "request_id", "r-4");
+	out = capture_end();
+	check_true("no entry", sent_entries == 0, __LINE__);
+	check_true(out, matches(STAMP "level=info msg=m request_id=r-4\n$",
+	    out), __LINE__);
+	free(out);
+	log_set_journal(NULL);
+}
+
+static const struct event_case {
+	const char	*msg;
+	const char	*want;
+} event_cases[] = {
+	{ "request not done",	"request_not_done" },
+	{ "stats",		"stats" },
+	{ "redis connection lost; requests stay queued, reconnecting",
+	    "redis_connection_lost" },
+	{ "http: cannot start a request", "http_cannot_start_a_request" },
+	{ "the redis user may not CLIENT UNBLOCK (an @admin command)",
+	    "the_redis_user_may_not_client_unblock_an_admin_command" },
+	{ "  -- odd  spacing --  ", "odd_spacing" },
+	{ "",			"" },
+	{ "; nothing before",	"" },
+};
+
+static void
+test_event_name(void)
+{
+	char	 buf[64];
+	size_t	 i;
+
+	for (i = 0; i < NELEM(event_cases); i++) {
+		log_event_name(event_cases[i].msg, buf, sizeof(buf));
+		check_str(event_cases[i].msg, buf, event_cases[i].want,
+		    __LINE__);
+	}
+	/* Cut to the buffer, never mid-separator. */
+	log_event_name("abc def ghi", buf, 8);
+	check_str("cut", buf, "abc_def", __LINE__);
+	log_event_name("abc def", buf, 5);
+	check_str("cut at a gap", buf, "abc", __LINE__);
+	log_event_name(NULL, buf, sizeof(buf));
+	check_str("NULL message", buf, "", __LINE__);
+}
+
 /* Callers log and then use errno; logging must leave it alone. */
 static void
 test_errno_kept(void)
@@ -543,6 +736,8 @@ main(void)
 	    CU_add_test(suite, "hostile values", test_hostile_values) == NULL ||
 	    CU_add_test(suite, "long line", test_long_line) == NULL ||
 	    CU_add_test(suite, "journald", test_journald) == NULL ||
+	    CU_add_test(suite, "journal fields", test_journal_fields) == NULL ||
+	    CU_add_test(suite, "event name", test_event_name) == NULL ||
 	    CU_add_test(suite, "errno kept", test_errno_kept) == NULL ||
 	    CU_add_test(suite, "limit", test_limit) == NULL ||
 	    CU_add_test(suite, "limit report", test_limit_report) == NULL) {
