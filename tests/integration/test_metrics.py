@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from conftest import (SLOW, STATS_COUNTERS, USERGATED, free_port, stop,
-                      wait_for)
+from conftest import (BUILDDIR, SLOW, SRCDIR, STATS_COUNTERS, USERGATED,
+                      free_port, stop, wait_for)
 
 STATUSES = ["created", "exists", "updated", "duplicate", "invalid", "failed"]
 
@@ -84,6 +84,16 @@ def test_promtool_check_metrics(mstack):
                        capture_output=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout + p.stderr == b""
+    # The dashboard's queries name only what this real scrape serves, and
+    # the rules hold (tests/check-prometheus.sh, on this scrape).
+    path = os.path.join(env.dir, "scrape.txt")
+    with open(path, "w") as f:
+        f.write(text)
+    p = subprocess.run([os.path.join(SRCDIR, "tests", "check-prometheus.sh")],
+                       env=dict(os.environ, top_srcdir=SRCDIR, top_builddir=BUILDDIR,
+                                USERGATE_METRICS_TEXT=path),
+                       capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_healthz_and_errors(mstack):
