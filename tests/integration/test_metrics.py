@@ -4,6 +4,7 @@ real prometheus server."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -113,6 +114,25 @@ def test_healthz_and_errors(mstack):
     env.redis.start()
     wait_for(lambda: http(d.metrics_port, "/healthz")[0] == 200,
              timeout=30, what="200 again")
+
+
+def test_client_gone_before_the_answer(mstack):
+    """A scrape waits for Redis' list lengths; a client that leaves
+    meanwhile is answered into the void, and the daemon goes on."""
+    env, d = mstack
+    env.redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", d.metrics_port)) as c:
+                c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        env.redis.proc.send_signal(signal.SIGCONT)
+    env.push({"Identity": "after-gone"})
+    env.wait_results(1)
+    assert d.proc.poll() is None
+    code, _, text = http(d.metrics_port, "/metrics")
+    assert code == 200
+    assert samples(text)['usergate_requests_total{status="created"}'] == 1
 
 
 def test_oversized_head_refused(mstack):
