@@ -9,8 +9,8 @@
 #   4. `make distcheck`, and the Debian package built and checked with
 #      lintian (tests/check-deb.sh, about a minute);
 #   5. the libFuzzer targets for FUZZ_SECONDS each (default 30);
-#   6. the daemon under valgrind for the core, socket, status and systemd
-#      tests (`make check-valgrind`).
+#   6. the daemon under valgrind for the core, socket, status, metrics and
+#      systemd tests (`make check-valgrind`).
 # Set QUICK=1 to stop after step 2.
 set -eu
 cd "$(dirname "$0")"

@@ -28,10 +28,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <event2/util.h>
 #include <ini.h>
 
 #include "usergate.h"
@@ -145,6 +148,9 @@ static const struct config_key config_table[] = {
 	    status_path),
 	KEY_MODE("status", "mode", "0660", RESTART, status_mode),
 
+	/* Empty: no HTTP endpoint (metrics.c). */
+	KEY_STRING("metrics", "listen", "", RESTART, metrics_listen),
+
 	KEY_ENUM("log", "level", "info", 4, RELOAD, log_level),
 };
 #define CONFIG_NKEYS	(sizeof(config_table) / sizeof(config_table[0]))
@@ -180,6 +186,7 @@ static int	 check_account_sid(const char *);
 static int	 check_not_empty(const char *);
 static int	 check_prefix_list(const char *);
 static int	 check_socket_path(const char *);
+static int	 check_listen(const char *);
 
 /* Checks of string values beyond their type; empty means "not set". */
 struct config_rule {
@@ -202,6 +209,9 @@ static const struct config_rule string_rules[] = {
 	    "expected a path of 1 to 107 bytes (the limit of a Unix socket)" },
 	{ offsetof(struct config, status_path), check_socket_path,
 	    "expected a path of 1 to 107 bytes (the limit of a Unix socket)" },
+	{ offsetof(struct config, metrics_listen), check_listen,
+	    "expected empty or ADDRESS:PORT, an IPv4 address or a bracketed "
+	    "IPv6 one and a port of 1 to 65535 (127.0.0.1:9466, [::1]:9466)" },
 };
 
 /* Local runs may override these [twilio] keys from the environment. */
@@ -405,6 +415,41 @@ check_socket_path(const char *s)
 {
 	return *s != '\0' &&
 	    strlen(s) < sizeof(((struct sockaddr_un *)NULL)->sun_path);
+}
+
+/* Empty (off) or what config_listen_address accepts. */
+static int
+check_listen(const char *s)
+{
+	struct sockaddr_storage ss;
+	int len;
+
+	return *s == '\0' || config_listen_address(s, &ss, &len) == 0;
+}
+
+/*
+ * [metrics] listen: a numeric address and a port, no host name, so that
+ * what the daemon binds does not depend on a resolver at start.
+ */
+int
+config_listen_address(const char *s, struct sockaddr_storage *ss, int *len)
+{
+	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+	const char *colon = strrchr(s, ':');
+
+	/* evutil takes "1.2.3.4" without a port as port 0: want one. */
+	if (colon == NULL || colon[1] == '\0' || strchr(colon, ']') != NULL)
+		return -1;
+	memset(ss, 0, sizeof(*ss));
+	*len = sizeof(*ss);
+	if (evutil_parse_sockaddr_port(s, (struct sockaddr *)ss, len) != 0)
+		return -1;
+	if (ss->ss_family == AF_INET)
+		return sin->sin_port == 0 ? -1 : 0;
+	if (ss->ss_family == AF_INET6)
+		return sin6->sin6_port == 0 ? -1 : 0;
+	return -1;
 }
 
 /*

@@ -63,7 +63,8 @@ void		 stats_observe(struct histogram *h, double seconds);
  * `show stats`, which puts them before the counters; then how `show
  * metrics` exports it (stats.c's gauge_prom_KIND, NONE: not exported), its
  * place among the Prometheus gauges (which keep an order of their own),
- * and its Prometheus name (after "usergate_") and help.
+ * and its Prometheus name (after "usergate_") and help.  HTTP: exported
+ * by GET /metrics only, as `show metrics` is kept as it was.
  */
 #define STATS_GAUGES(X)							\
 	X(version, const char *, STRING, NONE, 0, "", "")		\
@@ -92,9 +93,11 @@ void		 stats_observe(struct histogram *h, double seconds);
 	X(redis_tls, int, BOOLEAN, VALUE, 11, "redis_tls",		\
 	    "1 when the Redis link uses TLS")				\
 	X(redis_up_s, long long, LENGTH, LENGTH, 12, "redis_up_seconds", \
-	    "Seconds since the Redis link came up (absent while down)")
+	    "Seconds since the Redis link came up (absent while down)") \
+	X(window, long, INTEGER, HTTP, 13, "concurrency_window",	\
+	    "Twilio requests the AIMD window allows at once")
 /* The last place of a Prometheus gauge in STATS_GAUGES. */
-#define STATS_GAUGE_PLACES	12
+#define STATS_GAUGE_PLACES	13
 
 struct stats_gauges {
 #define STATS_GAUGE_FIELD(name, type, kind, prom, place, pname, help) \
@@ -104,8 +107,14 @@ struct stats_gauges {
 };
 /* JSON object of `show stats` (caller frees). */
 json_t		*stats_json(const struct stats_gauges *g);
-/* Prometheus text exposition (malloc'd). */
+/* Prometheus text exposition of `show metrics` (malloc'd). */
 char		*stats_prometheus(const struct stats_gauges *g);
+/*
+ * The same for GET /metrics (malloc'd): the result statuses as one family,
+ * usergate_requests_total{status="..."}, and the gauges of kind HTTP too.
+ * `show metrics` keeps its older form byte for byte.
+ */
+char		*stats_metrics(const struct stats_gauges *g);
 /* Logs every counter in one info line ("msg=stats received=... ..."). */
 void		 stats_log(void);
 /* Names of the counters, in declaration order (for tests). */
@@ -132,6 +141,7 @@ struct daemon {
 	int			 draining;	/* SIGTERM seen */
 	char			 auth_reason[128]; /* non-empty: Twilio refused us */
 	int			 redis_up;
+	long			 window;	/* job.c's AIMD window */
 };
 extern struct daemon ug;
 
@@ -497,5 +507,25 @@ struct status_hooks {
 };
 int		 status_init(const struct status_hooks *hooks);
 void		 status_shutdown(void);
+/*
+ * Gathers the gauges of show stats, the list lengths read fresh from Redis
+ * (-1 when it is down), and calls done with them, now or later; -1 when
+ * out of memory (done is not called).
+ */
+int		 status_gauges(void (*done)(const struct stats_gauges *g,
+		    void *arg), void *arg);
+
+/* ------------------------------------------------------------------ */
+/* metrics.c: GET /metrics and /healthz over HTTP ([metrics] listen). */
+
+/* What metrics.c renders, registered by main.c at metrics_init. */
+struct metrics_hooks {
+	/* As status_gauges. */
+	int		(*gauges)(void (*done)(const struct stats_gauges *g,
+			    void *arg), void *arg);
+};
+/* Listens on [metrics] listen, if set; -1 (logged) when it cannot. */
+int		 metrics_init(const struct metrics_hooks *hooks);
+void		 metrics_shutdown(void);
 
 #endif /* USERGATE_DAEMON_H */

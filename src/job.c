@@ -1019,6 +1019,7 @@ classify_answer(struct job *j, const struct http_result *res, char **message)
 	    o == TWILIO_EXISTS) {
 		pace_window_success(&window);
 	}
+	ug.window = pace_window_limit(&window);	/* for the metrics */
 	/* Only the probe's answer tells: an answer to a request sent
 	 * before the refusal may have been made before it. */
 	if (o != TWILIO_AUTH && j == auth_probe_job)
@@ -1428,6 +1429,7 @@ job_reconfigure(void)
 		users_url = url;
 	}
 	pace_window_set_max(&window, ug.cfg->max_inflight);
+	ug.window = pace_window_limit(&window);
 	/* New credentials or a new CA file may be what Twilio waited for:
 	 * probe now rather than at the end of the backoff. */
 	if (auth_blocked) {
@@ -1447,6 +1449,7 @@ job_init(const struct job_hooks *h)
 	hooks = h;
 	intake_room(job_room());
 	pace_window_init(&window, ug.cfg->max_inflight);
+	ug.window = pace_window_limit(&window);
 	users_url = twilio_users_url(ug.cfg->api_base, ug.cfg->service_sid);
 	rate_ev = evtimer_new(ug.base, rate_timer_cb, NULL);
 	written_ev = event_new(ug.base, -1, 0, after_written, NULL);

@@ -343,6 +343,9 @@ static const struct status_hooks status_hooks = {
 	.reload = reload,
 	.resumed = job_pump,
 };
+static const struct metrics_hooks metrics_hooks = {
+	.gauges = status_gauges,
+};
 
 /*
  * The command line: -1 to go on (check_only set for -n), or the exit
@@ -436,6 +439,8 @@ teardown(void)
 	status_shutdown();
 	intake_shutdown();
 	queue_shutdown();
+	/* After Redis: a scrape waiting on it was answered there. */
+	metrics_shutdown();
 	http_shutdown();
 	job_shutdown();
 	event_free(tick_ev);
@@ -505,7 +510,9 @@ main(int argc, char **argv)
 		return 1;
 	}
 	job_init(&job_hooks);
-	if (intake_init(&intake_events) != 0 || status_init(&status_hooks) != 0)
+	if (intake_init(&intake_events) != 0 ||
+	    status_init(&status_hooks) != 0 ||
+	    metrics_init(&metrics_hooks) != 0)
 		return 1;	/* they said why */
 	if (queue_init(&queue_events) != 0) {
 		log_error("cannot set up the redis client");

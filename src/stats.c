@@ -6,6 +6,7 @@
  */
 #include "config.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,38 +146,59 @@ histogram_text(struct evbuffer *b, const char *name, const char *help,
 }
 
 static void
+counter_text(struct evbuffer *b, const char *name, const char *help,
+    unsigned long long v)
+{
+	evbuffer_add_printf(b, "# HELP usergate_%s_total %s\n"
+	    "# TYPE usergate_%s_total counter\nusergate_%s_total %llu\n",
+	    name, help, name, name, v);
+}
+
+static void
 gauge_text(struct evbuffer *b, const char *name, const char *help, double v)
 {
 	evbuffer_add_printf(b, "# HELP usergate_%s %s\n# TYPE usergate_%s gauge\n"
 	    "usergate_%s %.17g\n", name, help, name, name, v);
 }
 
-/* How `show metrics` exports each kind of gauge (STATS_GAUGES). */
+/*
+ * How `show metrics` and GET /metrics (http) export each kind of gauge
+ * (STATS_GAUGES).
+ */
 static void
-gauge_prom_NONE(struct evbuffer *b, const char *name, const char *help,
-    const char *v)
+gauge_prom_NONE(struct evbuffer *b, int http, const char *name,
+    const char *help, const char *v)
 {
 }
 
 static void
-gauge_prom_VALUE(struct evbuffer *b, const char *name, const char *help,
-    double v)
+gauge_prom_VALUE(struct evbuffer *b, int http, const char *name,
+    const char *help, double v)
 {
 	gauge_text(b, name, help, v);
 }
 
+/* Only on GET /metrics: `show metrics` stays as scripts know it. */
+static void
+gauge_prom_HTTP(struct evbuffer *b, int http, const char *name,
+    const char *help, double v)
+{
+	if (http)
+		gauge_text(b, name, help, v);
+}
+
 /* Health as a number an alert can compare: 1 when "ok". */
 static void
-gauge_prom_OK(struct evbuffer *b, const char *name, const char *help,
-    const char *v)
+gauge_prom_OK(struct evbuffer *b, int http, const char *name,
+    const char *help, const char *v)
 {
 	gauge_text(b, name, help, strcmp(v, "ok") == 0);
 }
 
 /* A length Redis could not tell us is left out, not made up as 0. */
 static void
-gauge_prom_LENGTH(struct evbuffer *b, const char *name, const char *help,
-    long long v)
+gauge_prom_LENGTH(struct evbuffer *b, int http, const char *name,
+    const char *help, long long v)
 {
 	if (v >= 0)
 		gauge_text(b, name, help, v);
@@ -187,8 +209,8 @@ gauge_prom_LENGTH(struct evbuffer *b, const char *name, const char *help,
  * as node_exporter's), escaped as the exposition format wants.
  */
 static void
-gauge_prom_INFO(struct evbuffer *b, const char *name, const char *help,
-    const char *v)
+gauge_prom_INFO(struct evbuffer *b, int http, const char *name,
+    const char *help, const char *v)
 {
 	const char *p;
 
@@ -204,8 +226,51 @@ gauge_prom_INFO(struct evbuffer *b, const char *name, const char *help,
 	evbuffer_add_printf(b, "\"} 1\n");
 }
 
-char *
-stats_prometheus(const struct stats_gauges *g)
+/* Where in struct stats the counter of each result status is. */
+static const size_t status_counter[] = {
+#define STATS_STATUS_COUNTER(id, name, success, counter) \
+	offsetof(struct stats, counter),
+	RESULT_STATUSES(STATS_STATUS_COUNTER)
+#undef STATS_STATUS_COUNTER
+};
+
+static int
+is_status_counter(size_t offset)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(status_counter) / sizeof(status_counter[0]); i++)
+		if (status_counter[i] == offset)
+			return 1;
+	return 0;
+}
+
+/*
+ * GET /metrics: the counters of the result statuses as one family with a
+ * status label, as Prometheus' naming guidelines want for one thing
+ * counted by outcome (sum() over it is every result); the other counters
+ * as in `show metrics`.
+ */
+static void
+counters_http(struct evbuffer *b)
+{
+	evbuffer_add_printf(b, "# HELP usergate_requests_total "
+	    "Results written, by status\n"
+	    "# TYPE usergate_requests_total counter\n");
+#define STATS_STATUS_SAMPLE(id, name, success, counter) \
+	evbuffer_add_printf(b, "usergate_requests_total{status=\"" name \
+	    "\"} %llu\n", stats.counter);
+	RESULT_STATUSES(STATS_STATUS_SAMPLE)
+#undef STATS_STATUS_SAMPLE
+#define STATS_PROM(name, help) \
+	if (!is_status_counter(offsetof(struct stats, name))) \
+		counter_text(b, #name, help, stats.name);
+	STATS_COUNTERS(STATS_PROM)
+#undef STATS_PROM
+}
+
+static char *
+render(const struct stats_gauges *g, int http)
 {
 	struct evbuffer *b = evbuffer_new();
 	size_t len;
@@ -214,18 +279,19 @@ stats_prometheus(const struct stats_gauges *g)
 
 	if (b == NULL)
 		return NULL;
-#define STATS_PROM(name, help) \
-	evbuffer_add_printf(b, "# HELP usergate_" #name "_total " help "\n" \
-	    "# TYPE usergate_" #name "_total counter\nusergate_" #name "_total %llu\n", \
-	    stats.name);
-	STATS_COUNTERS(STATS_PROM)
+	if (http) {
+		counters_http(b);
+	} else {
+#define STATS_PROM(name, help) counter_text(b, #name, help, stats.name);
+		STATS_COUNTERS(STATS_PROM)
 #undef STATS_PROM
+	}
 	/* Not a gathered value: that the daemon answers at all. */
 	gauge_text(b, "up", "1 while the daemon runs", 1);
 	for (place = 1; place <= STATS_GAUGE_PLACES; place++) {
 #define STATS_PROM_GAUGE(name, type, kind, prom, gplace, pname, help) \
 		if (place == gplace) \
-			gauge_prom_##prom(b, pname, help, g->name);
+			gauge_prom_##prom(b, http, pname, help, g->name);
 		STATS_GAUGES(STATS_PROM_GAUGE)
 #undef STATS_PROM_GAUGE
 	}
@@ -240,4 +306,16 @@ stats_prometheus(const struct stats_gauges *g)
 	}
 	evbuffer_free(b);
 	return out;
+}
+
+char *
+stats_prometheus(const struct stats_gauges *g)
+{
+	return render(g, 0);
+}
+
+char *
+stats_metrics(const struct stats_gauges *g)
+{
+	return render(g, 1);
 }

@@ -126,19 +126,20 @@ gather(struct stats_gauges *g, char *health, size_t hsize)
 	g->instance_id = ug.cfg->instance_id;
 	queue_link_stats(&g->redis_address, &g->redis_tls, &up);
 	g->redis_up_s = up >= 0 ? (long long)up : -1;
+	g->window = ug.window;
 }
 
-/* show stats / show metrics read the lengths fresh from Redis. */
-struct stats_call {
-	struct status_conn	*c;
-	int			 metrics;
+/* The gauges with the lengths read fresh from Redis. */
+struct gauges_call {
+	void		(*done)(const struct stats_gauges *, void *);
+	void		*arg;
 };
 
 static void
-on_stats_lengths(int ok, long long requests, long long processing,
+on_gauges_lengths(int ok, long long requests, long long processing,
     long long dead, double oldest, void *arg)
 {
-	struct stats_call *sc = arg;
+	struct gauges_call *gc = arg;
 	struct stats_gauges g;
 	char health[160];
 
@@ -148,13 +149,43 @@ on_stats_lengths(int ok, long long requests, long long processing,
 		g.processing = processing;
 		g.dead = dead;
 	}
+	gc->done(&g, gc->arg);
+	free(gc);
+}
+
+int
+status_gauges(void (*cb)(const struct stats_gauges *, void *), void *arg)
+{
+	struct gauges_call *gc = calloc(1, sizeof(*gc));
+
+	if (gc == NULL)
+		return -1;
+	gc->done = cb;
+	gc->arg = arg;
+	/* Redis down: say null */
+	if (queue_lengths(on_gauges_lengths, gc) != 0)
+		on_gauges_lengths(0, -1, -1, -1, 0, gc);
+	return 0;
+}
+
+/* show stats / show metrics */
+struct stats_call {
+	struct status_conn	*c;
+	int			 metrics;
+};
+
+static void
+on_stats_gauges(const struct stats_gauges *g, void *arg)
+{
+	struct stats_call *sc = arg;
+
 	if (sc->metrics) {
-		char *text = stats_prometheus(&g);
+		char *text = stats_prometheus(g);
 
 		answer(sc->c, text ? text : "error: out of memory");
 		free(text);
 	} else {
-		answer_json(sc->c, stats_json(&g));
+		answer_json(sc->c, stats_json(g));
 	}
 	done(sc->c);
 	free(sc);
@@ -173,9 +204,11 @@ show_stats(struct status_conn *c, int metrics)
 	sc->metrics = metrics;
 	c->busy = 1;
 	listen_conn_ref(&c->lc);
-	/* Redis down: say null */
-	if (queue_lengths(on_stats_lengths, sc) != 0)
-		on_stats_lengths(0, -1, -1, -1, 0, sc);
+	if (status_gauges(on_stats_gauges, sc) != 0) {
+		free(sc);
+		answer(c, "error: out of memory");
+		done(c);
+	}
 }
 
 static void

@@ -217,6 +217,9 @@ struct config {
 	char	*status_path;
 	long	 status_mode;
 
+	/* [metrics] */
+	char	*metrics_listen;	/* ADDRESS:PORT, empty: off */
+
 	/* [log] */
 	enum log_level log_level;
 
@@ -241,6 +244,12 @@ struct config {
 	}	*sentinels;		/* parsed [redis] sentinels */
 	size_t	 nsentinels;		/* 0: no Sentinel, host/port */
 };
+
+/* [metrics] listen "ADDRESS:PORT" -> a socket address; -1 when it is
+ * not a numeric IPv4 or bracketed IPv6 address with a port of 1..65535. */
+struct sockaddr_storage;
+int		 config_listen_address(const char *s,
+		    struct sockaddr_storage *ss, int *len);
 
 /* One row per key; drives parsing, defaults, bounds, reload and docs. */
 enum config_type { CONFIG_STRING, CONFIG_LONG, CONFIG_MODE, CONFIG_ENUM };

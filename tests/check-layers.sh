@@ -10,7 +10,7 @@
 #   1 pure library         log config codec request record twilio pace
 #                          framing stats command result redis_url failover
 #   2 shared daemon pieces clock state listen
-#   3 I/O adapters         queue* http intake status
+#   3 I/O adapters         queue* http intake status metrics
 #   4 orchestrator         job
 #   5 wiring               main
 #
@@ -73,7 +73,7 @@ function layer(u) {
 		return 1
 	if (u ~ /^(clock|state|listen)$/)
 		return 2
-	if (u ~ /^(queue|http|intake|status)$/)
+	if (u ~ /^(queue|http|intake|status|metrics)$/)
 		return 3
 	if (u == "job")
 		return 4

@@ -6,14 +6,16 @@
 # systemd brings systemd-analyze (the unit checks), man-db and groff the
 # man page checks, clang with libclang-rt-14-dev the fuzzers, llvm the
 # symbolizer for their reports, valgrind the last pass, and debhelper with
-# lintian the Debian package (tests/check-deb.sh).
+# lintian the Debian package (tests/check-deb.sh), prometheus (with
+# promtool) and python3-yaml the alerting rules, the dashboard and the real
+# scrape (tests/check-prometheus.sh, test_metrics.py).
 set -eu
 PKGS="build-essential autoconf automake pkg-config
 libevent-dev libcurl4-openssl-dev libhiredis-dev libmsgpack-dev libjansson-dev libcjson-dev
 libinih-dev libjemalloc-dev libcunit1-dev libsystemd-dev libssl-dev
 redis-server redis-sentinel python3 python3-pytest python3-redis python3-msgpack
 systemd man-db groff-base groff socat jq curl openssl clang libclang-rt-14-dev llvm valgrind
-debhelper lintian"
+debhelper lintian prometheus python3-yaml"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

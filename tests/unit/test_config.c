@@ -213,6 +213,7 @@ static const struct default_case {
 	{ "socket", "max_connections", "1000", 1 },
 	{ "status", "path", "/run/usergate/status.sock", 0 },
 	{ "status", "mode", "0660", 0 },
+	{ "metrics", "listen", "", 0 },
 	{ "log", "level", "info", 1 },
 };
 
@@ -479,6 +480,18 @@ static const struct error_case {
 	    "%s:2: unknown key \"Base_URL\" in [twilio]", 0 },
 	{ "key outside a section", "; comment\nfoo = 1\n",
 	    "%s:2: key \"foo\" outside any section", 0 },
+	{ "metrics listen: a host name", "[metrics]\nlisten = localhost:9466\n",
+	    "%s:2: key \"listen\" in [metrics]: expected empty or "
+	    "ADDRESS:PORT, an IPv4 address or a bracketed IPv6 one and a "
+	    "port of 1 to 65535 (127.0.0.1:9466, [::1]:9466)", 0 },
+	{ "metrics listen: no port", "[metrics]\nlisten = 127.0.0.1\n",
+	    "%s:2: key \"listen\" in [metrics]: expected empty", 1 },
+	{ "metrics listen: port 0", "[metrics]\nlisten = 127.0.0.1:0\n",
+	    "%s:2: key \"listen\" in [metrics]: expected empty", 1 },
+	{ "metrics listen: IPv6 unbracketed", "[metrics]\nlisten = ::1:9466\n",
+	    "%s:2: key \"listen\" in [metrics]: expected empty", 1 },
+	{ "metrics listen: IPv6 without port", "[metrics]\nlisten = [::1]\n",
+	    "%s:2: key \"listen\" in [metrics]: expected empty", 1 },
 	{ "bad number", "[redis]\nport = abc\n",
 	    "%s:2: key \"port\" in [redis]: not a decimal integer "
 	    "(expected 1..65535)", 0 },

@@ -39,6 +39,7 @@ static const char *const stats_keys[] = {
 	"redis_address",
 	"redis_tls",
 	"redis_up_s",
+	"window",
 	"received",
 	"invalid",
 	"duplicate",
@@ -92,6 +93,7 @@ sample_gauges(void)
 	g.redis_address = "redis.example:6380";
 	g.redis_tls = 1;
 	g.redis_up_s = 42;
+	g.window = 5;
 	return g;
 }
 
@@ -568,6 +570,68 @@ test_prometheus_gauges(void)
 	free(text);
 }
 
+/*
+ * GET /metrics: the result statuses as one family with a status label, in
+ * RESULT_STATUSES' order and from their counters; the other counters as in
+ * show metrics; the gauges of kind HTTP (the window) too; and the rest,
+ * from the first gauge on, as show metrics has it.
+ */
+static void
+test_metrics_http(void)
+{
+	struct stats_gauges g = sample_gauges();
+	struct family fam[64];
+	const struct family *f;
+	const char *const *names;
+	char err[256], want[128], *text, *old;
+	size_t ncounters, i, statuses = 0;
+	int n;
+
+	set_counters();
+	text = stats_metrics(&g);
+	old = stats_prometheus(&g);
+	CU_ASSERT_FATAL(text != NULL && old != NULL);
+	n = parse_exposition(text, fam, NELEM(fam), err, sizeof(err));
+	if (n < 0)
+		fprintf(stderr, "\n%s\n%s\n", err, text);
+	CU_ASSERT_FATAL(n > 0);
+	f = find_family(fam, n, "usergate_requests_total");
+	CU_ASSERT_FATAL(f != NULL);
+	CU_ASSERT_STRING_EQUAL(f->type, "counter");
+#define CHECK_STATUS(id, sname, success, counter) \
+	CU_ASSERT_FATAL(statuses < f->nsamples); \
+	CU_ASSERT_STRING_EQUAL(f->samples[statuses].labels, \
+	    "{status=\"" sname "\"}"); \
+	CU_ASSERT_DOUBLE_EQUAL(f->samples[statuses].value, stats.counter, 0); \
+	statuses++;
+	RESULT_STATUSES(CHECK_STATUS)
+#undef CHECK_STATUS
+	CU_ASSERT_EQUAL(f->nsamples, statuses);
+	names = stats_counter_names(&ncounters);
+	for (i = 0; i < ncounters; i++) {
+		snprintf(want, sizeof(want), "usergate_%s_total", names[i]);
+		/* A status's counter is in the family, not on its own. */
+		CU_ASSERT_EQUAL(find_family(fam, n, want) == NULL,
+		    strcmp(names[i], "created") == 0 ||
+		    strcmp(names[i], "exists") == 0 ||
+		    strcmp(names[i], "updated") == 0 ||
+		    strcmp(names[i], "duplicate") == 0 ||
+		    strcmp(names[i], "invalid") == 0 ||
+		    strcmp(names[i], "failed") == 0);
+	}
+	f = find_family(fam, n, "usergate_concurrency_window");
+	CU_ASSERT_FATAL(f != NULL);
+	CU_ASSERT_STRING_EQUAL(f->type, "gauge");
+	CU_ASSERT_DOUBLE_EQUAL(f->samples[0].value, 5, 0);
+	CU_ASSERT_PTR_NULL(strstr(old, "usergate_concurrency_window"));
+	CU_ASSERT_PTR_NULL(strstr(old, "usergate_requests_total"));
+	/* The histograms are the same text in both. */
+	CU_ASSERT_STRING_EQUAL(strstr(text, "# HELP usergate_twilio_request"),
+	    strstr(old, "# HELP usergate_twilio_request"));
+	free(text);
+	free(old);
+}
+
 /* The periodic log line: every counter, in declaration order. */
 static void
 test_log_line(void)
@@ -876,6 +940,8 @@ main(void)
 	    CU_add_test(suite, "docs", test_docs) == NULL ||
 	    CU_add_test(suite, "prometheus", test_prometheus) == NULL ||
 	    CU_add_test(suite, "prometheus gauges", test_prometheus_gauges) ==
+	    NULL ||
+	    CU_add_test(suite, "metrics over HTTP", test_metrics_http) ==
 	    NULL ||
 	    CU_add_test(suite, "log line", test_log_line) == NULL) {
 		CU_cleanup_registry();
