@@ -342,7 +342,7 @@ def test_demoted_primary_is_left_until_primary_again(env):
     env.r.replicaof("127.0.0.1", other_port)
     wait_for(lambda: d.status("health") == "degraded: redis read-only replica",
              what="health: read-only replica")
-    assert d.stats()["redis_role"] == "slave"
+    assert d.stats()["redis_role"] == "replica"
     env.r.replicaof("NO", "ONE")
     d.wait_healthy()
     assert d.stats()["redis_role"] == "master"
