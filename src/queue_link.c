@@ -85,19 +85,22 @@ queue_fault_set(enum fault f, const char *error)
 	size_t n = strlen(WRONGTYPE_PREFIX);
 
 	if (strncmp(error, WRONGTYPE_PREFIX, n) == 0)
-		snprintf(reason, sizeof(reason), "redis key %s has wrong type", error + n);
+		snprintf(reason, sizeof(reason), "redis key %s has wrong type",
+		    error + n);
 	else if (f == FAULT_DURABLE)
 		snprintf(reason, sizeof(reason), "redis replicas behind: %s",
 		    error);
 	else
-		snprintf(reason, sizeof(reason), "redis refused %s: %s", fault_operation[f],
-		    error);
+		snprintf(reason, sizeof(reason), "redis refused %s: %s",
+		    fault_operation[f], error);
 	if (strcmp(reason, fault_reason[f]) == 0)
 		return;
 	memcpy(fault_reason[f], reason, sizeof(reason));
-	/* An Identity (often an e-mail address) is named at debug level only. */
+	/* An Identity (often an e-mail address) is named at debug level
+	 * only. */
 	if (f == FAULT_CLAIM)
-		log_error("redis refused identity claims; retrying with backoff");
+		log_error("redis refused identity claims; retrying with "
+		    "backoff");
 	else
 		log_error("redis refused a command; retrying with backoff",
 		    "operation", fault_operation[f], "reason", reason);
@@ -111,14 +114,16 @@ queue_fault_clear(enum fault f)
 	if (fault_reason[f][0] == '\0')
 		return;
 	fault_reason[f][0] = '\0';
-	log_info("redis accepts our commands again", "operation", fault_operation[f]);
+	log_info("redis accepts our commands again", "operation",
+	    fault_operation[f]);
 	state_changed();
 }
 
 int
 queue_is_noscript(const redisReply *r)
 {
-	return r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+	return r != NULL && r->type == REDIS_REPLY_ERROR &&
+	    strncmp(r->str, "NOSCRIPT", 8) == 0;
 }
 
 const char *
@@ -159,13 +164,14 @@ outage(const char *reason, const char *error)
 	if (refined)
 		log_info("redis told why TLS failed", "reason", reason);
 	else if (strncmp(reason, "redis unreachable", 17) == 0)
-		log_warn("cannot connect to redis, retrying with backoff", "error", error);
-	else if (strncmp(reason, "redis TLS", 9) == 0)
-		log_error("TLS to redis failed, retrying with backoff", "reason",
-		    reason);
-	else
-		log_error("redis refuses us, retrying with backoff", "reason", reason,
+		log_warn("cannot connect to redis, retrying with backoff",
 		    "error", error);
+	else if (strncmp(reason, "redis TLS", 9) == 0)
+		log_error("TLS to redis failed, retrying with backoff",
+		    "reason", reason);
+	else
+		log_error("redis refuses us, retrying with backoff", "reason",
+		    reason, "error", error);
 	state_changed();
 }
 
@@ -629,7 +635,8 @@ link_lost(void)
 	queue_take_outstanding = 0;
 	link_up_since = 0;
 	if (was) {
-		log_warn("redis connection lost; requests stay queued, reconnecting");
+		log_warn("redis connection lost; requests stay queued, "
+		    "reconnecting");
 		queue_events->link(0);
 		state_changed();
 	}
@@ -819,7 +826,8 @@ queue_hello_failed(struct queue_conn *c, const char *what,
 		else if (strcmp(what, "SELECT") == 0)
 			snprintf(reason, sizeof(reason), "redis db refused");
 		else
-			snprintf(reason, sizeof(reason), "redis refused %s", what);
+			snprintf(reason, sizeof(reason), "redis refused %s",
+			    what);
 		outage(reason, queue_reply_error(r));
 	}
 	setup_refused(c);
@@ -1074,7 +1082,8 @@ connect_one(struct queue_conn **slot)
 	queue_link_params(&p);
 	p.connect_timeout_ms = CONNECT_TIMEOUT_MS;
 	link_describe(&p);
-	if ((qc = queue_conn_open(ug.base, &p, &ev, err, sizeof(err))) == NULL) {
+	if ((qc = queue_conn_open(ug.base, &p, &ev, err, sizeof(err))) ==
+	    NULL) {
 		outage_closed(err, 0);
 		return NULL;
 	}
