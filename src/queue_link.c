@@ -821,7 +821,11 @@ queue_hello_failed(struct queue_conn *c, const char *what,
 	if (queue_failover(r))
 		return;		/* LOADING, say: not a refusal of ours */
 	if (r != NULL && !queue_setup_failed) {
-		if (strcmp(what, "AUTH") == 0)
+		/* NOAUTH: Redis wants a password and none was given; every
+		 * command meets it, whichever comes first. */
+		if (strcmp(what, "AUTH") == 0 ||
+		    (r->type == REDIS_REPLY_ERROR &&
+		    strncmp(r->str, "NOAUTH", 6) == 0))
 			snprintf(reason, sizeof(reason), "redis auth refused");
 		else if (strcmp(what, "SELECT") == 0)
 			snprintf(reason, sizeof(reason), "redis db refused");

@@ -155,6 +155,19 @@ def test_wrong_password_backs_off_and_recovers(env):
     assert count_lines(d, "connection restored") == 1
 
 
+def test_no_password_for_a_redis_that_wants_one_is_auth_refused(env):
+    """A Redis with requirepass and no password given: health used to name
+    whichever command met NOAUTH first (redis refused SCRIPT LOAD)."""
+    env.start_redis(password="right-password")
+    env.start_twilio()
+    d = env.daemon()
+    wait_for(lambda: d.status("health") == "degraded: redis auth refused",
+             what="health: auth refused")
+    time.sleep(2)
+    assert count_lines(d, "redis refuses us") == 1, d.log()
+    assert "NOAUTH" in d.log()
+
+
 def test_wrong_db_is_a_refused_connection(env):
     env.start_redis()
     env.start_twilio()
