@@ -19,7 +19,8 @@ struct job;
 struct intake_conn;
 
 /* ------------------------------------------------------------------ */
-/* stats.c: counters and gauges declared once (X-macros), rendered everywhere. */
+/* stats.c: counters and gauges declared once (X-macros), rendered
+ * everywhere. */
 
 /* name, help text */
 #define STATS_COUNTERS(X)						\
@@ -32,11 +33,13 @@ struct intake_conn;
 	X(failed, "Results with status failed")				\
 	X(retries, "HTTP attempts beyond a request's first")		\
 	X(http_requests, "HTTP requests sent to Twilio")		\
-	X(recovered, "Requests taken back from a processing list after a crash") \
+	X(recovered,							\
+	    "Requests taken back from a processing list after a crash")	\
 	X(rate_limited, "429 answers from Twilio")			\
 	X(dead_dropped, "Oldest dead entries dropped to keep dead_max")	\
 	X(failovers, "Times Sentinel named a new Redis primary")	\
-	X(redis_reconnects, "Times the Redis link came up again after a loss")
+	X(redis_reconnects,						\
+	    "Times the Redis link came up again after a loss")
 
 struct stats {
 #define STATS_FIELD(name, help) unsigned long long name;
@@ -139,7 +142,8 @@ struct daemon {
 	double			 started;	/* monotonic seconds */
 	int			 paused;	/* operator said pause */
 	int			 draining;	/* SIGTERM seen */
-	char			 auth_reason[128]; /* non-empty: Twilio refused us */
+	/* non-empty: Twilio refused us */
+	char			 auth_reason[128];
 	int			 redis_up;
 	long			 window;	/* job.c's AIMD window */
 };
@@ -268,7 +272,8 @@ enum claim_outcome {
 	CLAIM_OWNED,		/* we hold the identity: call Twilio */
 	CLAIM_DONE,		/* completed before: record given */
 	CLAIM_PENDING,		/* another instance is on it */
-	CLAIM_REFUSED,		/* a key of it has the wrong type: record names it */
+	/* a key of it has the wrong type: record names it */
+	CLAIM_REFUSED,
 };
 
 typedef void	 queue_claim_cb(enum claim_outcome outcome, const char *record,
@@ -276,8 +281,9 @@ typedef void	 queue_claim_cb(enum claim_outcome outcome, const char *record,
 typedef void	 queue_done_cb(int ok, void *arg);
 typedef void	 queue_rate_cb(long granted, long wait_ms, void *arg);
 typedef void	 queue_count_cb(long long value, void *arg);
-typedef void	 queue_lengths_cb(int ok, long long requests, long long processing,
-		    long long dead, double oldest_age_s, void *arg);
+typedef void	 queue_lengths_cb(int ok, long long requests,
+		    long long processing, long long dead, double oldest_age_s,
+		    void *arg);
 typedef void	 queue_lines_cb(int ok, char **lines, size_t n, void *arg);
 
 /*
@@ -323,7 +329,8 @@ void		 queue_link_stats(const char **address, int *tls, double *up_s);
  * caller's: the adapter never asks.
  */
 void		 queue_take(long room);
-int		 queue_claim(const char *identity, queue_claim_cb *cb, void *arg);
+int		 queue_claim(const char *identity, queue_claim_cb *cb,
+		    void *arg);
 int		 queue_rate_acquire(long want, queue_rate_cb *cb, void *arg);
 /*
  * Hands a finished job's result over, once.  Results are written in the
@@ -335,7 +342,8 @@ int		 queue_rate_acquire(long want, queue_rate_cb *cb, void *arg);
 void		 queue_commit_add(struct commit_item *item, queue_commit_cb *cb,
 		    void *arg);
 /* LPUSH a socket request to our processing list before acknowledging it. */
-int		 queue_push_processing(const char *raw, size_t len, queue_done_cb *cb, void *arg);
+int		 queue_push_processing(const char *raw, size_t len,
+		    queue_done_cb *cb, void *arg);
 void		 queue_refresh_claims(const char *const *identities, size_t n);
 int		 queue_lengths(queue_lengths_cb *cb, void *arg);
 int		 queue_dead_list(long n, queue_lines_cb *cb, void *arg);
@@ -349,18 +357,21 @@ void		 queue_shutdown(void);
 /* Why Redis does not serve us well (for health), or NULL. */
 const char	*queue_problem(void);
 const char	*queue_role(void);	/* what ROLE said: master, unknown.. */
-void		 queue_last_lengths(long long *requests, long long *processing, long long *dead);
+void		 queue_last_lengths(long long *requests, long long *processing,
+		    long long *dead);
 
 /* ------------------------------------------------------------------ */
 /* http.c: the only libcurl user. */
 
 struct http_result {
-	long		 status;	/* HTTP status, 0 on transport failure */
+	/* HTTP status, 0 on transport failure */
+	long		 status;
 	long		 retry_after_ms; /* -1 when absent */
 	const char	*body;
 	size_t		 len;
 	int		 tls_failure;	/* peer could not be verified */
-	int		 out_of_fds;	/* no descriptor for a socket: not sent */
+	/* no descriptor for a socket: not sent */
+	int		 out_of_fds;
 	const char	*error;		/* transport error text, or NULL */
 	double		 seconds;	/* time taken */
 };
@@ -394,8 +405,9 @@ struct socket_listener {
 	const char		*what;
 	int			 failing;	/* an episode was logged */
 };
-int		 socket_listener_open(struct socket_listener *sl, const char *path,
-		    long mode, const char *what, socket_accept_cb accepted);
+int		 socket_listener_open(struct socket_listener *sl,
+		    const char *path, long mode, const char *what,
+		    socket_accept_cb accepted);
 void		 socket_listener_close(struct socket_listener *sl);
 /*
  * The connection skeleton both sockets share.  Each file's connection

@@ -58,7 +58,8 @@ notify_status(void)
 		snprintf(queue, sizeof(queue), "unknown");
 	else
 		snprintf(queue, sizeof(queue), "%lld", requests);
-	snprintf(line, sizeof(line), "STATUS=%s; queue %s, in flight %ld/%ld%s%s",
+	snprintf(line, sizeof(line),
+	    "STATUS=%s; queue %s, in flight %ld/%ld%s%s",
 	    daemon_health(health, sizeof(health)), queue, http_inflight(),
 	    ug.cfg->max_inflight, ug.paused ? ", paused" : "",
 	    ug.draining ? ", stopping" : "");
@@ -95,7 +96,8 @@ reload(char *err, size_t errlen)
 	char msg[64];
 
 	usec = (uint64_t)(now_monotonic() * 1e6);
-	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)usec);
+	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+	    (unsigned long long)usec);
 	sd_notify(0, msg);
 	if ((fresh = calloc(1, sizeof(*fresh))) == NULL) {
 		snprintf(err, errlen, "out of memory");
@@ -104,21 +106,24 @@ reload(char *err, size_t errlen)
 	}
 	if (config_load(ug.cfg->path, fresh, 1, err, errlen) != 0) {
 		free(fresh);
-		log_error("reload refused; the running configuration stays", "error", err);
+		log_error("reload refused; the running configuration stays",
+		    "error", err);
 		sd_notify(0, "READY=1");
 		return -1;
 	}
 	if (config_restart_keys(ug.cfg, fresh, restart, sizeof(restart)) > 0)
-		log_warn("reload: these keys need a restart and keep their old values",
-		    "keys", restart);
+		log_warn("reload: these keys need a restart and keep their "
+		    "old values", "keys", restart);
 	/* Keep the old values of the keys that need a restart by swapping
 	 * them into the new struct (the old one is then freed with the new
 	 * values).  The Redis password and the server derived from [redis]
 	 * belong to it too. */
 	keys = config_keys(&nkeys);
 	for (i = 0; i < nkeys; i++) {
-		char *a = (char *)ug.cfg + keys[i].offset, *b = (char *)fresh + keys[i].offset;
-		char tmp[sizeof(long) > sizeof(char *) ? sizeof(long) : sizeof(char *)];
+		char *a = (char *)ug.cfg + keys[i].offset,
+		    *b = (char *)fresh + keys[i].offset;
+		char tmp[sizeof(long) > sizeof(char *) ? sizeof(long) :
+		    sizeof(char *)];
 		size_t size = keys[i].type == CONFIG_STRING ? sizeof(char *) :
 		    keys[i].type == CONFIG_ENUM ? sizeof(int) : sizeof(long);
 
@@ -168,8 +173,8 @@ drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	char n[32];
 
 	snprintf(n, sizeof(n), "%ld", job_count());
-	log_warn("drain time is up; unfinished requests stay in the processing list "
-	    "for the next start", "unfinished", n);
+	log_warn("drain time is up; unfinished requests stay in the "
+	    "processing list for the next start", "unfinished", n);
 	daemon_stop(0);
 }
 
@@ -184,8 +189,8 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 		return;
 	}
 	if (ug.draining) {
-		log_warn("second signal: exiting now; unfinished requests stay in the "
-		    "processing list");
+		log_warn("second signal: exiting now; unfinished requests "
+		    "stay in the processing list");
 		daemon_stop(0);
 		return;
 	}
@@ -379,7 +384,8 @@ parse_options(int argc, char **argv, int *check_only)
 		}
 	}
 	if (optind != argc) {
-		fprintf(stderr, "usergated: unexpected argument '%s'\n", argv[optind]);
+		fprintf(stderr, "usergated: unexpected argument '%s'\n",
+		    argv[optind]);
 		usage(stderr);
 		return 2;
 	}
@@ -499,7 +505,8 @@ main(int argc, char **argv)
 	log_set_journal(sd_journal_sendv);
 	log_init(ug.cfg->log_level);
 	if (verbose)
-		log_set_level(ug.cfg->log_level + verbose > LOG_LEVEL_DEBUG ? LOG_LEVEL_DEBUG :
+		log_set_level(ug.cfg->log_level + verbose > LOG_LEVEL_DEBUG ?
+		    LOG_LEVEL_DEBUG :
 		    (enum log_level)(ug.cfg->log_level + verbose));
 	signal(SIGPIPE, SIG_IGN);
 

@@ -154,7 +154,8 @@ on_dead_range(struct queue_conn *ac, redisReply *reply, void *priv)
 		for (i = 0; lines != NULL && i < r->elements; i++) {
 			if (r->element[i]->type != REDIS_REPLY_STRING)
 				continue;
-			lines[n] = record_dead_line(r->element[i]->str, r->element[i]->len);
+			lines[n] = record_dead_line(r->element[i]->str,
+			    r->element[i]->len);
 			if (lines[n] != NULL)
 				n++;
 		}
@@ -242,7 +243,8 @@ on_retry_range(struct queue_conn *ac, redisReply *reply, void *priv)
 		size_t lens[4], textlen;
 
 		if (e->type != REDIS_REPLY_STRING ||
-		    (text = record_dead_request(e->str, e->len, &textlen)) == NULL)
+		    (text = record_dead_request(e->str, e->len,
+		    &textlen)) == NULL)
 			continue;
 		argv[0] = "RPUSH"; lens[0] = 5;
 		argv[1] = queue_keys.requests; lens[1] = strlen(argv[1]);

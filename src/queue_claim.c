@@ -16,7 +16,8 @@
 
 #include "queue_int.h"
 
-#define CLAIM_TTL_S		60	/* an in-flight claim outlives a dead owner this long */
+/* an in-flight claim outlives a dead owner this long */
+#define CLAIM_TTL_S		60
 #define CLAIM_BATCH_MAX		512
 
 /*
@@ -98,8 +99,10 @@ claim_answer(struct claim_call *c, const redisReply *e)
 			break;
 		case 2:		/* the stored record */
 		case 4:		/* the key of the wrong type */
-			if (e->elements == 2 && e->element[1]->type == REDIS_REPLY_STRING) {
-				o = e->element[0]->integer == 2 ? CLAIM_DONE : CLAIM_REFUSED;
+			if (e->elements == 2 &&
+			    e->element[1]->type == REDIS_REPLY_STRING) {
+				o = e->element[0]->integer == 2 ? CLAIM_DONE :
+				    CLAIM_REFUSED;
 				rec = e->element[1]->str;
 				reclen = e->element[1]->len;
 			}
@@ -151,20 +154,23 @@ on_claims(struct queue_conn *ac, redisReply *reply, void *priv)
 	const redisReply *r = reply;
 	struct claim_batch *b = priv;
 	size_t i;
-	int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n;
+	int ok = r != NULL && r->type == REDIS_REPLY_ARRAY &&
+	    r->elements == b->n;
 	const redisReply *wrong = NULL;
 
 	if (r != NULL && !ok)
 		queue_refused(FAULT_CLAIM, r);
 	for (i = 0; ok && i < b->n && wrong == NULL; i++)
-		if (r->element[i]->type == REDIS_REPLY_ARRAY && r->element[i]->elements == 2 &&
+		if (r->element[i]->type == REDIS_REPLY_ARRAY &&
+		    r->element[i]->elements == 2 &&
 		    r->element[i]->element[0]->type == REDIS_REPLY_INTEGER &&
 		    r->element[i]->element[0]->integer == 4)
 			wrong = r->element[i]->element[1];
 	if (wrong != NULL && wrong->type == REDIS_REPLY_STRING) {
 		char error[192];
 
-		snprintf(error, sizeof(error), "%s%s", WRONGTYPE_PREFIX, wrong->str);
+		snprintf(error, sizeof(error), "%s%s", WRONGTYPE_PREFIX,
+		    wrong->str);
 		queue_fault_set(FAULT_CLAIM, error);
 	} else if (ok) {
 		queue_fault_clear(FAULT_CLAIM);
@@ -188,7 +194,8 @@ claim_flush_cb(evutil_socket_t fd, short what, void *arg)
 	int rv = -1;
 
 	while (nclaims_pending > 0) {
-		n = nclaims_pending > CLAIM_BATCH_MAX ? CLAIM_BATCH_MAX : nclaims_pending;
+		n = nclaims_pending > CLAIM_BATCH_MAX ? CLAIM_BATCH_MAX :
+		    nclaims_pending;
 		b = malloc(sizeof(*b) + n * sizeof(b->calls[0]));
 		argc = 3 + 2 * n + 2;
 		argv = calloc(argc, sizeof(*argv));
@@ -196,8 +203,10 @@ claim_flush_cb(evutil_socket_t fd, short what, void *arg)
 		if (b != NULL && argv != NULL && lens != NULL) {
 			b->n = n;
 			b->durable = 0;
-			memcpy(b->calls, claims_pending, n * sizeof(b->calls[0]));
-			snprintf(owner, sizeof(owner), "pending:%s", ug.cfg->instance_id);
+			memcpy(b->calls, claims_pending,
+			    n * sizeof(b->calls[0]));
+			snprintf(owner, sizeof(owner), "pending:%s",
+			    ug.cfg->instance_id);
 			snprintf(ttl, sizeof(ttl), "%d", CLAIM_TTL_S);
 			snprintf(nkeys, sizeof(nkeys), "%zu", 2 * n);
 			argv[0] = "EVALSHA";
@@ -232,7 +241,10 @@ claim_flush_cb(evutil_socket_t fd, short what, void *arg)
 		free(argv);
 		free(lens);
 		if (rv != 0) {
-			/* No link (or no memory): each caller hears "try later". */
+			/*
+			 * No link (or no memory): each caller hears "try
+			 * later".
+			 */
 			free(b);
 			for (i = 0; i < n; i++)
 				claim_answer(&claims_pending[i], NULL);

@@ -42,7 +42,8 @@ struct commit_batch {
 						 * LPUSH */
 	long long		 dead_max;	/* what its LTRIM kept */
 	int			 durable;	/* a WAIT follows: it answers */
-	int			 ok;		/* what the EXEC said, meanwhile */
+	/* what the EXEC said, meanwhile */
+	int			 ok;
 };
 
 /*
@@ -72,7 +73,8 @@ static const char reply_lua[] =
  */
 const char queue_guard_lua[] =
 	LUA_WRONGTYPE
-	"local e = wrongtype(KEYS[2], 'list') or wrongtype(KEYS[3], 'list') or\n"
+	"local e = wrongtype(KEYS[2], 'list') or "
+	    "wrongtype(KEYS[3], 'list') or\n"
 	"  wrongtype(KEYS[4], 'list') or wrongtype(KEYS[5], 'hash')\n"
 	"if e then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end\n"
 	"return e or 0\n";
@@ -80,7 +82,8 @@ const char queue_guard_lua[] =
 /* One failing command per result can come with every transaction (a
  * ReplyTo list of the wrong type). */
 static struct log_limit command_failed_limit =
-    LOG_LIMIT("redis: a command of the result transaction failed", LOG_LIMIT_PER_SECOND);
+    LOG_LIMIT("redis: a command of the result transaction failed",
+    LOG_LIMIT_PER_SECOND);
 
 static void	 batch_done(struct commit_batch *, int ok);
 
@@ -116,8 +119,10 @@ on_exec(struct queue_conn *ac, redisReply *reply, void *priv)
 	if (ok) {
 		for (i = 0; i < r->elements; i++)
 			if (r->element[i]->type == REDIS_REPLY_ERROR &&
-			    log_limit_allow(&command_failed_limit, now_monotonic()))
-				log_warn("redis: a command of the result transaction failed",
+			    log_limit_allow(&command_failed_limit,
+			    now_monotonic()))
+				log_warn("redis: a command of the result "
+				    "transaction failed",
 				    "error", r->element[i]->str);
 		/* The LTRIM after the LPUSH kept dead_max entries: the rest
 		 * of the length the LPUSH answered was dropped. */

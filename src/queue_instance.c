@@ -60,7 +60,8 @@ const char queue_takeover_lua[] =
 	"  return recover(ARGV[2]) or moved\n"
 	"end\n"
 	"for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
-	"  if id ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'instance:' .. id) == 0 then\n"
+	"  if id ~= ARGV[2] and "
+	    "redis.call('EXISTS', ARGV[1] .. 'instance:' .. id) == 0 then\n"
 	"    e = recover(id)\n"
 	"    if e then bad = e else redis.call('SREM', KEYS[1], id) end\n"
 	"  end\n"
@@ -129,7 +130,8 @@ process_alive(int pid)
 		return 1;
 	p = fgets(buf, sizeof(buf), f);
 	fclose(f);
-	if (p != NULL && (p = strrchr(buf, ')')) != NULL && p[1] == ' ' && p[2] == 'Z')
+	if (p != NULL && (p = strrchr(buf, ')')) != NULL && p[1] == ' ' &&
+	    p[2] == 'Z')
 		return 0;
 	return 1;
 }
@@ -157,11 +159,14 @@ on_instance_check(struct queue_conn *ac, redisReply *reply, void *priv)
 		queue_heartbeat_value(self, sizeof(self));
 		if (sscanf(r->str, "pid=%d host=%255s", &pid, host) == 2 &&
 		    strcmp(r->str, self) != 0) {
-			int alive = strcmp(host, hostname) != 0 || process_alive(pid);
+			int alive = strcmp(host, hostname) != 0 ||
+			    process_alive(pid);
 			if (alive) {
-				log_error("another live daemon uses this instance_id; "
-				    "give each daemon a unique [redis] instance_id",
-				    "instance_id", ug.cfg->instance_id, "holder", r->str);
+				log_error("another live daemon uses this "
+				    "instance_id; give each daemon a unique "
+				    "[redis] instance_id",
+				    "instance_id", ug.cfg->instance_id,
+				    "holder", r->str);
 				queue_events->instance_lost();
 				return;
 			}
@@ -206,7 +211,8 @@ on_recovered(struct queue_conn *ac, redisReply *reply, void *priv)
 
 		snprintf(n, sizeof(n), "%lld", r->integer);
 		stats.recovered += (unsigned long long)r->integer;
-		log_warn("requests recovered from a processing list", "count", n,
+		log_warn("requests recovered from a processing list",
+		    "count", n,
 		    "from", priv ? "own list (previous run)" : "dead instance");
 		queue_events->ready();
 	}
@@ -243,8 +249,8 @@ on_reconcile(struct queue_conn *ac, redisReply *reply, void *priv)
 		char n[32];
 
 		snprintf(n, sizeof(n), "%lld", r->integer);
-		log_warn("requests in our processing list that no job holds went back to "
-		    "the request list", "count", n);
+		log_warn("requests in our processing list that no job holds "
+		    "went back to the request list", "count", n);
 	}
 	queue_events->ready();
 }

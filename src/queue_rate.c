@@ -27,8 +27,10 @@ const char queue_rate_lua[] =
 	"local e = wrongtype(KEYS[1], 'zset')\n"
 	"if e then return e end\n"
 	"local t = redis.call('TIME')\n"
-	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-	"local limit, window, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+	"local now = tonumber(t[1]) * 1000 + "
+	    "math.floor(tonumber(t[2]) / 1000)\n"
+	"local limit, window, want = "
+	    "tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
 	"redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)\n"
 	"local used = redis.call('ZCARD', KEYS[1])\n"
 	"local grant = math.max(0, math.min(limit - used, want))\n"
@@ -39,7 +41,8 @@ const char queue_rate_lua[] =
 	"local wait = 0\n"
 	"if grant < want then\n"
 	"  local o = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
-	"  if o[2] then wait = tonumber(o[2]) + window - now + 1 else wait = 1 end\n"
+	"  if o[2] then wait = tonumber(o[2]) + window - now + 1 "
+	    "else wait = 1 end\n"
 	"  if wait < 1 then wait = 1 end\n"
 	"end\n"
 	"return {grant, wait}\n";
@@ -75,15 +78,16 @@ queue_rate_acquire(long want, queue_rate_cb *cb, void *arg)
 		return -1;
 	c->cb.rate = cb;
 	c->arg = arg;
-	snprintf(limit, sizeof(limit), "%ld", ug.cfg->rate_limit * ug.cfg->rate_window_s);
+	snprintf(limit, sizeof(limit), "%ld",
+	    ug.cfg->rate_limit * ug.cfg->rate_window_s);
 	/* Twilio counts a create when it arrives, a little after we granted
 	 * it, and requests granted together arrive spread out: a margin on the
 	 * window keeps our count ahead of Twilio's. */
 	snprintf(window, sizeof(window), "%ld", ug.cfg->rate_window_s * 1000 +
 	    RATE_MARGIN_MS);
 	snprintf(wants, sizeof(wants), "%ld", want);
-	snprintf(member, sizeof(member), "%s:%d:%llu", ug.cfg->instance_id, (int)getpid(),
-	    ++rate_seq);
+	snprintf(member, sizeof(member), "%s:%d:%llu", ug.cfg->instance_id,
+	    (int)getpid(), ++rate_seq);
 	rv = queue_send_strings(queue_cmd, on_rate, c, 8, "EVALSHA",
 	    queue_script_sha[SCRIPT_RATE], "1", queue_keys.rate, limit, window,
 	    wants, member);

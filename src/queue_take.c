@@ -20,14 +20,16 @@
 #include "queue_int.h"
 
 #define TAKE_BATCH_MAX		1024
-#define BLOCK_TIMEOUT		"1"	/* seconds a BLMOVE waits before we look again */
+/* seconds a BLMOVE waits before we look again */
+#define BLOCK_TIMEOUT		"1"
 #define INTAKE_RETRY_MIN_MS	100	/* after an error reply to a take */
 #define INTAKE_RETRY_MAX_MS	5000
 
 int queue_take_outstanding;
 int queue_block_outstanding;
 static int intake_stopped;
-static int take_short;			/* in on_taken's ready: came back short */
+/* in on_taken's ready: came back short */
+static int take_short;
 static struct event *intake_retry_ev;
 static long intake_failures;		/* error replies to takes in a row */
 
@@ -48,7 +50,8 @@ static long intake_failures;		/* error replies to takes in a row */
  */
 const char queue_take_lua[] =
 	LUA_WRONGTYPE
-	"local e = wrongtype(KEYS[1], 'list') or wrongtype(KEYS[2], 'list') or\n"
+	"local e = wrongtype(KEYS[1], 'list') or "
+	    "wrongtype(KEYS[2], 'list') or\n"
 	"  wrongtype(KEYS[3], 'hash')\n"
 	"if e then return e end\n"
 	"local vs = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)\n"
@@ -59,10 +62,12 @@ const char queue_take_lua[] =
 	"local rec = redis.call('EXISTS', KEYS[3]) == 1\n"
 	"for i = 1, n do\n"
 	"  local v = vs[n + 1 - i]\n"
-	"  if #v > max then v = ARGV[3] .. #v .. ' ' .. string.sub(v, 1, 256) end\n"
+	"  if #v > max then "
+	    "v = ARGV[3] .. #v .. ' ' .. string.sub(v, 1, 256) end\n"
 	"  taken[i] = v\n"
 	"  out[2 * i - 1] = v\n"
-	"  out[2 * i] = rec and tonumber(redis.call('HGET', KEYS[3], v) or '0') or 0\n"
+	"  out[2 * i] = rec and "
+	    "tonumber(redis.call('HGET', KEYS[3], v) or '0') or 0\n"
 	"end\n"
 	"redis.call('LPUSH', KEYS[2], unpack(taken))\n"
 	"redis.call('LTRIM', KEYS[1], 0, -n - 1)\n"
@@ -260,7 +265,8 @@ on_blocked_recoveries(struct queue_conn *ac, redisReply *reply, void *priv)
 static void
 take_oversize(const char *v, size_t len)
 {
-	size_t mark = strlen(UG_OVERSIZE_MARK), head = (size_t)atoi(OVERSIZE_HEAD);
+	size_t mark = strlen(UG_OVERSIZE_MARK),
+	    head = (size_t)atoi(OVERSIZE_HEAD);
 	const char *argv[7];
 	size_t lens[7];
 	char *stub, total[32];
@@ -311,7 +317,8 @@ on_blocked(struct queue_conn *ac, redisReply *reply, void *priv)
 	}
 	if (r->type == REDIS_REPLY_STRING) {
 		b = malloc(sizeof(*b));
-		if (b == NULL || (b->raw = copy_bytes(r->str, r->len)) == NULL) {
+		if (b == NULL ||
+		    (b->raw = copy_bytes(r->str, r->len)) == NULL) {
 			free(b);
 			log_error("out of memory taking a request");
 			return;

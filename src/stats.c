@@ -21,7 +21,8 @@ struct histogram stats_result_seconds;
 
 /* Upper bounds in seconds: 1 ms .. 30 s, roughly doubling. */
 static const double bucket_le[STATS_BUCKETS] = {
-	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+	0.5, 1, 2.5, 5, 10, 30,
 };
 
 static const char *const counter_names[] = {
@@ -135,14 +136,17 @@ histogram_text(struct evbuffer *b, const char *name, const char *help,
 	unsigned long long cum = 0;
 	int i;
 
-	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s histogram\n",
+	    name, help, name);
 	for (i = 0; i < STATS_BUCKETS; i++) {
 		cum += h->counts[i];
-		evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bucket_le[i], cum);
+		evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name,
+		    bucket_le[i], cum);
 	}
 	cum += h->counts[STATS_BUCKETS];
 	evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, cum);
-	evbuffer_add_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, h->sum, name, h->count);
+	evbuffer_add_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, h->sum,
+	    name, h->count);
 }
 
 static void
@@ -157,8 +161,9 @@ counter_text(struct evbuffer *b, const char *name, const char *help,
 static void
 gauge_text(struct evbuffer *b, const char *name, const char *help, double v)
 {
-	evbuffer_add_printf(b, "# HELP usergate_%s %s\n# TYPE usergate_%s gauge\n"
-	    "usergate_%s %.17g\n", name, help, name, name, v);
+	evbuffer_add_printf(b, "# HELP usergate_%s %s\n"
+	    "# TYPE usergate_%s gauge\nusergate_%s %.17g\n",
+	    name, help, name, name, v);
 }
 
 /*

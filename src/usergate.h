@@ -36,8 +36,10 @@ struct event_base;
 #define UG_FRIENDLY_NAME_MAX	256		/* characters (code points) */
 #define UG_ATTRIBUTES_MAX	16384		/* bytes of JSON text */
 #define UG_REQUEST_ID_MAX	128		/* bytes */
-#define UG_POISON_RECOVERIES	3		/* recovered this often: failed */
-#define UG_DRAIN_SECONDS	10		/* SIGTERM grace for in-flight work */
+/* recovered this often: failed */
+#define UG_POISON_RECOVERIES	3
+/* SIGTERM grace for in-flight work */
+#define UG_DRAIN_SECONDS	10
 
 /* ------------------------------------------------------------------ */
 /* log.c */
@@ -99,7 +101,8 @@ void		 log_escape(const char *value, char *buf, size_t size);
  * over.  Declare each as a static object with LOG_LIMIT.
  */
 struct log_limit {
-	const char	*msg;		/* of the lines limited, for the summary */
+	/* of the lines limited, for the summary */
+	const char	*msg;
 	long		 per_second;
 	double		 second;	/* when the current second began */
 	long		 used;		/* lines written in it */
@@ -107,7 +110,7 @@ struct log_limit {
 	int		 listed;
 	struct log_limit *next;
 };
-#define LOG_LIMIT(msg, per_second)	{ (msg), (per_second), 0, 0, 0, 0, NULL }
+#define LOG_LIMIT(msg, per_second) { (msg), (per_second), 0, 0, 0, 0, NULL }
 #define LOG_LIMIT_PER_SECOND	10
 /* 1 when one more line may be written at now (seconds, monotonic); 0 when it
  * is held back (and counted).  Pure but for joining the report list. */
@@ -182,11 +185,13 @@ struct config {
 	char	*redis_unix_socket;
 	char	*redis_password_file;
 	long	 redis_db;
-	char	*redis_url_key;		/* as written, password and all: never
-					 * logged, wiped when freed; see redis */
+	/* as written, password and all: never logged, wiped when freed;
+	 * see redis */
+	char	*redis_url_key;
 	char	*redis_username;
 	char	*prefix;
-	char	*instance_id;		/* filled with the host name when empty */
+	/* filled with the host name when empty */
+	char	*instance_id;
 	char	*redis_sentinels;	/* host:port,...; wins over host/port */
 	char	*redis_master_name;
 	char	*redis_sentinel_password_file;
@@ -204,7 +209,8 @@ struct config {
 	enum results_format format;
 	long	 results_max;
 	long	 reply_ttl_s;
-	char	*reply_prefix;		/* comma-separated; see struct reply_scope */
+	/* comma-separated; see struct reply_scope */
+	char	*reply_prefix;
 	long	 dead_max;
 
 	/* [socket] */
@@ -227,7 +233,8 @@ struct config {
 	 * Derived by config_load.  The secrets below are never logged,
 	 * never put in an answer, and are wiped before they are freed.
 	 */
-	char	*api_base;		/* scheme://host[:port] after edge/region */
+	/* scheme://host[:port] after edge/region */
+	char	*api_base;
 	char	*auth_user;		/* SK... or AC... */
 	char	*auth_secret;		/* API secret or auth token */
 	char	*redis_password;	/* NULL when none */
@@ -271,13 +278,13 @@ const struct config_key *config_keys(size_t *count);
  * line and key in err; cfg is then left freed.  A missing credential pair is
  * an error only when require_credentials is set.
  */
-int		 config_load(const char *path, struct config *cfg, int require_credentials,
-		    char *err, size_t errlen);
+int		 config_load(const char *path, struct config *cfg,
+		    int require_credentials, char *err, size_t errlen);
 void		 config_free(struct config *cfg);
 /* Writes into out the comma-separated names of keys that differ between old
  * and new but cannot change without a restart; returns how many. */
-int		 config_restart_keys(const struct config *old, const struct config *new,
-		    char *out, size_t outlen);
+int		 config_restart_keys(const struct config *old,
+		    const struct config *new, char *out, size_t outlen);
 /* 1 when the Redis link uses TLS (a tls_* key is set), else 0. */
 int		 config_redis_tls(const struct config *cfg);
 /*
@@ -311,21 +318,24 @@ enum codec_status codec_decode_any(const void *buf, size_t len, json_t **out,
 /* Encodes v as compact JSON text or msgpack; *out is malloc'd.  JSON fails
  * (-1) for a string or key that is not UTF-8 and for a key with a NUL,
  * which only msgpack can carry. */
-int		 codec_encode(const json_t *v, enum results_format fmt, char **out, size_t *len);
+int		 codec_encode(const json_t *v, enum results_format fmt,
+		    char **out, size_t *len);
 /* The object v plus the member key (plain ASCII, not in v) whose value enc
  * was encoded by codec_encode in the same format: encodes a value once for
  * two messages.  -1 when key is not plain or already in v. */
-int		 codec_encode_with(const json_t *v, const char *key, const char *enc,
-		    size_t enclen, enum results_format fmt, char **out, size_t *len);
+int		 codec_encode_with(const json_t *v, const char *key,
+		    const char *enc, size_t enclen, enum results_format fmt,
+		    char **out, size_t *len);
 /* msgpack bytes that pack() writes with the packer it is given, -1 when it
  * fails; codec's encode buffer is reused and *out is an exact-size copy.
  * For values that are not json_t (record.c packs cJSON's tree). */
 struct msgpack_packer;
-int		 codec_msgpack_packed(int (*pack)(struct msgpack_packer *, const void *),
-		    const void *arg, char **out, size_t *len);
+int		 codec_msgpack_packed(int (*pack)(struct msgpack_packer *,
+		    const void *), const void *arg, char **out, size_t *len);
 /* buf[0..len) as one msgpack bin; *out is malloc'd.  For bytes that are not
  * text (a str must be UTF-8, and strict decoders refuse one that is not). */
-int		 codec_encode_bin(const void *buf, size_t len, char **out, size_t *outlen);
+int		 codec_encode_bin(const void *buf, size_t len, char **out,
+		    size_t *outlen);
 /* 1 when every string and key in v is valid UTF-8 (v was decoded from
  * msgpack, which keeps a str that is not: see codec_decode). */
 int		 codec_text_valid(const json_t *v);
@@ -342,13 +352,15 @@ int		 codec_text_valid(const json_t *v);
  * stopped when more bytes of the same value arrive (buf then starts at the
  * same value, longer).  Zero the state before the first call.
  */
-#define CODEC_SCAN_DEPTH	32	/* msgpack-c's MSGPACK_EMBED_STACK_SIZE */
+/* msgpack-c's MSGPACK_EMBED_STACK_SIZE */
+#define CODEC_SCAN_DEPTH	32
 struct codec_scan {
 	size_t		 off;	/* bytes of the value checked so far */
 	uint64_t	 due;	/* items announced and not yet begun */
 	int		 begun;
 	int		 depth;	/* containers open */
-	uint64_t	 left[CODEC_SCAN_DEPTH];	/* items to begin in each */
+	/* items to begin in each */
+	uint64_t	 left[CODEC_SCAN_DEPTH];
 };
 enum codec_scan_status {
 	CODEC_SCAN_DONE,	/* the value is whole: off is its length */
@@ -423,8 +435,8 @@ const char	*request_error_code(enum request_error e);
  * with request_free in every case.
  */
 enum request_error request_parse(const void *buf, size_t len,
-		    const struct reply_scope *scope, struct request *req, char *err,
-		    size_t errlen);
+		    const struct reply_scope *scope, struct request *req,
+		    char *err, size_t errlen);
 void		 request_free(struct request *req);
 
 /* ------------------------------------------------------------------ */
@@ -436,7 +448,8 @@ enum frame_status {
 	FRAME_NONE,		/* no whole frame yet: wait for more bytes */
 	FRAME_READY,		/* buf[0..frame_len) is one request */
 	FRAME_SKIP,		/* nothing to take; drop the consumed bytes */
-	FRAME_TOO_LARGE,	/* msgpack value over UG_FRAME_MAX: end the stream */
+	/* msgpack value over UG_FRAME_MAX: end the stream */
+	FRAME_TOO_LARGE,
 	FRAME_MALFORMED,	/* undecodable msgpack: end the stream */
 };
 
@@ -451,8 +464,10 @@ enum framing	 framing_detect(const char *buf, size_t len);
  * squared (re-parsing from the start on each read did).
  */
 struct framing_state {
-	int			 discarding;	/* JSON: skipping a long line's tail */
-	struct msgpack_unpacker	*mp;		/* msgpack: the value in progress */
+	/* JSON: skipping a long line's tail */
+	int			 discarding;
+	/* msgpack: the value in progress */
+	struct msgpack_unpacker	*mp;
 	size_t			 fed;		/* bytes of buf already in mp */
 	struct codec_scan	 scan;		/* msgpack: headers checked */
 };
@@ -466,8 +481,9 @@ struct framing_state {
  * and *consumed may exceed *frame_len (a line's end, an oversized line's
  * tail).  buf may be NULL when len is 0.
  */
-enum frame_status framing_next(const char *buf, size_t len, enum framing framing,
-		    struct framing_state *st, size_t *frame_len, size_t *consumed);
+enum frame_status framing_next(const char *buf, size_t len,
+		    enum framing framing, struct framing_state *st,
+		    size_t *frame_len, size_t *consumed);
 void		 framing_state_free(struct framing_state *st);
 
 /* ------------------------------------------------------------------ */
@@ -477,15 +493,16 @@ void		 framing_state_free(struct framing_state *st);
 
 enum status_verb {
 	STATUS_EMPTY, STATUS_SHOW_STATS, STATUS_SHOW_METRICS, STATUS_SHOW_QUEUE,
-	STATUS_HEALTH, STATUS_PAUSE, STATUS_RESUME, STATUS_RELOAD, STATUS_DEAD_LIST,
-	STATUS_DEAD_RETRY, STATUS_HELP, STATUS_ERROR
+	STATUS_HEALTH, STATUS_PAUSE, STATUS_RESUME, STATUS_RELOAD,
+	STATUS_DEAD_LIST, STATUS_DEAD_RETRY, STATUS_HELP, STATUS_ERROR
 };
 struct status_command {
 	enum status_verb	 verb;
 	long			 count;	/* dead list/retry: N, or -1 for all */
 	const char		*error;	/* STATUS_ERROR: the answer to give */
 };
-void		 status_parse(const char *line, size_t len, struct status_command *cmd);
+void		 status_parse(const char *line, size_t len,
+		    struct status_command *cmd);
 
 /* ------------------------------------------------------------------ */
 /* record.c: Twilio answers -> user records.  Pure. */
@@ -493,7 +510,8 @@ void		 status_parse(const char *line, size_t len, struct status_command *cmd);
 /* What a Twilio answer holds, for the record functions below. */
 enum record_answer {
 	RECORD_USER = 0,	/* the user asked for */
-	RECORD_NOT_USER,	/* not a JSON object with a non-empty string sid */
+	/* not a JSON object with a non-empty string sid */
+	RECORD_NOT_USER,
 	RECORD_WRONG_USER,	/* a sid that is not US + 32 hex digits, or an
 				 * identity other than the request's */
 };
@@ -505,8 +523,8 @@ enum record_answer {
  * with a well-formed sid; *what (may be NULL) says which.  A NULL identity
  * checks nothing beyond the sid's presence (tests of parsing alone).
  */
-json_t		*record_from_twilio(const char *body, size_t len, const char *identity,
-		    enum record_answer *what);
+json_t		*record_from_twilio(const char *body, size_t len,
+		    const char *identity, enum record_answer *what);
 /*
  * The same record straight as msgpack, the bytes codec_encode gives for
  * record_from_twilio's record, without building it (the hot path when
@@ -524,7 +542,8 @@ void		 record_twilio_error(const char *body, size_t len, long *code,
 		    char **message);
 /* 1 when the request asks for a FriendlyName/Attributes/RoleSid that the
  * record does not have (for on_exists = update). */
-int		 record_differs(const json_t *record, const struct request *req);
+int		 record_differs(const json_t *record,
+		    const struct request *req);
 /* A user record as stored under user:{Identity} (either format): the
  * object, or NULL when it is unreadable or not an object. */
 json_t		*record_stored(const char *buf, size_t len);
@@ -534,7 +553,8 @@ char		*record_dead_line(const char *buf, size_t len);
 /* The request of a dead entry as the JSON text `dead retry` pushes back,
  * *textlen bytes, malloc'd; NULL when the entry is unreadable, holds no
  * request object, or one that JSON text cannot carry. */
-char		*record_dead_request(const char *buf, size_t len, size_t *textlen);
+char		*record_dead_request(const char *buf, size_t len,
+		    size_t *textlen);
 
 /* ------------------------------------------------------------------ */
 /* result.c: a finished request's result and dead entry (SPEC §4.2).  Pure. */
@@ -620,12 +640,14 @@ void		 result_format_time(double wall, char *buf, size_t size);
 
 /* scheme://host[:port] for base_url with edge/region applied the way the
  * helper libraries do it; NULL with err on a bad base_url. */
-char		*twilio_api_base(const char *base_url, const char *edge, const char *region,
-		    char *err, size_t errlen);
+char		*twilio_api_base(const char *base_url, const char *edge,
+		    const char *region, char *err, size_t errlen);
 /* .../v1/Users or .../v1/Services/{sid}/Users */
-char		*twilio_users_url(const char *api_base, const char *service_sid);
+char		*twilio_users_url(const char *api_base,
+		    const char *service_sid);
 /* .../Users/{percent-encoded sid-or-identity} */
-char		*twilio_user_url(const char *api_base, const char *service_sid, const char *sid);
+char		*twilio_user_url(const char *api_base, const char *service_sid,
+		    const char *sid);
 /* application/x-www-form-urlencoded body of the given parameters only.
  * with_identity = 0 for updates. */
 char		*twilio_form(const struct request *req, int with_identity);
