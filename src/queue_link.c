@@ -797,9 +797,15 @@ schedule_reconnect(void)
 
 	if (queue_cmd != NULL || queue_blk != NULL || shutting_down)
 		return;		/* the other link's disconnect will call us */
+	/*
+	 * Jittered between half and all of the doubling wait ("equal
+	 * jitter"): instances that lost Redis together do not come back
+	 * together, and a refusing Redis still sees at most one attempt in
+	 * half the longest wait, as full jitter would not promise.
+	 */
 	ms = pace_backoff_ms(++reconnect_failures, RECONNECT_MIN_MS,
 	    RECONNECT_MAX_MS, reconnect_floor_ms,
-	    (double)arc4random() / 4294967296.0);
+	    0.5 + (double)arc4random() / 4294967296.0 / 2);
 	reconnect_floor_ms = 0;
 	tv.tv_sec = ms / 1000;
 	tv.tv_usec = (ms % 1000) * 1000;
