@@ -60,6 +60,7 @@ static int policy_unreadable;		/* CONFIG GET refused: NOPERM */
 static int hello_warned;		/* HELLO refused by an ACL */
 static char moved_host[256];		/* a Cluster's MOVED; "" before */
 static unsigned moved_port;
+static char slot_node[300];		/* host:port MOVED last named */
 static int link_cluster;		/* HELLO said mode cluster */
 
 static void	 connect_all(void);
@@ -801,7 +802,7 @@ queue_failover(const redisReply *r)
 static int
 cluster_moved(const char *error)
 {
-	char host[sizeof(moved_host)];
+	char host[sizeof(moved_host)], node[sizeof(slot_node)];
 	unsigned port;
 
 	if (redis_moved_address(error, host, sizeof(host), &port) != 0)
@@ -816,6 +817,15 @@ cluster_moved(const char *error)
 	}
 	memcpy(moved_host, host, sizeof(moved_host));
 	moved_port = port;
+	/* The first MOVED only finds the slot; another node is a failover
+	 * (or a resharding), counted as Sentinel's new primary is. */
+	snprintf(node, sizeof(node), "%s:%u", host, port);
+	if (slot_node[0] != '\0' && strcmp(node, slot_node) != 0) {
+		stats.failovers++;
+		log_warn("redis cluster moved our slot to another node "
+		    "(failover)", "from", slot_node, "to", node);
+	}
+	memcpy(slot_node, node, sizeof(slot_node));
 	return 1;
 }
 

@@ -153,6 +153,8 @@ def test_cluster_moved_followed_and_failover_survived(cluster, env):
     assert s["redis_address"] == "127.0.0.1:%d" % c.owner()
     assert s["redis_role"] == "master"
     assert "redis cluster moved our slot" in env.d.log()
+    # Finding the slot's node is no failover.
+    assert s["failovers"] == 0
 
     # A graceful primary failover of the slot's node.
     old = c.owner()
@@ -169,6 +171,7 @@ def test_cluster_moved_followed_and_failover_survived(cluster, env):
     wait_for(lambda: env.d.stats()["redis_address"] == "127.0.0.1:%d" % replica,
              timeout=10 * SLOW, what="the link on the promoted node")
     assert env.d.status("health") == "ok"
+    assert env.d.stats()["failovers"] == 1
 
 
 def test_cluster_refuses_prefix_without_hash_tag(cluster, env):
