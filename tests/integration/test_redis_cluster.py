@@ -3,11 +3,12 @@ Debian's redis-server on loopback, made a cluster by redis-cli.  With a hash
 tag in [redis] prefix every key of usergated is in one slot; the daemon is
 pointed at a node that does not serve that slot and follows MOVED to the
 one that does, and again after a primary failover (CLUSTER FAILOVER on that
-node's replica).  A prefix without a hash tag is refused with a clear
+node's replica, or kill -9 of the node).  A prefix without a hash tag is refused with a clear
 health reason rather than half-working."""
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -44,6 +45,8 @@ class RedisCluster:
 
     def __init__(self, env):
         self.ports = [free_cluster_port() for _ in range(6)]
+        self.procs = {}
+        self.dead = set()
         for port in self.ports:
             d = os.path.join(env.dir, "node-%d" % port)
             os.makedirs(d)
@@ -54,6 +57,7 @@ class RedisCluster:
                  "--logfile", os.path.join(d, "redis.log")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             env.extra_procs.append(p)
+            self.procs[port] = p
             wait_for(lambda: self._ping(port), what="cluster node %d" % port)
         subprocess.run(["redis-cli", "--cluster", "create"] +
                        ["127.0.0.1:%d" % p for p in self.ports] +
@@ -89,7 +93,8 @@ class RedisCluster:
 
     def owner(self, ask=None):
         """The port of the primary serving our slot, as node ask sees it."""
-        for lo, hi, primary, *_ in self.node(ask or self.ports[0]) \
+        ask = ask or [p for p in self.ports if p not in self.dead][0]
+        for lo, hi, primary, *_ in self.node(ask) \
                 .execute_command("CLUSTER", "SLOTS"):
             if lo <= self.slot <= hi:
                 return int(primary[1])
@@ -111,6 +116,20 @@ class RedisCluster:
             if int(primary[1]) != owner:
                 return int(primary[1])
         return None
+
+
+    def kill(self, port):
+        self.dead.add(port)
+        self.procs[port].send_signal(signal.SIGKILL)
+        self.procs[port].wait()
+
+    def promoted(self, replica):
+        """Every live node names replica as the slot's primary."""
+        try:
+            return all(self.owner(p) == replica for p in self.ports
+                       if p not in self.dead)
+        except redislib.exceptions.ConnectionError:
+            return False
 
 
 @pytest.fixture
@@ -160,8 +179,8 @@ def test_cluster_moved_followed_and_failover_survived(cluster, env):
     old = c.owner()
     replica = c.replica_of(old)
     c.node(replica).execute_command("CLUSTER", "FAILOVER")
-    wait_for(lambda: all(c.owner(p) == replica for p in c.ports),
-             timeout=30 * SLOW, what="the replica promoted, as every node sees")
+    wait_for(lambda: c.promoted(replica), timeout=30 * SLOW,
+             what="the replica promoted, as every node sees")
     push(c, 20, "b")
     got = wait_for(lambda: answered(c, "b", 20), timeout=30 * SLOW,
                    what="20 creates answered after the failover")
@@ -172,6 +191,36 @@ def test_cluster_moved_followed_and_failover_survived(cluster, env):
              timeout=10 * SLOW, what="the link on the promoted node")
     assert env.d.status("health") == "ok"
     assert env.d.stats()["failovers"] == 1
+
+
+def test_cluster_primary_killed(cluster, env):
+    """kill -9 of the slot's primary: the cluster promotes its replica
+    after cluster-node-timeout; usergated cannot reach the node MOVED
+    named, goes back to the configured one, is sent on to the new primary
+    and goes on."""
+    c = cluster
+    env.d = env.daemon(extra={"redis.port": c.other_primary(),
+                              "redis.prefix": PREFIX,
+                              "results.reply_prefix": REPLY})
+    env.d.wait_healthy(timeout=30 * SLOW)
+    push(c, 10, "a")
+    wait_for(lambda: answered(c, "a", 10), timeout=30 * SLOW,
+             what="10 creates answered")
+    old = c.owner()
+    replica = c.replica_of(old)
+    c.kill(old)
+    wait_for(lambda: c.promoted(replica), timeout=30 * SLOW,
+             what="the replica promoted after the primary was killed")
+    push(c, 10, "b")
+    got = wait_for(lambda: answered(c, "b", 10), timeout=30 * SLOW,
+                   what="10 creates answered after the kill")
+    assert sorted(x["status"] for x in got) == ["created"] * 10
+    creates = env.twilio.stats()["creates_by_identity"]
+    assert len(creates) == 20 and all(n == 1 for n in creates.values())
+    wait_for(lambda: env.d.stats()["redis_address"] == "127.0.0.1:%d" % replica,
+             timeout=10 * SLOW, what="the link on the promoted node")
+    assert env.d.stats()["failovers"] == 1
+    assert "asking the configured address" in env.d.log()
 
 
 def test_cluster_refuses_prefix_without_hash_tag(cluster, env):
