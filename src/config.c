@@ -264,6 +264,7 @@ static int	 parse_file(struct config_load *);
 static int	 apply_environment(struct config_load *);
 static int	 derive_instance_id(struct config_load *);
 static int	 check_combinations(struct config_load *);
+static int	 check_reply_slot(struct config_load *);
 static int	 check_redis_tls(struct config_load *);
 static int	 derive_api_base(struct config_load *);
 static int	 derive_redis(struct config_load *);
@@ -781,6 +782,57 @@ check_combinations(struct config_load *ld)
 		key_fail(ld, key_find("redis", "host"),
 		    "must not be empty when unix_socket is empty");
 		return -1;
+	}
+	return check_reply_slot(ld);
+}
+
+/*
+ * A [redis] prefix with a hash tag puts every key of ours in one Redis
+ * Cluster slot.  The result transaction also pushes to the request's
+ * ReplyTo, which a Cluster refuses (CROSSSLOT) unless that key is in the
+ * same slot: so each reply_prefix must then carry the same tag, and every
+ * ReplyTo it lets in does.  Said at load, not at the first reply.
+ */
+static int
+check_reply_slot(struct config_load *ld)
+{
+	struct config	*cfg = ld->cfg;
+	const char	*tag, *t, *p, *end;
+	size_t		 len, n;
+	size_t		 reply = key_find("results", "reply_prefix");
+	size_t		 own = key_find("redis", "prefix");
+	char		*entry;
+	int		 same;
+
+	if (!redis_hash_tag(cfg->prefix, &tag, &len))
+		return 0;
+	for (p = cfg->reply_prefix; *p != '\0'; p = end + 1) {
+		end = p + strcspn(p, ",");
+		if ((entry = strndup(p, (size_t)(end - p))) == NULL) {
+			key_fail(ld, reply, "%s", strerror(errno));
+			return -1;
+		}
+		same = redis_hash_tag(entry, &t, &n) && n == len &&
+		    memcmp(t, tag, len) == 0;
+		free(entry);
+		if (same)
+			;
+		else if (ld->lines[reply] == 0 && ld->lines[own] > 0) {
+			/* The default reply_prefix: blame the tag. */
+			key_fail(ld, own, "has a hash tag, so [results] "
+			    "reply_prefix (%s) needs {%.*s} too, to share its "
+			    "Redis Cluster slot", cfg->reply_prefix, (int)len,
+			    tag);
+			return -1;
+		} else {
+			key_fail(ld, reply, "entry %.*s needs the hash tag "
+			    "{%.*s} of [redis] prefix, so that replies share "
+			    "its Redis Cluster slot", (int)(end - p), p,
+			    (int)len, tag);
+			return -1;
+		}
+		if (*end == '\0')
+			break;
 	}
 	return 0;
 }

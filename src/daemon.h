@@ -37,7 +37,8 @@ struct intake_conn;
 	    "Requests taken back from a processing list after a crash")	\
 	X(rate_limited, "429 answers from Twilio")			\
 	X(dead_dropped, "Oldest dead entries dropped to keep dead_max")	\
-	X(failovers, "Times Sentinel named a new Redis primary")	\
+	X(failovers,							\
+	    "Times Sentinel or Cluster's MOVED named a new Redis primary") \
 	X(redis_reconnects,						\
 	    "Times the Redis link came up again after a loss")
 

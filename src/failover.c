@@ -7,6 +7,7 @@
  */
 #include "config.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "usergate.h"
@@ -16,12 +17,12 @@
  * address).  UNBLOCKED: a blocked command ended by a demotion.  LOADING:
  * a restarted or promoted server still reading its data.  MASTERDOWN: a
  * replica cut from its primary.  NOREPLICAS: min-replicas-to-write not
- * met, typically during a failover.  REDIRECT, MOVED, TRYAGAIN: the key's
- * slot lives elsewhere or is moving (client-side caching, Cluster).
+ * met, typically during a failover.  REDIRECT, MOVED, ASK, TRYAGAIN: the
+ * key's slot lives elsewhere or is moving (client-side caching, Cluster).
  */
 static const char *const failover_codes[] = {
 	"READONLY", "UNBLOCKED", "LOADING", "MASTERDOWN", "NOREPLICAS",
-	"REDIRECT", "MOVED", "TRYAGAIN",
+	"REDIRECT", "MOVED", "ASK", "TRYAGAIN",
 };
 
 /* Whether s starts with one of the codes as a whole word. */
@@ -62,4 +63,53 @@ redis_error_is_failover(const char *text)
 		if (starts_with_code(p + 1))
 			return 1;
 	return 0;
+}
+
+/*
+ * The address a Redis Cluster "MOVED <slot> <host>:<port>" names, the node
+ * that now serves the slot.  The host is everything before the last ':'
+ * (an IPv6 address is not bracketed); Redis 7 sends an empty host when it
+ * does not know the node's address, which means the host we asked.
+ * Returns 0, or -1 when text is no MOVED or its address cannot be read.
+ */
+int
+redis_moved_address(const char *text, char *host, size_t size,
+    unsigned *port)
+{
+	const char *a, *colon;
+	char *end;
+	unsigned long n;
+
+	if (text == NULL || strncmp(text, "MOVED ", 6) != 0 ||
+	    (a = strchr(text + 6, ' ')) == NULL ||
+	    (colon = strrchr(++a, ':')) == NULL ||
+	    (size_t)(colon - a) >= size)
+		return -1;
+	n = strtoul(colon + 1, &end, 10);
+	if (end == colon + 1 || *end != '\0' || n < 1 || n > 65535)
+		return -1;
+	memcpy(host, a, (size_t)(colon - a));
+	host[colon - a] = '\0';
+	*port = (unsigned)n;
+	return 0;
+}
+
+/*
+ * Redis Cluster's hash tag: the bytes between the first '{' of a key and
+ * the first '}' after it, when there are any; only they are hashed into
+ * the key's slot.  Returns whether prefix holds a whole tag, so that every
+ * key that starts with it is in one slot whatever follows; *tag and *len
+ * then say which.
+ */
+int
+redis_hash_tag(const char *prefix, const char **tag, size_t *len)
+{
+	const char *open, *close;
+
+	if ((open = strchr(prefix, '{')) == NULL ||
+	    (close = strchr(open + 1, '}')) == NULL || close == open + 1)
+		return 0;
+	*tag = open + 1;
+	*len = (size_t)(close - open - 1);
+	return 1;
 }

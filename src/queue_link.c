@@ -58,6 +58,10 @@ static char version_seen[32];		/* HELLO's, logged when it changes */
 static char policy_warned[32];		/* maxmemory-policy warned about */
 static int policy_unreadable;		/* CONFIG GET refused: NOPERM */
 static int hello_warned;		/* HELLO refused by an ACL */
+static char moved_host[256];		/* a Cluster's MOVED; "" before */
+static unsigned moved_port;
+static char slot_node[300];		/* host:port MOVED last named */
+static int link_cluster;		/* HELLO said mode cluster */
 
 static void	 connect_all(void);
 static void	 connect_links(void);
@@ -70,6 +74,8 @@ static void	 on_script_loaded(struct queue_conn *, redisReply *, void *);
 static void	 schedule_reconnect(void);
 static void	 setup_refused(struct queue_conn *);
 static void	 role_seen(struct queue_conn *, const char *);
+static int	 cluster_moved(const char *);
+static void	 cluster_forget(void);
 
 static const char *const fault_operation[FAULT_COUNT] = {
 	"taking requests", "identity claims", "rate window",
@@ -742,8 +748,10 @@ on_closed(struct queue_conn *c, const char *reason, void *arg)
 	 * handshake is told as TLS too, and keeps a TLS reason an earlier
 	 * attempt gave rather than log a new one each time.
 	 */
-	if (!lost)
+	if (!lost) {
+		cluster_forget();	/* a node MOVED named, gone since */
 		outage_closed(reason, 0);
+	}
 	else if (!queue_ready && !(handshaken &&
 	    strncmp(outage_reason, "redis TLS", 9) == 0))
 		outage_closed(reason, handshaken);
@@ -766,13 +774,70 @@ queue_failover(const redisReply *r)
 		return 0;
 	if (queue_cmd == NULL && queue_blk == NULL)
 		return 1;	/* already dropped by an earlier reply */
-	log_warn("redis is not the primary now (failover?); reconnecting",
-	    "error", r->str);
+	if (cluster_moved(r->str))
+		log_warn("redis cluster moved our slot; reconnecting to its "
+		    "node", "error", r->str);
+	else
+		log_warn("redis is not the primary now (failover?); "
+		    "reconnecting", "error", r->str);
 	if (queue_cmd != NULL)
 		link_drop(&queue_cmd);
 	else
 		link_drop(&queue_blk);
 	return 1;
+}
+
+/*
+ * Redis Cluster: MOVED names the node that serves our one slot (the hash
+ * tag of [redis] prefix), after a failover or a resharding, or because the
+ * configured address is another node of the cluster.  The link is made
+ * again there, as with a primary a Sentinel names; every key of ours is in
+ * that slot, so there is no per-key routing.  The configured address stays
+ * the way in: it is used again when the named node cannot be reached or
+ * turns out to be a replica (cluster_forget).  ASK (our slot half-way
+ * through a migration) is not followed: the link is made again with
+ * backoff, on the same node, until the migration ends and MOVED comes.
+ * Returns whether error was a MOVED.
+ */
+static int
+cluster_moved(const char *error)
+{
+	char host[sizeof(moved_host)], node[sizeof(slot_node)];
+	unsigned port;
+
+	if (redis_moved_address(error, host, sizeof(host), &port) != 0)
+		return 0;
+	if (host[0] == '\0') {
+		struct queue_conn_params p;
+
+		queue_link_params(&p);
+		if (p.host == NULL)
+			return 0;
+		snprintf(host, sizeof(host), "%s", p.host);
+	}
+	memcpy(moved_host, host, sizeof(moved_host));
+	moved_port = port;
+	/* The first MOVED only finds the slot; another node is a failover
+	 * (or a resharding), counted as Sentinel's new primary is. */
+	snprintf(node, sizeof(node), "%s:%u", host, port);
+	if (slot_node[0] != '\0' && strcmp(node, slot_node) != 0) {
+		stats.failovers++;
+		log_warn("redis cluster moved our slot to another node "
+		    "(failover)", "from", slot_node, "to", node);
+	}
+	memcpy(slot_node, node, sizeof(slot_node));
+	return 1;
+}
+
+/* Back to the configured address, which will name the slot's node. */
+static void
+cluster_forget(void)
+{
+	if (moved_host[0] == '\0')
+		return;
+	log_info("redis cluster node left; asking the configured address",
+	    "node", moved_host);
+	moved_host[0] = '\0';
 }
 
 static void
@@ -914,6 +979,11 @@ queue_link_params(struct queue_conn_params *p)
 	p->unix_socket = to->path;
 	queue_link_tls(p);
 	sentinel_primary_params(p);
+	if (moved_host[0] != '\0') {
+		p->host = moved_host;
+		p->port = moved_port;
+		p->unix_socket = NULL;
+	}
 }
 
 /* The [redis] tls_* keys into p (config_redis_tls says when TLS is on). */
@@ -976,7 +1046,8 @@ static void
 on_hello(struct queue_conn *ac, redisReply *reply, void *priv)
 {
 	const redisReply *r = reply;
-	const char *version = NULL, *role = NULL;
+	const char *version = NULL, *role = NULL, *mode = NULL, *tag;
+	size_t taglen;
 	char reason[sizeof(outage_reason)];
 	size_t i;
 
@@ -1004,13 +1075,22 @@ on_hello(struct queue_conn *ac, redisReply *reply, void *priv)
 			version = r->element[i + 1]->str;
 		else if (strcmp(r->element[i]->str, "role") == 0)
 			role = r->element[i + 1]->str;
+		else if (strcmp(r->element[i]->str, "mode") == 0)
+			mode = r->element[i + 1]->str;
 	}
+	link_cluster = mode != NULL && strcmp(mode, "cluster") == 0;
 	if (version != NULL && redis_version_at_least(version, 6, 2) == 0)
 		snprintf(reason, sizeof(reason), "redis too old: version %s, "
 		    "usergated needs 6.2 or later", version);
 	else if (version == NULL && r->type == REDIS_REPLY_ERROR)
 		snprintf(reason, sizeof(reason), "redis too old: no HELLO "
 		    "(before 6.0), usergated needs 6.2 or later");
+	else if (link_cluster &&
+	    !redis_hash_tag(ug.cfg->prefix, &tag, &taglen))
+		/* Our scripts and transactions span several keys: without a
+		 * tag they are refused (CROSSSLOT) or half on another node. */
+		snprintf(reason, sizeof(reason), "redis cluster needs a hash "
+		    "tag in [redis] prefix, as {usergate}:");
 	else {
 		if (version != NULL && strcmp(version, version_seen) != 0) {
 			snprintf(version_seen, sizeof(version_seen), "%s",
@@ -1117,6 +1197,9 @@ role_seen(struct queue_conn *c, const char *role)
 	if (strcmp(link_role, "master") == 0)
 		return;
 	queue_link_address(where, sizeof(where));
+	/* A Cluster node demoted since its MOVED: ask the way in again. */
+	if (link_cluster)
+		cluster_forget();
 	outage("redis read-only replica", where);
 	queue_setup_failed = 1;
 	reconnect_floor_ms = REPLICA_RETRY_MS;

@@ -670,6 +670,10 @@ int		 twilio_is_sid(const char *s, size_t len, const char *prefix);
 /* ------------------------------------------------------------------ */
 /* failover.c: a Redis error reply that means "ask the primary again". */
 int		 redis_error_is_failover(const char *);
+/* MOVED's host and port (0), or -1. */
+int		 redis_moved_address(const char *, char *, size_t, unsigned *);
+/* Whether a key prefix fixes the Cluster slot: its hash tag. */
+int		 redis_hash_tag(const char *, const char **, size_t *);
 
 /* pace.c: backoff, rate window, adaptive concurrency.  Pure arithmetic. */
 

@@ -599,6 +599,21 @@ static const struct error_case {
 	{ "empty reply_prefix", "[results]\nreply_prefix =\n",
 	    "%s:2: key \"reply_prefix\" in [results]: expected one or more "
 	    "non-empty prefixes separated by commas", 0 },
+	{ "reply_prefix without the hash tag of prefix",
+	    "[redis]\nprefix = {ug}:\n[results]\nreply_prefix = {ug}r:,r:\n",
+	    "%s:4: key \"reply_prefix\" in [results]: entry r: needs the "
+	    "hash tag {ug} of [redis] prefix, so that replies share its Redis "
+	    "Cluster slot", 0 },
+	{ "reply_prefix with another hash tag",
+	    "[redis]\nprefix = a{ug}:\n[results]\nreply_prefix = {ugr}:\n",
+	    "%s:4: key \"reply_prefix\" in [results]: entry {ugr}: needs the "
+	    "hash tag {ug} of [redis] prefix, so that replies share its Redis "
+	    "Cluster slot", 0 },
+	{ "default reply_prefix with a hash tag in prefix",
+	    "[redis]\nprefix = {ug}:\n",
+	    "%s:2: key \"prefix\" in [redis]: has a hash tag, so [results] "
+	    "reply_prefix (usergate-reply:) needs {ug} too, to share its "
+	    "Redis Cluster slot", 0 },
 	{ "dead_max 0", "[results]\ndead_max = 0\n",
 	    "%s:2: key \"dead_max\" in [results]: out of range "
 	    "(expected 1..100000000)", 0 },
