@@ -538,13 +538,14 @@ on_master_addr(struct queue_conn *c, redisReply *r, void *priv)
 	if (primary_host[0] != '\0' &&
 	    (strcmp(primary_host, r->element[0]->str) != 0 ||
 	    primary_port != (unsigned)port)) {
-		char from[300];
+		char from[300], to[300];
 
 		snprintf(from, sizeof(from), "%s:%u", primary_host,
 		    primary_port);
+		snprintf(to, sizeof(to), "%s:%ld", r->element[0]->str, port);
 		stats.failovers++;
 		log_warn("redis primary moved (failover)", "from", from, "to",
-		    r->element[0]->str);
+		    to);
 	}
 	memcpy(primary_host, r->element[0]->str, r->element[0]->len + 1);
 	primary_port = (unsigned)port;
