@@ -367,6 +367,8 @@ static struct queue_conn *sentinel_sub;		/* +switch-master */
 static size_t *sentinel_order;	/* into cfg->sentinels, best first */
 static size_t sentinel_try;	/* place in sentinel_order being asked */
 static char sentinel_error[192];	/* why the last one did not answer */
+static int sentinel_auth_refused;	/* one refused us (NOAUTH) this round */
+static char sentinel_auth_error[128];	/* its reply to our AUTH, if an error */
 static char primary_host[256];	/* what a Sentinel named; "" before */
 static unsigned primary_port;
 
@@ -414,10 +416,20 @@ queue_role(void)
 	return link_role;
 }
 
+/* Kept to say why the next command meets NOAUTH (WRONGPASS, say). */
+static void
+on_sentinel_auth(struct queue_conn *c, redisReply *r, void *priv)
+{
+	if (r != NULL && c == sentinel_ask_conn &&
+	    r->type == REDIS_REPLY_ERROR)
+		snprintf(sentinel_auth_error, sizeof(sentinel_auth_error), "%s",
+		    r->str);
+}
+
 /*
  * AUTH with sentinel_password_file's secret, when there is one.  Straight
  * on queue_conn: a Sentinel's error is not our link's failover.  A refused
- * AUTH makes the next command fail too, which says why.
+ * AUTH makes the next command fail too, with NOAUTH.
  */
 static void
 sentinel_hello(struct queue_conn *c)
@@ -425,21 +437,30 @@ sentinel_hello(struct queue_conn *c)
 	const char *pw = ug.cfg->sentinel_password;
 
 	if (pw != NULL)
-		queue_conn_send_argv(c, NULL, NULL, 2,
+		queue_conn_send_argv(c, on_sentinel_auth, NULL, 2,
 		    (const char *[]){ "AUTH", pw },
 		    (const size_t[]){ 4, strlen(pw) });
 }
 
+/*
+ * A Sentinel that did not name the primary; auth: it refused us.  That
+ * error stays the one logged: a Sentinel down next to Sentinels that
+ * refuse our password is not why we have no primary.
+ */
 static void
-sentinel_failed(const char *error)
+sentinel_failed(const char *error, int auth)
 {
 	const struct config_sentinel *s =
 	    &ug.cfg->sentinels[sentinel_order[sentinel_try]];
+	char msg[sizeof(sentinel_error)];
 
-	snprintf(sentinel_error, sizeof(sentinel_error), "sentinel %s:%u: %s",
-	    s->host, s->port, error);
-	log_debug("a sentinel did not name the primary", "error",
-	    sentinel_error);
+	snprintf(msg, sizeof(msg), "sentinel %s:%u: %s", s->host, s->port,
+	    error);
+	log_debug("a sentinel did not name the primary", "error", msg);
+	if (auth || !sentinel_auth_refused)
+		memcpy(sentinel_error, msg, sizeof(msg));
+	if (auth)
+		sentinel_auth_refused = 1;
 	sentinel_try++;
 	sentinel_ask();
 }
@@ -451,7 +472,7 @@ on_sentinel_closed(struct queue_conn *c, const char *reason, void *arg)
 	if (c != sentinel_ask_conn)
 		return;
 	sentinel_ask_conn = NULL;
-	sentinel_failed(reason);
+	sentinel_failed(reason, 0);
 }
 
 static void
@@ -523,7 +544,11 @@ on_master_addr(struct queue_conn *c, redisReply *r, void *priv)
 	sentinel_ask_conn = NULL;
 	queue_conn_close(c);
 	if (r->type == REDIS_REPLY_ERROR) {
-		sentinel_failed(r->str);
+		/* Refused: without AUTH, or after a refused one. */
+		int auth = strncmp(r->str, "NOAUTH", 6) == 0;
+
+		sentinel_failed(auth && sentinel_auth_error[0] ?
+		    sentinel_auth_error : r->str, auth);
 		return;
 	}
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -532,7 +557,7 @@ on_master_addr(struct queue_conn *c, redisReply *r, void *priv)
 	    r->element[0]->len >= sizeof(primary_host) ||
 	    (port = strtol(r->element[1]->str, &e, 10)) < 1 || port > 65535 ||
 	    *e != '\0') {
-		sentinel_failed("no primary known by that master_name");
+		sentinel_failed("no primary known by that master_name", 0);
 		return;
 	}
 	if (primary_host[0] != '\0' &&
@@ -573,16 +598,18 @@ sentinel_ask(void)
 		return;
 	if (sentinel_try >= cfg->nsentinels) {
 		snprintf(reason, sizeof(reason),
-		    "redis no primary found (sentinels %s)",
-		    cfg->redis_sentinels);
+		    "redis no primary found (sentinels %s%s)",
+		    cfg->redis_sentinels,
+		    sentinel_auth_refused ? ": auth refused" : "");
 		outage(reason, sentinel_error);
 		schedule_reconnect();
 		return;
 	}
 	sentinel_params(&p, sentinel_order[sentinel_try]);
+	sentinel_auth_error[0] = '\0';
 	if ((sentinel_ask_conn = queue_conn_open(ug.base, &p, &ev, err,
 	    sizeof(err))) == NULL) {
-		sentinel_failed(err);
+		sentinel_failed(err, 0);
 		return;
 	}
 	sentinel_hello(sentinel_ask_conn);
@@ -609,6 +636,7 @@ sentinel_resolve(void)
 	}
 	sentinel_try = 0;
 	sentinel_error[0] = '\0';
+	sentinel_auth_refused = 0;
 	sentinel_ask();
 }
 

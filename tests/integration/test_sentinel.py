@@ -16,6 +16,7 @@ import pytest
 import redis as redislib
 
 from conftest import free_port, stop, wait_for, decode, SLOW
+from test_redis_transport import Server, pki  # noqa: F401 (a fixture)
 
 MASTER = "ugmain"
 DONE = ("created", "exists", "updated", "duplicate", "invalid", "failed")
@@ -32,44 +33,86 @@ def sentinel_argv(conf):
 
 
 class Cluster:
-    """A primary (the env's redis-server), a replica of it and three
-    Sentinels watching them, each on a free port."""
+    """A primary (the env's redis-server), a replica of it and Sentinels
+    watching them (three unless told), each on a free port.  With tls (the
+    pki fixture's certificates) every one of them is TLS-only, replication
+    and the Sentinels' own links included; password is the primary's
+    requirepass, sentinel_password the Sentinels'."""
 
-    def __init__(self, env):
+    def __init__(self, env, nsentinels=3, replica=True, tls=None,
+                 password=None, sentinel_password=None):
         self.env = env
+        self.tls = tls
+        self.password = password
         self.primary = env.redis
         self.replica_port = free_port()
-        self.replica = subprocess.Popen(
-            ["redis-server", "--port", str(self.replica_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", env.dir,
-             "--logfile", os.path.join(env.dir, "replica.log"),
-             "--replicaof", "127.0.0.1", str(self.primary.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        env.extra_procs.append(self.replica)
-        rc = redislib.Redis(host="127.0.0.1", port=self.replica_port)
-        # The replica in sync before the Sentinels start: their first INFO
-        # of the primary then lists it, without waiting 10 s for the next.
-        wait_for(lambda: self._synced(rc), timeout=20, what="replica in sync")
+        self.replica = None
+        if replica:
+            self.replica = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", env.dir,
+                 "--logfile", os.path.join(env.dir, "replica.log"),
+                 "--replicaof", "127.0.0.1", str(self.primary.port)] +
+                self._listen_args(self.replica_port),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env.extra_procs.append(self.replica)
+            rc = self.client_for(self.replica_port)
+            # The replica in sync before the Sentinels start: their first
+            # INFO of the primary then lists it, without waiting 10 s for
+            # the next.
+            wait_for(lambda: self._synced(rc), timeout=20,
+                     what="replica in sync")
         self.sentinels = []
-        for i in range(3):
+        for i in range(nsentinels):
             port = free_port()
             conf = os.path.join(env.dir, "sentinel-%d.conf" % i)
             with open(conf, "w") as f:
-                f.write("port %d\nbind 127.0.0.1\ndir %s\n"
+                f.write("bind 127.0.0.1\ndir %s\n"
                         "logfile %s\n"
-                        "sentinel monitor %s 127.0.0.1 %d 2\n"
+                        "sentinel monitor %s 127.0.0.1 %d %d\n"
                         "sentinel down-after-milliseconds %s 1000\n"
                         "sentinel failover-timeout %s 4000\n"
                         "sentinel parallel-syncs %s 1\n" % (
-                            port, env.dir, os.path.join(env.dir, "sentinel-%d.log" % i),
-                            MASTER, self.primary.port, MASTER, MASTER, MASTER))
+                            env.dir,
+                            os.path.join(env.dir, "sentinel-%d.log" % i),
+                            MASTER, self.primary.port, min(2, nsentinels),
+                            MASTER, MASTER, MASTER))
+                args = self._listen_args(port)
+                f.write("".join("%s %s\n" % (args[k][2:], args[k + 1])
+                                for k in range(0, len(args), 2)))
+                if password:
+                    f.write("sentinel auth-pass %s %s\n" % (MASTER, password))
+                if sentinel_password:
+                    # Sentinels also give it to one another.
+                    f.write("requirepass %s\n" % sentinel_password)
             p = subprocess.Popen(sentinel_argv(conf), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
             env.extra_procs.append(p)
-            self.sentinels.append((port, redislib.Redis(host="127.0.0.1", port=port,
-                                                         decode_responses=True)))
+            self.sentinels.append((port, self.client_for(
+                port, password=sentinel_password, decode_responses=True)))
         wait_for(self._ready, timeout=30, what="sentinels that know each other "
                  "and the replica")
+
+    def _listen_args(self, port):
+        """redis-server's flags to listen on port (and replicate) in this
+        cluster's mode; a Sentinel's file takes them without the dashes."""
+        if not self.tls:
+            return ["--port", str(port)]
+        return ["--port", "0", "--tls-port", str(port),
+                "--tls-cert-file", self.tls["server"][0],
+                "--tls-key-file", self.tls["server"][1],
+                "--tls-ca-cert-file", self.tls["ca"][0],
+                "--tls-replication", "yes", "--tls-auth-clients", "no"]
+
+    def client_for(self, port, password=False, **kw):
+        """A client of the server on port, over TLS in a TLS cluster; with
+        the primary's password unless told another (or None)."""
+        if password is False:
+            password = self.password
+        if self.tls:
+            kw.update(ssl=True, ssl_ca_certs=self.tls["ca"][0])
+        return redislib.Redis(host="127.0.0.1", port=port, password=password,
+                              **kw)
 
     @staticmethod
     def _synced(rc):
@@ -82,7 +125,8 @@ class Cluster:
         try:
             for _, s in self.sentinels:
                 m = s.sentinel_master(MASTER)
-                if int(m["num-slaves"]) < 1 or int(m["num-other-sentinels"]) < 2:
+                if int(m["num-slaves"]) < (1 if self.replica else 0) or \
+                        int(m["num-other-sentinels"]) < len(self.sentinels) - 1:
                     return False
             return True
         except (redislib.exceptions.ConnectionError, redislib.exceptions.ResponseError):
@@ -103,7 +147,7 @@ class Cluster:
         return None
 
     def client(self):
-        return redislib.Redis(host="127.0.0.1", port=self.primary_port())
+        return self.client_for(self.primary_port())
 
 
 class Producer(threading.Thread):
@@ -152,7 +196,7 @@ class Producer(threading.Thread):
                 time.sleep(0.1)
                 port = self.cluster.primary_port()
                 if port is not None:
-                    r = redislib.Redis(host="127.0.0.1", port=port)
+                    r = self.cluster.client_for(port)
 
 
 @pytest.fixture
@@ -316,6 +360,100 @@ def _pings(r):
         return r.ping()
     except redislib.exceptions.ConnectionError:
         return False
+
+
+def secret_file(env, name, secret):
+    path = os.path.join(env.dir, name)
+    with open(path, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def test_sentinel_password(env):
+    """Sentinels with requirepass, a primary with its own: usergated gives
+    each its password (sentinel_password_file, password_file), resolves
+    and creates.  A wrong Sentinel password, or none, is no primary found
+    because the Sentinels refused us; one line per outage, and neither
+    password in the log."""
+    env.start_redis(password="redis-secret-1")
+    env.start_twilio()
+    c = Cluster(env, nsentinels=1, replica=False, password="redis-secret-1",
+                sentinel_password="sentinel-secret-2")
+    keys = {"redis.sentinels": c.sentinels_conf(), "redis.master_name": MASTER,
+            "redis.password_file":
+                secret_file(env, "redis-pw", "redis-secret-1")}
+    wrong = env.daemon(name="wrong", extra=dict(keys, **{
+        "redis.sentinel_password_file":
+            secret_file(env, "sentinel-wrong", "sentinel-secret-3")}))
+    none = env.daemon(name="none", extra=keys)
+    want = "degraded: redis no primary found (sentinels %s: auth refused)" % \
+        c.sentinels_conf()
+    for d in (wrong, none):
+        wait_for(lambda: d.status("health") == want, what="health: " + want)
+    # Retried with backoff: still one line each.
+    time.sleep(2 * SLOW)
+    for d, error in ((wrong, "WRONGPASS"), (none, "NOAUTH")):
+        assert d.status("health") == want
+        log = d.log()
+        assert log.count("redis refuses us") == 1, log
+        # The Sentinel's own words: refused password, or none given.
+        assert 'error="sentinel %s: %s' % (c.sentinels_conf(), error) in log
+        for secret in ("redis-secret-1", "sentinel-secret-2",
+                       "sentinel-secret-3"):
+            assert secret not in log
+        assert d.stop() == 0
+    d = env.daemon(extra=dict(keys, **{
+        "redis.sentinel_password_file":
+            secret_file(env, "sentinel-pw", "sentinel-secret-2")}))
+    d.wait_healthy()
+    assert d.stats()["redis_address"] == "127.0.0.1:%d" % env.redis.port
+    env.push({"Identity": "behind-sentinel-auth"})
+    assert env.wait_results(1)[0]["status"] == "created"
+    assert d.stop() == 0
+    for secret in ("redis-secret-1", "sentinel-secret-2"):
+        assert secret not in d.log()
+
+
+def test_tls_sentinels_and_graceful_failover(env, pki):
+    """Primary, replica and Sentinels all TLS-only, replication too:
+    [redis] tls_ca_file serves the Sentinels as it serves Redis (the one
+    certificate names 127.0.0.1).  usergated resolves, creates, and
+    follows a SENTINEL FAILOVER."""
+    env.redis = Server(env.dir, tls=pki)
+    # The primary is demoted to a replica of the new one: over TLS.
+    env.r.config_set("tls-replication", "yes")
+    env.start_twilio()
+    c = Cluster(env, nsentinels=2, tls=pki)
+    d = env.daemon(extra={"redis.sentinels": c.sentinels_conf(),
+                          "redis.master_name": MASTER,
+                          "redis.tls_ca_file": pki["ca"][0],
+                          "redis.port": "9"})
+    d.wait_healthy()
+    s = d.stats()
+    assert s["redis_tls"] is True and s["redis_role"] == "master"
+    assert s["redis_address"] == "127.0.0.1:%d" % env.redis.port
+    old = c.client()
+    old.lpush("usergate:requests", '{"Identity": "tls-before"}')
+    wait_for(lambda: results_by_identity(old).get("tls-before") == ["created"],
+             what="created before the failover")
+    c.sentinels[0][1].execute_command("SENTINEL", "FAILOVER", MASTER)
+    wait_failover(c, env.redis.port, "the replica promoted")
+    wait_for(lambda: d.stats()["redis_address"] ==
+             "127.0.0.1:%d" % c.replica_port and
+             d.status("health") == "ok", timeout=20 * SLOW,
+             what="usergated on the new primary")
+    new = c.client()
+    new.lpush("usergate:requests", '{"Identity": "tls-after"}')
+    wait_for(lambda: results_by_identity(new).get("tls-after") == ["created"],
+             what="created after the failover")
+    assert results_by_identity(new)["tls-before"] == ["created"]
+    creates = env.twilio.stats()["creates_by_identity"]
+    assert creates == {"tls-before": 1, "tls-after": 1}, creates
+    s = d.stats()
+    assert s["failovers"] >= 1 and s["redis_tls"] is True
+    assert ('msg="redis primary moved (failover)" from=127.0.0.1:%d '
+            'to=127.0.0.1:%d' % (env.redis.port, c.replica_port)) in d.log()
 
 
 def test_demoted_primary_is_left_until_primary_again(env):
