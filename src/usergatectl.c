@@ -29,6 +29,8 @@
 
 #include <jansson.h>
 
+#include "usergatectl.h"
+
 #define DEFAULT_STATUS	"/run/usergate/status.sock"
 #define DEFAULT_REQUEST	"/run/usergate/usergate.sock"
 #define STATUS_TIMEOUT_MS 10000
@@ -36,6 +38,7 @@
 
 static const char *status_path = DEFAULT_STATUS;
 static const char *request_path = DEFAULT_REQUEST;
+static const char *config_path;		/* -c: import through Redis */
 
 static void
 usage(FILE *f)
@@ -487,8 +490,11 @@ main(int argc, char **argv)
 	int ch;
 
 	/* "+": options end at the command, whose own options follow it. */
-	while ((ch = getopt_long(argc, argv, "+s:S:hV", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "+c:s:S:hV", opts, NULL)) != -1) {
 		switch (ch) {
+		case 'c':
+			config_path = optarg;
+			break;
 		case 's':
 			status_path = optarg;
 			break;
@@ -515,6 +521,11 @@ main(int argc, char **argv)
 	}
 	if (strcmp(argv[0], "create") == 0)
 		return create_command(argc, argv);
+	if (strcmp(argv[0], "import") == 0)
+		return ctl_import(argc, argv, config_path, request_path,
+		    status_path);
+	if (strcmp(argv[0], "top") == 0)
+		return ctl_top(argc, argv, status_path);
 	if ((argc == 2 && strcmp(argv[0], "show") == 0 &&
 	    (strcmp(argv[1], "stats") == 0 ||
 	    strcmp(argv[1], "metrics") == 0 ||

@@ -1,0 +1,87 @@
+/*
+ * usergatectl's own files (ctl_*.c): the backfill (`import`) and the live
+ * view (`top`).  usergatectl.c parses the command line and calls in here.
+ *
+ * An import reads its input, validates every line with the daemon's own
+ * rules (request_parse), and hands each good line to a sink: the request
+ * socket (ctl_sink_socket.c) or Redis itself (ctl_sink_redis.c, with the
+ * daemon's config file).  The sink gives each result back, by RequestId,
+ * to the import, which keeps the window of unanswered requests bounded.
+ * Both sinks run on one libevent loop owned by ctl_import.c.
+ */
+#ifndef USERGATECTL_H
+#define USERGATECTL_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+struct event_base;
+struct ctl_sink;
+
+/* What a sink reports to the import.  Each callback runs on the loop. */
+struct ctl_sink_events {
+	/* The sink can take requests (connected, authenticated). */
+	void	(*ready)(void *arg);
+	/*
+	 * One result, decoded to JSON whatever the deployment's results
+	 * format (the map of docs/protocol.md section 3; the callee keeps
+	 * no reference beyond the call).  request_id is its "request_id".
+	 */
+	void	(*result)(const char *request_id, json_t *result, void *arg);
+	/*
+	 * The sink cannot go on (connection lost for good, refused, ...):
+	 * the import stops and tells how to resume.  reason is one line.
+	 */
+	void	(*lost)(const char *reason, void *arg);
+	void	*arg;
+};
+
+struct ctl_sink_ops {
+	/*
+	 * Sends one request: the JSON object text of one line, which already
+	 * carries its RequestId (the sink may add ReplyTo and Wait).  0, or
+	 * -1 with a message in err.  Never blocks: the sink buffers.
+	 */
+	int	(*send)(struct ctl_sink *, const char *json, size_t len,
+		    char *err, size_t errlen);
+	/*
+	 * Resume: asks whether each identity already has a user record
+	 * (usergate:user:{identity}).  done() is called once per identity
+	 * asked, with the record as JSON or NULL.  Sinks that cannot tell
+	 * (the request socket) leave this NULL.
+	 */
+	int	(*finished)(struct ctl_sink *, const char *const *identities,
+		    size_t n, void (*done)(const char *identity, json_t *record,
+		    void *arg), void *arg);
+	/* Flushes and frees; results not yet in are not waited for. */
+	void	(*close)(struct ctl_sink *);
+};
+
+struct ctl_sink {
+	const struct ctl_sink_ops *ops;
+};
+
+/* ctl_sink_socket.c: the request socket at path (JSON lines, Wait). */
+struct ctl_sink	*ctl_sink_socket(struct event_base *, const char *path,
+		    const struct ctl_sink_events *, char *err, size_t errlen);
+
+/*
+ * ctl_sink_redis.c: Redis as the daemon's config file at config_path says
+ * (URL or host/port, ACL user, password file, TLS, Sentinel, prefix,
+ * results format); requests are LPUSHed on {prefix}requests with a
+ * ReplyTo of its own under [results] reply_prefix, whose results it
+ * BRPOPs.  The number of requests pushed but not answered is the
+ * import's to bound.
+ */
+struct ctl_sink	*ctl_sink_redis(struct event_base *, const char *config_path,
+		    const struct ctl_sink_events *, char *err, size_t errlen);
+
+/* ctl_import.c: `usergatectl import ...`; argv[0] is "import". */
+int		 ctl_import(int argc, char **argv, const char *config_path,
+		    const char *request_path, const char *status_path);
+
+/* ctl_top.c: `usergatectl top`; argv[0] is "top". */
+int		 ctl_top(int argc, char **argv, const char *status_path);
+
+#endif
