@@ -22,6 +22,7 @@
 #include <msgpack.h>
 
 #include "daemon.h"	/* stats_counter_names, for the counters' tie */
+#include "doc.h"
 
 #define NROWS(a)	(sizeof(a) / sizeof((a)[0]))
 #define SID		"US0123456789abcdef0123456789abcdef"
@@ -562,34 +563,6 @@ test_dead(void)
 
 /* ------------------------------------------------------------------ */
 /* docs/protocol.md's tables against the code's */
-
-static char *
-read_doc(const char *name)
-{
-	const char *top;
-	char path[4096], *text;
-	FILE *f;
-	long len;
-
-	if ((top = getenv("top_srcdir")) == NULL &&
-	    (top = getenv("srcdir")) == NULL)
-		top = ".";
-	snprintf(path, sizeof(path), "%s/%s", top, name);
-	if ((f = fopen(path, "r")) == NULL) {
-		fprintf(stderr, "\ndocs check: cannot read %s (set top_srcdir "
-		    "to the source tree)\n", path);
-		return NULL;
-	}
-	if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 ||
-	    fseek(f, 0, SEEK_SET) != 0 ||
-	    (text = malloc((size_t)len + 1)) == NULL) {
-		fclose(f);
-		return NULL;
-	}
-	text[fread(text, 1, (size_t)len, f)] = '\0';
-	fclose(f);
-	return text;
-}
 
 /* A table row of a doc: its first cell's `word` and its next two cells,
  * trimmed. */

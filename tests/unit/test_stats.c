@@ -18,6 +18,7 @@
 #include <CUnit/CUnit.h>
 
 #include "daemon.h"
+#include "doc.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -691,34 +692,6 @@ test_gauge_names(void)
 
 /* ------------------------------------------------------------------ */
 /* The lists in the docs name every gauge and counter, and nothing else. */
-
-static char *
-read_doc(const char *name)
-{
-	const char *top;
-	char path[4096], *text;
-	FILE *f;
-	long len;
-
-	if ((top = getenv("top_srcdir")) == NULL &&
-	    (top = getenv("srcdir")) == NULL)
-		top = ".";
-	snprintf(path, sizeof(path), "%s/%s", top, name);
-	if ((f = fopen(path, "r")) == NULL) {
-		fprintf(stderr, "\ndocs check: cannot read %s (set top_srcdir "
-		    "to the source tree)\n", path);
-		return NULL;
-	}
-	if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 ||
-	    fseek(f, 0, SEEK_SET) != 0 ||
-	    (text = malloc((size_t)len + 1)) == NULL) {
-		fclose(f);
-		return NULL;
-	}
-	text[fread(text, 1, (size_t)len, f)] = '\0';
-	fclose(f);
-	return text;
-}
 
 /* The text from the first start (after it) to the first end after that,
  * or NULL; malloc'd. */
