@@ -15,7 +15,7 @@ set -eu
 PKGS="build-essential autoconf automake pkg-config
 libevent-dev libcurl4-openssl-dev libhiredis-dev libmsgpack-dev libjansson-dev libcjson-dev
 libinih-dev libjemalloc-dev libcunit1-dev libsystemd-dev libssl-dev
-redis-server redis-sentinel python3 python3-pytest python3-redis python3-msgpack
+redis-server redis-sentinel python3 python3-pytest python3-pytest-xdist python3-redis python3-msgpack
 systemd man-db groff-base groff socat jq curl openssl clang libclang-rt-14-dev llvm valgrind
 debhelper lintian prometheus python3-yaml
 libncurses-dev libcsv-dev python3-pyte tmux systemd-container debootstrap"
