@@ -12,7 +12,8 @@
 #     its own (loopback only: nothing is downloaded once it runs).
 #  2. The commands are taken from the docs, so that a wrong doc fails:
 #     docs/operations.md's blocks marked <!-- system-test: NAME --> (the
-#     install, the Redis password drop-in, the operator group) and the
+#     install, the operator group, the drop-ins for a Redis password and
+#     for an auth token instead of an API key) and the
 #     indented commands of debian/README.Debian's numbered steps (Redis, the
 #     secret typed with read -rs, the check, the start, the group).  Only
 #     the edit of usergate.conf, which the docs leave to the operator, is
@@ -27,8 +28,9 @@
 #     systemd-analyze security <= 2.0; the watchdog restarting a stopped
 #     daemon with nothing lost; a stop with requests in flight that ends
 #     cleanly (Result=success, exit 0) within TimeoutStopSec and loses
-#     nothing; the journal's priorities against the logfmt level=, and no
-#     secret (Twilio API secret, Redis password) anywhere in the journal.
+#     nothing; a switch to an account SID and auth token; the journal's
+#     priorities against the logfmt level=, and no secret (Twilio API
+#     secret, auth token, Redis password) anywhere in the journal.
 #
 # It takes about 30 s with warm caches.  The first run with an empty cache
 # runs debootstrap and apt-get in the tree: 2.5 minutes in all on a good
@@ -65,7 +67,7 @@ skip() {
 	exit 77
 }
 [ "$(id -u)" -eq 0 ] || skip "not root (systemd-nspawn needs root)"
-for tool in systemd-nspawn debootstrap unshare nsenter jq curl redis-cli \
+for tool in systemd-nspawn debootstrap unshare nsenter flock jq curl redis-cli \
     dpkg-deb; do
 	command -v $tool >/dev/null 2>&1 ||
 	    skip "$tool is not installed (tools/deps.sh installs it)"
@@ -83,15 +85,17 @@ fakepid=
 cleanup() {
 	[ -n "$fakepid" ] && kill "$fakepid" 2>/dev/null
 	if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
-		# SIGTERM makes systemd-nspawn power the container off.
+		# SIGTERM makes systemd-nspawn power the container off; the
+		# tree is thrown away, so after 5 s its PID 1 is killed, which
+		# ends every process of the container, and nspawn with it.
 		kill "$nspawn" 2>/dev/null
 		i=0
-		while kill -0 "$nspawn" 2>/dev/null && [ $i -lt 100 ]; do
+		while kill -0 "$nspawn" 2>/dev/null && [ $i -lt 50 ]; do
 			sleep 0.1
 			i=$((i + 1))
 		done
-		kill -9 "$nspawn" 2>/dev/null
 		[ -n "$leader" ] && kill -9 "$leader" 2>/dev/null
+		wait "$nspawn" 2>/dev/null
 	fi
 	rm -rf "$tmp"
 }
@@ -154,11 +158,14 @@ nspawn_run() {	# dir, command...
 	        -E DEBIAN_FRONTEND=noninteractive --pipe "$@"' sh "$d" "$@"
 }
 
-# ---- 1. the cached trees
+# ---- 1. the cached trees, made and copied by one run at a time
+mkdir -p "$cache" || exit 1
+exec 9>"$cache/.lock"
+flock 9
 base=$cache/bookworm
 if [ ! -x "$base/usr/bin/apt-get" ]; then
 	echo "debootstrap --variant=minbase bookworm $base (once)"
-	rm -rf "$base.new" && mkdir -p "$cache" &&
+	rm -rf "$base.new" &&
 	    debootstrap --variant=minbase bookworm "$base.new" "$mirror" \
 	    >"$tmp/debootstrap.log" 2>&1 ||
 	    { tail -n 20 "$tmp/debootstrap.log"; skip "debootstrap failed"; }
@@ -191,6 +198,8 @@ fi
 # ---- 2. boot a copy
 root=$tmp/root
 cp -a "$prepared" "$root" || fail "cp -a $prepared"
+flock -u 9
+exec 9>&-
 echo "container-$key" >"$root/etc/hostname"
 cp "$deb" "$root/root/"
 # Booted with a network of its own, loopback only: its Redis and the fake
@@ -568,10 +577,48 @@ dups=$(fake_stat .duplicate_creates)
     fail "the fake Twilio has $creates creates (not 15), duplicates $dups"
 ok "the fake Twilio created each of the 15 users once"
 
-# ---- 11. no secret in the journal
+# ---- 11. an account SID and auth token instead (operations.md section 2)
+sid=AC0123456789abcdef0123456789abcdef
+auth_token=sys-auth-token-$$-$(date +%N)
+grep 'read -rs secret' "$tmp/readme.cmds" |
+    sed 's/twilio-api-secret/twilio-auth-token/' >"$tmp/cmds"
+printf '%s\n' "$auth_token" >"$tmp/stdin"
+doc_stdin=$tmp/stdin run_doc "README.Debian step 3, for the auth token" \
+    "$tmp/cmds"
+doc_block auth-token >"$tmp/cmds"
+grep -q '^LoadCredential=$' "$tmp/cmds" ||
+    fail "operations.md: no LoadCredential= in block system-test: auth-token"
+# This Redis has a password: the operator keeps its line, as the block says.
+sed 's/^#\(LoadCredential=redis-password:\)/\1/' "$tmp/cmds" \
+    >"$root/etc/systemd/system/usergated.service.d/override.conf"
+echo "drop-in of operations.md section 2 for an auth token (override.conf):"
+sed 's/^/  | /' "$root/etc/systemd/system/usergated.service.d/override.conf"
+set_key twilio api_key ""
+set_key twilio account_sid "$sid"
+kill "$fakepid"
+wait "$fakepid" 2>/dev/null
+nsenter -t "$leader" -n "$fake" --port "${twurl##*:}" --account "$sid" \
+    --user "$sid" --password "$auth_token" >"$tmp/fake.log" 2>&1 &
+fakepid=$!
+i=0
+while ! fake_stat .creates >/dev/null 2>&1 && [ $i -lt 100 ]; do
+	sleep 0.1
+	i=$((i + 1))
+done
+grep 'usergated -n' "$tmp/readme.cmds" >"$tmp/cmds"
+run_doc "README.Debian step 4, the check" "$tmp/cmds"
+ct systemctl daemon-reload && ct systemctl restart usergated ||
+    fail "restart with the auth token"
+push token 2
+answered token 2 10
+[ "$(fake_stat .creates)" = 2 ] ||
+    fail "the fake Twilio (auth token) counts $(fake_stat .creates) creates"
+ok "an account SID and auth token, with operations.md's drop-in: 2 creates"
+
+# ---- 12. no secret in the journal
 ct journalctl --no-pager -o verbose >"$tmp/all.journal" 2>&1
 ct journalctl --no-pager -o json >>"$tmp/all.journal" 2>&1
-for s in "$api_secret" "$redis_password"; do
+for s in "$api_secret" "$redis_password" "$auth_token"; do
 	grep -qF "$s" "$tmp/all.journal" &&
 	    fail "a secret is in the journal: $s"
 done
