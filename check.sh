@@ -9,6 +9,11 @@
 #   4. `make distcheck` (of the integration tests, only those reading the
 #      tarball's docs: core, acl, status), and the Debian package built
 #      and checked with lintian (tests/check-deb.sh, about a minute);
+#      then the system test (tests/check-system.sh, about 30 s with its
+#      cached trees, a few minutes the first time): that .deb installed in
+#      a Debian 12 booted with systemd under systemd-nspawn, following the
+#      docs' commands; skipped, with the reason, when not root or when
+#      systemd-nspawn cannot boot a container here;
 #   5. the libFuzzer targets for FUZZ_SECONDS each (default 30);
 #   6. the daemon under valgrind for the core, socket, status, metrics and
 #      systemd tests (`make check-valgrind`).
@@ -74,11 +79,21 @@ if ! PYTEST_ADDOPTS="-k 'core or acl or status'" \
 	exit 1
 fi
 echo "== Debian package"
-top_srcdir=$top tests/check-deb.sh || [ $? -eq 77 ]
+# The .deb stays in build/deb for the system test.
+rm -rf build/deb
+DEB_KEEP_DIR=$top/build/deb top_srcdir=$top tests/check-deb.sh || [ $? -eq 77 ]
+echo "== system test (systemd-nspawn)"
+if [ -n "$(ls build/deb/usergate_*.deb 2>/dev/null)" ]; then
+	top_srcdir=$top top_builddir=$top/build tests/check-system.sh ||
+	    [ $? -eq 77 ]
+else
+	echo "SKIP: no .deb was built"
+fi
 echo "== fuzzing (libFuzzer, ${FUZZ_SECONDS:-30} s per target)"
 make -s -C build fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 echo "== valgrind"
 make -s -C build check-valgrind > build/valgrind.log 2>&1 || { tail -n 80 build/valgrind.log; exit 1; }
 grep -E '^=+ .*(passed|failed)' build/valgrind.log | tail -n 1
-echo "all checks passed (build, ASan+UBSan build, distcheck, Debian package, fuzzing, valgrind)"
+echo "all checks passed (build, ASan+UBSan build, distcheck, Debian package," \
+    "system test, fuzzing, valgrind)"
 echo "checks: $total_passed passed, 0 failed"

@@ -11,6 +11,10 @@
 #     as a conffile, and maintainer scripts that create the user, enable the
 #     unit and remove the user on purge.
 #
+# With DEB_KEEP_DIR=DIR the built .deb files are copied to DIR (created if
+# need be) before the scratch copy is removed: ./check.sh keeps them in
+# build/deb for the system test (tests/check-system.sh) that follows.
+#
 # Exit status: 0 pass, 1 fail, 77 skip (dpkg-buildpackage, debhelper or
 # lintian missing: tools/deps.sh installs them).
 
@@ -60,6 +64,11 @@ for f in "$deb" "$tmp/usergate-dbgsym_${version}_$arch.deb"; do
 	fi
 done
 [ $status -eq 0 ] || exit 1
+if [ -n "${DEB_KEEP_DIR:-}" ]; then
+	mkdir -p "$DEB_KEEP_DIR" && rm -f "$DEB_KEEP_DIR"/usergate*.deb &&
+	    cp "$tmp"/usergate*_"$version"_"$arch".deb "$DEB_KEEP_DIR" || exit 1
+	echo "ok: kept the .deb files in $DEB_KEEP_DIR"
+fi
 
 # ---- 2. lintian
 lintian --fail-on error,warning --tag-display-limit 0 \
