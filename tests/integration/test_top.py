@@ -155,6 +155,13 @@ def test_screen_updates_and_q_restores(env):
                  t.row("queue").rstrip().endswith("dead 1"), what="17 created, 1 dead")
         assert counter_row(top, "received")[0] == 18
 
+        # A smaller terminal (the kernel sends SIGWINCH): drawn to its size.
+        fcntl.ioctl(top.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        top.screen.resize(24, 80)
+        top.wait(lambda t: t.screen.display[23].startswith("q quit") and
+                 re.match(r"\d\d:\d\d:\d\d$", t.screen.display[0][72:]),
+                 what="the view at 80x24")
+
         quit_cleanly(top, b"q")
     finally:
         top.close()
