@@ -99,9 +99,14 @@ void		 stats_observe(struct histogram *h, double seconds);
 	X(redis_up_s, long long, LENGTH, LENGTH, 12, "redis_up_seconds", \
 	    "Seconds since the Redis link came up (absent while down)") \
 	X(window, long, INTEGER, HTTP, 13, "concurrency_window",	\
-	    "Twilio requests the AIMD window allows at once")
+	    "Twilio requests the AIMD window allows at once")		\
+	X(rate_window_used, long long, LENGTH, HTTP_LENGTH, 14,	\
+	    "rate_window_used",						\
+	    "Creates granted in the last rate window, all instances")	\
+	X(rate_window_limit, long, INTEGER, HTTP, 15, "rate_window_limit", \
+	    "Creates the rate window allows (rate_limit x rate_window_s)")
 /* The last place of a Prometheus gauge in STATS_GAUGES. */
-#define STATS_GAUGE_PLACES	13
+#define STATS_GAUGE_PLACES	15
 
 struct stats_gauges {
 #define STATS_GAUGE_FIELD(name, type, kind, prom, place, pname, help) \
@@ -360,6 +365,8 @@ const char	*queue_problem(void);
 const char	*queue_role(void);	/* what ROLE said: master, unknown.. */
 void		 queue_last_lengths(long long *requests, long long *processing,
 		    long long *dead);
+/* Creates granted in the last rate window (all instances), or -1. */
+long long	 queue_last_rate_used(void);
 
 /* ------------------------------------------------------------------ */
 /* http.c: the only libcurl user. */

@@ -111,6 +111,7 @@ queue_lengths(queue_lengths_cb *cb, void *arg)
 	queue_send_strings(queue_cmd, on_head, NULL, 5, "EVALSHA",
 	    queue_script_sha[SCRIPT_HEAD], "1", queue_keys.requests,
 	    OVERSIZE_HEAD);
+	queue_rate_count();
 	/* Three commands on one ordered link: the callbacks run in order
 	 * and exactly once each, so the last one frees c. */
 	if (queue_send_strings(queue_cmd, on_length, c, 2, "LLEN",

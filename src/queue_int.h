@@ -54,11 +54,13 @@
  * loaded by queue_link.c on every connection. */
 enum script {
 	SCRIPT_TAKE, SCRIPT_CLAIM, SCRIPT_RATE, SCRIPT_TAKEOVER,
-	SCRIPT_RECONCILE, SCRIPT_GUARD, SCRIPT_STUB, SCRIPT_HEAD, SCRIPT_COUNT
+	SCRIPT_RECONCILE, SCRIPT_GUARD, SCRIPT_STUB, SCRIPT_HEAD,
+	SCRIPT_RATE_USED, SCRIPT_COUNT
 };
 extern const char queue_take_lua[], queue_claim_lua[], queue_rate_lua[];
 extern const char queue_takeover_lua[], queue_reconcile_lua[];
 extern const char queue_guard_lua[], queue_stub_lua[], queue_head_lua[];
+extern const char queue_rate_used_lua[];
 extern char queue_script_sha[SCRIPT_COUNT][41];
 
 /*
@@ -211,5 +213,8 @@ void		 queue_commit_shutdown(void);
 
 /* queue_admin.c */
 void		 queue_admin_shutdown(void);
+
+/* queue_rate.c: asks how much of the rate window is used (for stats). */
+void		 queue_rate_count(void);
 
 #endif

@@ -30,6 +30,7 @@
 static const char *const script_source[SCRIPT_COUNT] = {
 	queue_take_lua, queue_claim_lua, queue_rate_lua, queue_takeover_lua,
 	queue_reconcile_lua, queue_guard_lua, queue_stub_lua, queue_head_lua,
+	queue_rate_used_lua,
 };
 char queue_script_sha[SCRIPT_COUNT][41];
 

@@ -14,7 +14,14 @@
 
 #define RATE_MARGIN_MS		250
 
+/* Redis' clock in ms, so that every instance counts on the same one. */
+#define LUA_NOW \
+	"local t = redis.call('TIME')\n" \
+	"local now = tonumber(t[1]) * 1000 + " \
+	    "math.floor(tonumber(t[2]) / 1000)\n"
+
 static unsigned long long rate_seq;
+static long long rate_used = -1;	/* last count; -1: not known */
 
 /*
  * The shared sliding window of SPEC §5.3: a sorted set of grant times (ms,
@@ -26,9 +33,7 @@ const char queue_rate_lua[] =
 	LUA_WRONGTYPE
 	"local e = wrongtype(KEYS[1], 'zset')\n"
 	"if e then return e end\n"
-	"local t = redis.call('TIME')\n"
-	"local now = tonumber(t[1]) * 1000 + "
-	    "math.floor(tonumber(t[2]) / 1000)\n"
+	LUA_NOW
 	"local limit, window, want = "
 	    "tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
 	"redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)\n"
@@ -67,6 +72,17 @@ on_rate(struct queue_conn *ac, redisReply *reply, void *priv)
 	free(c);
 }
 
+/* The window in ms that the rate script counts grants over. */
+static void
+rate_window_ms(char *buf, size_t size)
+{
+	/* Twilio counts a create when it arrives, a little after we granted
+	 * it, and requests granted together arrive spread out: a margin on the
+	 * window keeps our count ahead of Twilio's. */
+	snprintf(buf, size, "%ld", ug.cfg->rate_window_s * 1000 +
+	    RATE_MARGIN_MS);
+}
+
 int
 queue_rate_acquire(long want, queue_rate_cb *cb, void *arg)
 {
@@ -80,11 +96,7 @@ queue_rate_acquire(long want, queue_rate_cb *cb, void *arg)
 	c->arg = arg;
 	snprintf(limit, sizeof(limit), "%ld",
 	    ug.cfg->rate_limit * ug.cfg->rate_window_s);
-	/* Twilio counts a create when it arrives, a little after we granted
-	 * it, and requests granted together arrive spread out: a margin on the
-	 * window keeps our count ahead of Twilio's. */
-	snprintf(window, sizeof(window), "%ld", ug.cfg->rate_window_s * 1000 +
-	    RATE_MARGIN_MS);
+	rate_window_ms(window, sizeof(window));
 	snprintf(wants, sizeof(wants), "%ld", want);
 	snprintf(member, sizeof(member), "%s:%d:%llu", ug.cfg->instance_id,
 	    (int)getpid(), ++rate_seq);
@@ -94,4 +106,48 @@ queue_rate_acquire(long want, queue_rate_cb *cb, void *arg)
 	if (rv != 0)
 		free(c);
 	return rv;
+}
+
+/*
+ * The grants of the last window, every instance's, counted as the rate
+ * script counts them (on Redis' clock, the expired ones dropped first,
+ * which changes nothing the limiter sees): what `show stats` calls
+ * rate_window_used.  The same commands as the rate script, so the least
+ * privilege ACL of docs/operations.md needs nothing more.
+ */
+const char queue_rate_used_lua[] =
+	LUA_NOW
+	"redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', "
+	    "now - tonumber(ARGV[1]))\n"
+	"return redis.call('ZCARD', KEYS[1])\n";
+
+static void
+on_rate_used(struct queue_conn *ac, redisReply *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	if (queue_is_noscript(r))
+		queue_scripts_reload();
+	rate_used = r != NULL && r->type == REDIS_REPLY_INTEGER ?
+	    r->integer : -1;
+}
+
+/* Sent with the lengths (queue_lengths), whose answers come after it on
+ * the same link: the count is fresh when they are handed over. */
+void
+queue_rate_count(void)
+{
+	char window[32];
+
+	rate_window_ms(window, sizeof(window));
+	if (queue_send_strings(queue_cmd, on_rate_used, NULL, 5, "EVALSHA",
+	    queue_script_sha[SCRIPT_RATE_USED], "1", queue_keys.rate,
+	    window) != 0)
+		rate_used = -1;
+}
+
+long long
+queue_last_rate_used(void)
+{
+	return ug.redis_up ? rate_used : -1;
 }

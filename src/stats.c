@@ -192,6 +192,15 @@ gauge_prom_HTTP(struct evbuffer *b, int http, const char *name,
 		gauge_text(b, name, help, v);
 }
 
+/* Only on GET /metrics, and left out when not known (as LENGTH). */
+static void
+gauge_prom_HTTP_LENGTH(struct evbuffer *b, int http, const char *name,
+    const char *help, long long v)
+{
+	if (http && v >= 0)
+		gauge_text(b, name, help, v);
+}
+
 /* Health as a number an alert can compare: 1 when "ok". */
 static void
 gauge_prom_OK(struct evbuffer *b, int http, const char *name,

@@ -127,6 +127,8 @@ gather(struct stats_gauges *g, char *health, size_t hsize)
 	queue_link_stats(&g->redis_address, &g->redis_tls, &up);
 	g->redis_up_s = up >= 0 ? (long long)up : -1;
 	g->window = ug.window;
+	g->rate_window_used = queue_last_rate_used();
+	g->rate_window_limit = ug.cfg->rate_limit * ug.cfg->rate_window_s;
 }
 
 /* The gauges with the lengths read fresh from Redis. */

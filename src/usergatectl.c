@@ -49,6 +49,8 @@ usage(FILE *f)
 	    "health|pause|resume|reload|help\n"
 	    "       usergatectl [-s STATUS_SOCK] dead list [N]\n"
 	    "       usergatectl [-s STATUS_SOCK] dead retry [N|all]\n"
+	    "       usergatectl [-s STATUS_SOCK] top [-b] [-d SECONDS] "
+	    "[-n COUNT] [--once]\n"
 	    "       usergatectl [-S REQUEST_SOCK] create IDENTITY "
 	    "[--friendly-name S]\n"
 	    "                   [--attributes JSON] [--role-sid RL...]\n"
@@ -99,7 +101,7 @@ say_not_allowed(const char *path)
 	    user);
 }
 
-static int
+int
 connect_to(const char *path)
 {
 	struct sockaddr_un sun;
@@ -133,7 +135,7 @@ connect_to(const char *path)
 
 /* MSG_NOSIGNAL: a daemon that hangs up (a drain, a restart) is an error
  * to report, not a SIGPIPE that kills us without a word. */
-static int
+int
 write_all(int fd, const char *buf, size_t len)
 {
 	while (len > 0) {
@@ -180,7 +182,7 @@ answer_end(char *buf, size_t len, const char *end, int end_line)
  * Returns the text before the terminator (malloc'd), or NULL on timeout or
  * error (said on stderr).
  */
-static char *
+char *
 read_until(int fd, const char *end, int end_line, long timeout_ms)
 {
 	struct timespec deadline, *dl = NULL;

@@ -81,6 +81,16 @@ struct ctl_sink	*ctl_sink_redis(struct event_base *, const char *config_path,
 int		 ctl_import(int argc, char **argv, const char *config_path,
 		    const char *request_path, const char *status_path);
 
+/*
+ * usergatectl.c: the sockets' client side.  connect_to and read_until say
+ * on stderr why they fail; read_until returns the answer up to end (or, with
+ * end_line, an answer that is only an empty line), malloc'd, or NULL.
+ */
+int		 connect_to(const char *path);
+int		 write_all(int fd, const char *buf, size_t len);
+char		*read_until(int fd, const char *end, int end_line,
+		    long timeout_ms);
+
 /* ctl_top.c: `usergatectl top`; argv[0] is "top". */
 int		 ctl_top(int argc, char **argv, const char *status_path);
 

@@ -23,8 +23,9 @@ main(void)
 	g.health = "ok";
 	g.instance_id = "metrics-dump";
 	/* Lengths Redis could not tell are left out: give them all. */
-	g.queue_depth = g.processing = g.dead = 0;
+	g.queue_depth = g.processing = g.dead = g.rate_window_used = 0;
 	g.max_inflight = g.window = 64;
+	g.rate_window_limit = 150;
 	g.redis_role = "master";
 	g.redis_address = "127.0.0.1:6379";
 	g.redis_up_s = 1;

@@ -161,6 +161,8 @@ def test_show_stats_fields(stack):
     assert s["redis_connected"] is True and s["paused"] is False
     assert s["inflight"] == 0 and s["max_inflight"] == 64
     assert (s["queue_depth"], s["processing"], s["dead"]) == (0, 0, 0)
+    # rate_limit = 0 (conftest): no limit, and nothing granted.
+    assert (s["rate_window_used"], s["rate_window_limit"]) == (0, 0)
     assert isinstance(s["uptime_s"], int) and 0 <= s["uptime_s"] < 60 * SLOW
     assert all(s[k] == 0 for k in STATS_COUNTERS)
 

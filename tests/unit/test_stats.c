@@ -41,6 +41,8 @@ static const char *const stats_keys[] = {
 	"redis_tls",
 	"redis_up_s",
 	"window",
+	"rate_window_used",
+	"rate_window_limit",
 	"received",
 	"invalid",
 	"duplicate",
@@ -95,6 +97,8 @@ sample_gauges(void)
 	g.redis_tls = 1;
 	g.redis_up_s = 42;
 	g.window = 5;
+	g.rate_window_used = 27;
+	g.rate_window_limit = 150;
 	return g;
 }
 
@@ -168,6 +172,10 @@ test_values(void)
 	CU_ASSERT_TRUE(json_is_true(json_object_get(o, "redis_tls")));
 	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "redis_up_s")),
 	    42);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o,
+	    "rate_window_used")), 27);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(o,
+	    "rate_window_limit")), 150);
 	for (i = 0; i < NELEM(counter_keys); i++) {
 		json_t *v = json_object_get(o, counter_keys[i]);
 
@@ -182,9 +190,11 @@ test_values(void)
 	g.redis_connected = 0;
 	g.paused = 1;
 	g.redis_up_s = -1;
+	g.rate_window_used = -1;
 	o = stats_json(&g);
 	CU_ASSERT_FATAL(o != NULL);
 	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "redis_up_s")));
+	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "rate_window_used")));
 	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "queue_depth")));
 	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "processing")));
 	CU_ASSERT_TRUE(json_is_null(json_object_get(o, "dead")));
@@ -574,7 +584,7 @@ test_prometheus_gauges(void)
 /*
  * GET /metrics: the result statuses as one family with a status label, in
  * RESULT_STATUSES' order and from their counters; the other counters as in
- * show metrics; the gauges of kind HTTP (the window) too; and the rest,
+ * show metrics; the gauges of kind HTTP (the windows) too; and the rest,
  * from the first gauge on, as show metrics has it.
  */
 static void
@@ -625,6 +635,13 @@ test_metrics_http(void)
 	CU_ASSERT_STRING_EQUAL(f->type, "gauge");
 	CU_ASSERT_DOUBLE_EQUAL(f->samples[0].value, 5, 0);
 	CU_ASSERT_PTR_NULL(strstr(old, "usergate_concurrency_window"));
+	f = find_family(fam, n, "usergate_rate_window_used");
+	CU_ASSERT_FATAL(f != NULL);
+	CU_ASSERT_DOUBLE_EQUAL(f->samples[0].value, 27, 0);
+	f = find_family(fam, n, "usergate_rate_window_limit");
+	CU_ASSERT_FATAL(f != NULL);
+	CU_ASSERT_DOUBLE_EQUAL(f->samples[0].value, 150, 0);
+	CU_ASSERT_PTR_NULL(strstr(old, "usergate_rate_window"));
 	CU_ASSERT_PTR_NULL(strstr(old, "usergate_requests_total"));
 	/* The histograms are the same text in both. */
 	CU_ASSERT_STRING_EQUAL(strstr(text, "# HELP usergate_twilio_request"),
@@ -864,7 +881,9 @@ collect(struct names *set, const char *doc, const char *start,
 static void
 test_docs(void)
 {
-	static const char *const ctl_other[] = { "dead_max", NULL };
+	/* Configuration keys the lists name along the way. */
+	static const char *const config_keys[] = { "dead_max", "rate_limit",
+	    "rate_window_s", NULL };
 	struct names set;
 	char *ops, *ctl;
 
@@ -875,7 +894,8 @@ test_docs(void)
 	/* operations.md, the status commands: the row of show stats. */
 	memset(&set, 0, sizeof(set));
 	collect(&set, ops, "| `show stats` |", "\n", backticked);
-	check_list("docs/operations.md's row of show stats", &set, 1, NULL);
+	check_list("docs/operations.md's row of show stats", &set, 1,
+	    config_keys);
 
 	/* operations.md, the metrics: usergate_NAME_total in the table, and
 	 * the other counters named after it. */
@@ -889,7 +909,7 @@ test_docs(void)
 	/* usergatectl(1), show stats. */
 	memset(&set, 0, sizeof(set));
 	collect(&set, ctl, ".B show stats\n", "\n.TP\n", bold);
-	check_list("docs/usergatectl.1's show stats", &set, 1, ctl_other);
+	check_list("docs/usergatectl.1's show stats", &set, 1, config_keys);
 
 	free(ops);
 	free(ctl);
