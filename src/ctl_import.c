@@ -568,6 +568,12 @@ read_line(struct import *im)
 	im->lineno++;
 	while (n > 0 && (im->buf[n - 1] == '\n' || im->buf[n - 1] == '\r'))
 		im->buf[--n] = '\0';
+	/* Spreadsheets start their UTF-8 exports with a byte order mark. */
+	if (im->lineno == 1 && n >= 3 && memcmp(im->buf, "\xef\xbb\xbf", 3)
+	    == 0) {
+		memmove(im->buf, im->buf + 3, (size_t)n - 2);
+		n -= 3;
+	}
 	return n;
 }
 
@@ -719,7 +725,11 @@ csv_next(struct import *im, struct item *it)
 				    "unterminated quoted field");
 				im->in_record = 0;
 				csv_row_clear(im);
-				return im->header_done ? 1 : -1;
+				if (im->header_done)
+					return 1;
+				say(im, "%s: line %ld: the header: %s",
+				    im->input, it->line, it->message);
+				return -1;
 			}
 			if (!im->row_ready)
 				return 0;
