@@ -108,7 +108,7 @@ now_mono(void)
 }
 
 /*
- * connect_to and read_until say why they fail on stderr, which would
+ * ctl_connect and read_until say why they fail on stderr, which would
  * scribble over the screen: it goes to a file instead, whose last line
  * top shows as the reason the daemon is not reachable.
  */
@@ -233,7 +233,7 @@ fetch(struct view *v, struct sample *s)
 	int fd, rv = -1;
 
 	memset(s, 0, sizeof(*s));
-	if ((fd = connect_to(v->path)) < 0)
+	if ((fd = ctl_connect(v->path, 0)) < 0)
 		goto out;
 	if ((stats = ask(fd, "show stats\n", timeout_ms)) == NULL ||
 	    (queue = ask(fd, "show queue\n", timeout_ms)) == NULL ||

@@ -77,19 +77,25 @@ struct ctl_sink	*ctl_sink_socket(struct event_base *, const char *path,
 struct ctl_sink	*ctl_sink_redis(struct event_base *, const char *config_path,
 		    const struct ctl_sink_events *, char *err, size_t errlen);
 
-/* ctl_import.c: `usergatectl import ...`; argv[0] is "import". */
-int		 ctl_import(int argc, char **argv, const char *config_path,
-		    const char *request_path, const char *status_path);
-
 /*
- * usergatectl.c: the sockets' client side.  connect_to and read_until say
- * on stderr why they fail; read_until returns the answer up to end (or, with
- * end_line, an answer that is only an empty line), malloc'd, or NULL.
+ * usergatectl.c: the sockets' client side.  ctl_connect gives a Unix
+ * stream socket connected to path, or -1 after saying why on stderr
+ * (permission denied: ctl_say_not_allowed) unless quiet.  ctl_status_ask
+ * sends line (ending in a newline) to the status socket at path and gives
+ * its answer without the empty line that ends it (malloc'd), or NULL.
+ * read_until returns the answer up to end (or, with end_line, an answer
+ * that is only an empty line), malloc'd, or NULL after saying why.
  */
-int		 connect_to(const char *path);
+int		 ctl_connect(const char *path, int quiet);
+void		 ctl_say_not_allowed(const char *path);
+char		*ctl_status_ask(const char *path, const char *line, int quiet);
 int		 write_all(int fd, const char *buf, size_t len);
 char		*read_until(int fd, const char *end, int end_line,
 		    long timeout_ms);
+
+/* ctl_import.c: `usergatectl import ...`; argv[0] is "import". */
+int		 ctl_import(int argc, char **argv, const char *config_path,
+		    const char *request_path, const char *status_path);
 
 /* ctl_top.c: `usergatectl top`; argv[0] is "top". */
 int		 ctl_top(int argc, char **argv, const char *status_path);
