@@ -344,9 +344,10 @@ progress_init(struct import *im)
 }
 
 /*
- * The deployment's ceiling on creates per second: [twilio] rate_limit per
- * rate_window_s, from the config file (-c) or, when `show stats` gives
- * them, from the status socket.  0 when unknown or unlimited.
+ * The deployment's ceiling on creates per second: [twilio] rate_limit
+ * (averaged over rate_window_s), from the config file (-c) or from the
+ * status socket's `show stats`, as rate_window_limit (creates a window
+ * allows) over rate_window_s.  0 when unknown or unlimited.
  */
 static double
 rate_from_stats(const char *status_path)
@@ -359,7 +360,7 @@ rate_from_stats(const char *status_path)
 		return 0;
 	st = json_loads(answer, 0, NULL);
 	free(answer);
-	lim = json_object_get(st, "rate_limit");
+	lim = json_object_get(st, "rate_window_limit");
 	win = json_object_get(st, "rate_window_s");
 	if (json_is_number(lim) && json_is_number(win) &&
 	    json_number_value(lim) > 0 && json_number_value(win) > 0)
@@ -1470,9 +1471,9 @@ ctl_import(int argc, char **argv, const char *config_path,
 		scope.allowed = cfg.reply_prefix;
 		scope.own = cfg.prefix;
 		im.scope = &scope;
-		if (cfg.rate_limit > 0 && cfg.rate_window_s > 0)
-			im.limit_rate = (double)cfg.rate_limit /
-			    cfg.rate_window_s;
+		/* rate_limit is creates per second, over the window. */
+		if (cfg.rate_limit > 0)
+			im.limit_rate = cfg.rate_limit;
 	}
 	rv = 2;
 	if (import_open(&im) != 0)

@@ -104,9 +104,11 @@ void		 stats_observe(struct histogram *h, double seconds);
 	    "rate_window_used",						\
 	    "Creates granted in the last rate window, all instances")	\
 	X(rate_window_limit, long, INTEGER, HTTP, 15, "rate_window_limit", \
-	    "Creates the rate window allows (rate_limit x rate_window_s)")
+	    "Creates the rate window allows (rate_limit x rate_window_s)") \
+	X(rate_window_s, long, INTEGER, HTTP, 16, "rate_window_seconds", \
+	    "Length of the shared rate window")
 /* The last place of a Prometheus gauge in STATS_GAUGES. */
-#define STATS_GAUGE_PLACES	15
+#define STATS_GAUGE_PLACES	16
 
 struct stats_gauges {
 #define STATS_GAUGE_FIELD(name, type, kind, prom, place, pname, help) \

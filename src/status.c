@@ -129,6 +129,7 @@ gather(struct stats_gauges *g, char *health, size_t hsize)
 	g->window = ug.window;
 	g->rate_window_used = queue_last_rate_used();
 	g->rate_window_limit = ug.cfg->rate_limit * ug.cfg->rate_window_s;
+	g->rate_window_s = ug.cfg->rate_window_s;
 }
 
 /* The gauges with the lengths read fresh from Redis. */

@@ -26,6 +26,7 @@ main(void)
 	g.queue_depth = g.processing = g.dead = g.rate_window_used = 0;
 	g.max_inflight = g.window = 64;
 	g.rate_window_limit = 150;
+	g.rate_window_s = 5;
 	g.redis_role = "master";
 	g.redis_address = "127.0.0.1:6379";
 	g.redis_up_s = 1;

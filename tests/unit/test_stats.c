@@ -43,6 +43,7 @@ static const char *const stats_keys[] = {
 	"window",
 	"rate_window_used",
 	"rate_window_limit",
+	"rate_window_s",
 	"received",
 	"invalid",
 	"duplicate",
@@ -99,6 +100,7 @@ sample_gauges(void)
 	g.window = 5;
 	g.rate_window_used = 27;
 	g.rate_window_limit = 150;
+	g.rate_window_s = 5;
 	return g;
 }
 
