@@ -551,6 +551,31 @@ log_kv_at(const char *file, int line, const char *func, enum log_level level,
 	va_end(ap);
 }
 
+/*
+ * The journal fields every line has: its priority, our identifier, the
+ * event (event is the buffer that holds its name until the line is sent)
+ * and, when known, where in the code it was logged.
+ */
+static void
+fields_start(struct log_fields *f, enum log_level level, const char *msg,
+    const char *file, int line, const char *func, char *event)
+{
+	char		 num[32];
+
+	snprintf(num, sizeof(num), "%d", log_level_priorities[level]);
+	fields_add(f, "PRIORITY=", num, strlen(num));
+	fields_add(f, "SYSLOG_IDENTIFIER=", "usergated",
+	    sizeof("usergated") - 1);
+	log_event_name(msg, event, LOG_EVENT_MAX);
+	fields_add(f, "USERGATE_EVENT=", event, strlen(event));
+	if (file != NULL) {
+		fields_add(f, "CODE_FILE=", file, strlen(file));
+		snprintf(num, sizeof(num), "%d", line);
+		fields_add(f, "CODE_LINE=", num, strlen(num));
+		fields_add(f, "CODE_FUNC=", func, strlen(func));
+	}
+}
+
 static void
 log_vkv(const char *file, int line, const char *func, enum log_level level,
     const char *msg, va_list ap)
@@ -576,20 +601,8 @@ log_vkv(const char *file, int line, const char *func, enum log_level level,
 	/* iov[0] is kept for MESSAGE=, the line, filled in at the end. */
 	f.n = 1;
 	f.len = 0;
-	if (native) {
-		snprintf(num, sizeof(num), "%d", log_level_priorities[level]);
-		fields_add(&f, "PRIORITY=", num, strlen(num));
-		fields_add(&f, "SYSLOG_IDENTIFIER=", "usergated",
-		    sizeof("usergated") - 1);
-		log_event_name(msg, event, sizeof(event));
-		fields_add(&f, "USERGATE_EVENT=", event, strlen(event));
-		if (file != NULL) {
-			fields_add(&f, "CODE_FILE=", file, strlen(file));
-			snprintf(num, sizeof(num), "%d", line);
-			fields_add(&f, "CODE_LINE=", num, strlen(num));
-			fields_add(&f, "CODE_FUNC=", func, strlen(func));
-		}
-	}
+	if (native)
+		fields_start(&f, level, msg, file, line, func, event);
 
 	l.len = 0;
 	l.truncated = 0;
