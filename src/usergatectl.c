@@ -56,9 +56,15 @@ usage(FILE *f)
 	    "[--request-id ID]\n"
 	    "                   [--reply-to KEY] [--no-wait] "
 	    "[--timeout SECONDS]\n"
+	    "       usergatectl [-c CONFIG] [-S REQUEST_SOCK] [-s STATUS_SOCK] "
+	    "import FILE|-\n"
+	    "                   [--format csv|jsonl] [--report FILE] "
+	    "[--state FILE]\n"
+	    "                   [--window N] [--dry-run] [--quiet]\n"
 	    "\n"
 	    "  -s PATH        status socket (default " DEFAULT_STATUS ")\n"
 	    "  -S PATH        request socket (default " DEFAULT_REQUEST ")\n"
+	    "  -c CONFIG      import through Redis as usergated's config says\n"
 	    "  -h, --help     this help\n"
 	    "  -V, --version  the version\n"
 	    "\n"
@@ -72,8 +78,8 @@ usage(FILE *f)
  * belong to its group.  Name that group and the fix, rather than leave
  * the user wondering whether usergated is running.
  */
-static void
-say_not_allowed(const char *path)
+void
+ctl_say_not_allowed(const char *path)
 {
 	char dir[sizeof(((struct sockaddr_un *)NULL)->sun_path)], *slash;
 	const char *group = "usergate", *user = "YOUR-USER";
@@ -99,8 +105,8 @@ say_not_allowed(const char *path)
 	    user);
 }
 
-static int
-connect_to(const char *path)
+int
+ctl_connect(const char *path, int quiet)
 {
 	struct sockaddr_un sun;
 	int fd;
@@ -118,8 +124,12 @@ connect_to(const char *path)
 		return -1;
 	}
 	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		if (quiet) {
+			close(fd);
+			return -1;
+		}
 		if (errno == EACCES) {
-			say_not_allowed(path);
+			ctl_say_not_allowed(path);
 			close(fd);
 			return -1;
 		}
@@ -249,12 +259,45 @@ read_until(int fd, const char *end, int end_line, long timeout_ms)
 	return NULL;
 }
 
+/*
+ * Sends text (and a newline when newline is set) to the socket at path and
+ * reads the answer up to end (see read_until), malloc'd, or NULL (said why
+ * unless quiet, for a refused connection or a failed send).
+ */
+static char *
+exchange(const char *path, const char *text, int newline, const char *end,
+    int end_line, long timeout_ms, int quiet)
+{
+	char *answer;
+	int fd;
+
+	if ((fd = ctl_connect(path, quiet)) < 0)
+		return NULL;
+	if (write_all(fd, text, strlen(text)) != 0 ||
+	    (newline && write_all(fd, "\n", 1) != 0)) {
+		if (!quiet)
+			fprintf(stderr, "usergatectl: cannot send to %s: %s\n",
+			    path, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	answer = read_until(fd, end, end_line, timeout_ms);
+	close(fd);
+	return answer;
+}
+
+char *
+ctl_status_ask(const char *path, const char *line, int quiet)
+{
+	return exchange(path, line, 0, "\n\n", 1, STATUS_TIMEOUT_MS, quiet);
+}
+
 static int
 status_command(int argc, char **argv)
 {
 	char line[1024] = "";
 	char *answer;
-	int fd, i, rv;
+	int i, rv;
 
 	for (i = 0; i < argc; i++) {
 		if (strlen(line) + strlen(argv[i]) + 2 >= sizeof(line)) {
@@ -266,17 +309,7 @@ status_command(int argc, char **argv)
 		strcat(line, argv[i]);
 	}
 	strcat(line, "\n");
-	if ((fd = connect_to(status_path)) < 0)
-		return 2;
-	if (write_all(fd, line, strlen(line)) != 0) {
-		fprintf(stderr, "usergatectl: cannot send to %s: %s\n",
-		    status_path, strerror(errno));
-		close(fd);
-		return 2;
-	}
-	answer = read_until(fd, "\n\n", 1, STATUS_TIMEOUT_MS);
-	close(fd);
-	if (answer == NULL)
+	if ((answer = ctl_status_ask(status_path, line, 0)) == NULL)
 		return 2;
 	/*
 	 * An error answer goes to stderr, where whoever runs us looks for the
@@ -414,20 +447,7 @@ create_request(int argc, char **argv, char **text, long *timeout_ms, int *wait)
 static char *
 send_request(const char *text, long timeout_ms)
 {
-	char *answer;
-	int fd;
-
-	if ((fd = connect_to(request_path)) < 0)
-		return NULL;
-	if (write_all(fd, text, strlen(text)) || write_all(fd, "\n", 1)) {
-		fprintf(stderr, "usergatectl: cannot send to %s: %s\n",
-		    request_path, strerror(errno));
-		close(fd);
-		return NULL;
-	}
-	answer = read_until(fd, "\n", 0, timeout_ms);
-	close(fd);
-	return answer;
+	return exchange(request_path, text, 1, "\n", 0, timeout_ms, 0);
 }
 
 /* Prints the answer, indented, and frees it; the exit status is 0 when

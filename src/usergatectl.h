@@ -77,6 +77,17 @@ struct ctl_sink	*ctl_sink_socket(struct event_base *, const char *path,
 struct ctl_sink	*ctl_sink_redis(struct event_base *, const char *config_path,
 		    const struct ctl_sink_events *, char *err, size_t errlen);
 
+/*
+ * usergatectl.c: a Unix stream socket connected to path, or -1 after
+ * saying why on stderr (permission denied: ctl_say_not_allowed) unless
+ * quiet.  ctl_status_ask sends line (ending in a newline) to the status
+ * socket at path and gives its answer without the empty line that ends
+ * it (malloc'd), or NULL.
+ */
+int		 ctl_connect(const char *path, int quiet);
+void		 ctl_say_not_allowed(const char *path);
+char		*ctl_status_ask(const char *path, const char *line, int quiet);
+
 /* ctl_import.c: `usergatectl import ...`; argv[0] is "import". */
 int		 ctl_import(int argc, char **argv, const char *config_path,
 		    const char *request_path, const char *status_path);
