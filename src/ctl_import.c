@@ -568,6 +568,12 @@ read_line(struct import *im)
 	im->lineno++;
 	while (n > 0 && (im->buf[n - 1] == '\n' || im->buf[n - 1] == '\r'))
 		im->buf[--n] = '\0';
+	/* Spreadsheets start their UTF-8 exports with a byte order mark. */
+	if (im->lineno == 1 && n >= 3 && memcmp(im->buf, "\xef\xbb\xbf", 3)
+	    == 0) {
+		memmove(im->buf, im->buf + 3, (size_t)n - 2);
+		n -= 3;
+	}
 	return n;
 }
 
@@ -650,8 +656,8 @@ csv_header(struct import *im)
 			if (strcasecmp(name, csv_names[k].header) == 0)
 				im->column_field[i] = csv_names[k].field;
 		if (im->column_field[i] == NULL) {
-			say(im, "%s: line %ld: unknown column \"%s\" (identity, "
-			    "friendly_name, attributes, role_sid, "
+			say(im, "%s: line %ld: unknown column \"%s\" "
+			    "(identity, friendly_name, attributes, role_sid, "
 			    "webhook_enabled)", im->input, im->rec_line, name);
 			return -1;
 		}
@@ -719,7 +725,11 @@ csv_next(struct import *im, struct item *it)
 				    "unterminated quoted field");
 				im->in_record = 0;
 				csv_row_clear(im);
-				return im->header_done ? 1 : -1;
+				if (im->header_done)
+					return 1;
+				say(im, "%s: line %ld: the header: %s",
+				    im->input, it->line, it->message);
+				return -1;
 			}
 			if (!im->row_ready)
 				return 0;
@@ -783,9 +793,13 @@ input_next(struct import *im, struct item *it)
 	memset(it, 0, sizeof(*it));
 	if (im->eof)
 		return 0;
-	if ((im->format == INPUT_CSV ? csv_next(im, it) : jsonl_next(im, it))
-	    == 1)
+	switch (im->format == INPUT_CSV ? csv_next(im, it) :
+	    jsonl_next(im, it)) {
+	case 1:
 		return 1;
+	case -1:
+		return -1;
+	}
 	if (ferror(im->in)) {
 		say(im, "%s: %s", im->input, strerror(errno));
 		return -1;
@@ -1182,7 +1196,8 @@ summary(struct import *im, double seconds)
 	    im->input, all, im->sent, seconds, seconds > 0 ? im->sent /
 	    seconds : 0, im->skipped);
 	for (s = 0; s < RESULT_STATUS_COUNT; s++)
-		fprintf(stderr, "  %-10s %10lld\n", result_status_name(s), n[s]);
+		fprintf(stderr, "  %-10s %10lld\n", result_status_name(s),
+		    n[s]);
 	return bad;
 }
 
@@ -1325,11 +1340,31 @@ ends_with(const char *s, const char *tail)
 	return n >= t && strcasecmp(s + n - t, tail) == 0;
 }
 
+/*
+ * The run's key, in every RequestId: the same input file, or for standard
+ * input the same state file, gives the same RequestIds on every run.
+ */
+static int
+run_key(struct import *im)
+{
+	const char *what = strcmp(im->input, "-") != 0 ? im->input :
+	    im->state_path != NULL ? im->state_path : "-";
+	char *real = realpath(what, NULL);
+	uint64_t h;
+
+	if (real != NULL)
+		what = real;
+	h = hash_add(HASH_INIT, what, strlen(what));
+	snprintf(im->run_key, sizeof(im->run_key), "%016llx",
+	    (unsigned long long)h);
+	free(real);
+	return 0;
+}
+
 /* The input, its format, the state file and the run's key. */
 static int
 import_open(struct import *im)
 {
-	char *real, key[PATH_MAX + 16];
 	char defstate[PATH_MAX];
 	int stdin_input = strcmp(im->input, "-") == 0;
 
@@ -1357,7 +1392,7 @@ import_open(struct import *im)
 		csv_init(&im->csv, CSV_STRICT | CSV_STRICT_FINI |
 		    CSV_APPEND_NULL | CSV_EMPTY_IS_NULL);
 	if (im->dry_run)
-		return 0;
+		return run_key(im);
 	if (im->state_path == NULL && !stdin_input) {
 		snprintf(defstate, sizeof(defstate), "%s.import-state",
 		    im->input);
@@ -1374,14 +1409,7 @@ import_open(struct import *im)
 		    strerror(errno));
 		return -1;
 	}
-	/* The same input (or state file) gives the same RequestIds. */
-	real = realpath(stdin_input ? (im->state_path ? im->state_path :
-	    "/dev/stdin") : im->input, NULL);
-	snprintf(key, sizeof(key), "%s", real ? real : im->input);
-	free(real);
-	snprintf(im->run_key, sizeof(im->run_key), "%016llx",
-	    (unsigned long long)hash_add(HASH_INIT, key, strlen(key)));
-	return 0;
+	return run_key(im);
 }
 
 static void
@@ -1495,7 +1523,7 @@ ctl_import(int argc, char **argv, const char *config_path,
 	if (im.report_path != NULL && write_report(&im) != 0)
 		im.fatal = 1;
 	bad = summary(&im, now_s() - im.started);
-	if (im.signal != 0 || im.lost || (im.fatal && !im.eof)) {
+	if (im.signal != 0 || im.lost) {
 		if (im.signal != 0)
 			fprintf(stderr, "usergatectl: stopped by %s\n",
 			    im.signal == SIGINT ? "SIGINT" : "SIGTERM");

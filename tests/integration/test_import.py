@@ -6,12 +6,15 @@ and rerun (nobody created twice, only the unfinished lines sent again);
 Ctrl-C; and the progress bar as a terminal shows it."""
 import base64
 import csv
+import fcntl
 import json
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
+import termios
 import time
 import urllib.request
 
@@ -130,6 +133,10 @@ def test_import_5000_csv_line_by_line(imp, tmp_path):
     src = str(tmp_path / "users.csv")
     report = str(tmp_path / "report.csv")
     expect = big_csv(src)
+    # The README's check first: nothing sent, every good line printed.
+    rc, out, err = ctl(imp.d, "import", src, "--dry-run")
+    assert rc == 1 and len(out.splitlines()) == 4980
+    assert imp.d.stats()["received"] == 0
     t0 = time.monotonic()
     rc, out, err = ctl(imp.d, "import", src, "--report", report)
     took = time.monotonic() - t0
@@ -235,10 +242,14 @@ def test_bad_usage(imp, tmp_path):
         f.write("identity,shoe_size\na,42\n")
     rc, _, err = ctl(imp.d, "import", src)
     assert rc == 2 and 'unknown column "shoe_size"' in err
-    rc, _, err = subprocess.run([USERGATECTL, "-S", str(tmp_path / "no.sock"),
-                                 "import", src.replace("h.csv", "x.jsonl")],
-                                capture_output=True, text=True).returncode, None, None
-    assert rc == 2
+    assert "resume" not in err
+    # No such file; no daemon.
+    rc, _, err = ctl(imp.d, "import", str(tmp_path / "x.jsonl"))
+    assert rc == 2 and "x.jsonl: No such file or directory" in err
+    jsonl(str(tmp_path / "y.jsonl"), ["a"])
+    p = subprocess.run([USERGATECTL, "-S", str(tmp_path / "no.sock"), "import",
+                        str(tmp_path / "y.jsonl")], capture_output=True, text=True)
+    assert p.returncode == 2 and "is usergated running?" in p.stderr
 
 
 def slow_import(imp, tmp_path, n, latency_ms=20):
@@ -310,6 +321,7 @@ def test_progress_bar_on_a_terminal(env, tmp_path):
     stream = pyte.ByteStream(screen)
     pid, fd = pty.fork()
     if pid == 0:
+        fcntl.ioctl(2, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 150, 0, 0))
         os.environ["TERM"] = "xterm"
         os.execv(USERGATECTL, [USERGATECTL, "-s", d.status_socket, "-S",
                                d.socket, "import", src])
@@ -337,3 +349,42 @@ def test_progress_bar_on_a_terminal(env, tmp_path):
     text = "\n".join(screen.display)
     assert "import of %s: 350 lines finished" % src in text
     assert "[" not in screen.display[0]
+
+
+def test_daemon_lost_then_restarted(imp, tmp_path):
+    """The daemon dies under the import: exit 2, how to resume; once it is
+    back, the same command finishes the job without a second create."""
+    src = slow_import(imp, tmp_path, 2000)
+    state = src + ".import-state"
+    p = popen(imp.d, "import", src)
+    wait_for(lambda: os.path.exists(state) and len(state_entries(state)) >= 200,
+             timeout=30, what="200 lines finished")
+    imp.d.stop(signal.SIGKILL)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 2, err
+    assert "usergated closed the request socket" in err
+    assert "to resume, run the same command again:" in err
+    imp.twilio.control(latency_ms=0)
+    imp.d.start()
+    imp.d.wait_healthy()
+    rc, out, err = ctl(imp.d, "import", src)
+    assert rc == 0, err
+    st = imp.twilio.stats()
+    assert st["duplicate_creates"] == {} and st["creates"] == 2000
+
+
+def test_redis_down_requests_sent_again(imp, tmp_path):
+    """With Redis down usergated answers unavailable: the import sends
+    those requests again, with a backoff, until Redis is back."""
+    src = str(tmp_path / "r.jsonl")
+    jsonl(src, ["r-%d" % i for i in range(300)])
+    imp.redis.stop()
+    wait_for(lambda: imp.d.health_or_none() not in (None, "ok"), what="degraded")
+    p = popen(imp.d, "import", src, "--quiet")
+    time.sleep(1.5)
+    assert p.poll() is None
+    imp.redis.start()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert len(state_entries(src + ".import-state")) == 300
+    assert imp.twilio.stats()["creates"] == 300
