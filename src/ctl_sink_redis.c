@@ -16,14 +16,17 @@
  * reply is sent again after the reconnect (the daemon answers a request
  * sent twice as a duplicate, or from its record), and results are removed
  * from the reply key only after they were handed over, so a result may come
- * twice but never not at all.  The import keeps the first.  A daemon
- * restart is nothing to this sink: the requests wait in Redis.
+ * twice but never not at all.  The import keeps the first.  After a
+ * failover, what the old primary acknowledged and may have lost is pushed
+ * again (unanswered_resend).  A daemon restart is nothing to this sink:
+ * the requests wait in Redis.
  */
 #include "config.h"
 
 #include <sys/queue.h>
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,15 +51,21 @@
 #define GIVE_UP_FIRST_S		10
 #define GIVE_UP_S		60
 #define CLIENT_NAME		"usergatectl-import"
+#define UNANSWERED_BUCKETS	4096	/* a power of two */
 
-/* A command to send, or sent and not yet answered. */
+/*
+ * A command to send, or sent and not yet answered; an LPUSH that Redis
+ * acknowledged is kept, by its RequestId, until its result comes.
+ */
 struct command {
 	TAILQ_ENTRY(command) link;
+	struct command	*next;		/* in its unanswered bucket */
 	struct rsink	*sink;
 	int		 get;		/* GET user:{identity}, else LPUSH */
 	char		*arg;		/* the request's text, or the key */
 	size_t		 len;
 	char		*identity;	/* GET: as the import asked it */
+	char		*request_id;	/* LPUSH: NULL when it has none */
 	void		(*done)(const char *, json_t *, void *);
 	void		*arg_done;
 };
@@ -85,6 +94,9 @@ struct rsink {
 
 	struct commands		 waiting;	/* not on the wire */
 	struct commands		 sent;		/* on cmd, in order */
+	/* LPUSHed, acknowledged, no result yet: pushed again after a
+	 * failover, since the old primary may have lost them. */
+	struct command		*unanswered[UNANSWERED_BUCKETS];
 	int			 gone;		/* lost told: nothing more */
 	int			 busy;		/* in an import callback */
 	int			 closed;	/* close asked while busy */
@@ -111,7 +123,54 @@ command_free(struct command *c)
 {
 	free(c->arg);
 	free(c->identity);
+	free(c->request_id);
 	free(c);
+}
+
+/* FNV-1a of a RequestId, into the unanswered buckets. */
+static struct command **
+unanswered_bucket(struct rsink *s, const char *id)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *id != '\0'; id++)
+		h = (h ^ (unsigned char)*id) * 16777619u;
+	return &s->unanswered[h & (UNANSWERED_BUCKETS - 1)];
+}
+
+/* The unanswered LPUSH of id, taken out of its bucket; NULL if none. */
+static struct command *
+unanswered_take(struct rsink *s, const char *id)
+{
+	struct command **p, *c;
+
+	for (p = unanswered_bucket(s, id); (c = *p) != NULL; p = &c->next)
+		if (strcmp(c->request_id, id) == 0) {
+			*p = c->next;
+			return c;
+		}
+	return NULL;
+}
+
+/*
+ * After a failover every LPUSH not answered yet goes out again: the old
+ * primary acknowledged it but may have lost it, had the replica not got it
+ * before the promotion.  One that was not lost is answered twice, which
+ * the import ignores (its first result counts); the daemon answers the
+ * second from its dedup, creating nobody twice.
+ */
+static void
+unanswered_resend(struct rsink *s)
+{
+	struct command *c;
+	size_t i;
+
+	for (i = 0; i < UNANSWERED_BUCKETS; i++)
+		while ((c = s->unanswered[i]) != NULL) {
+			s->unanswered[i] = c->next;
+			c->next = NULL;
+			TAILQ_INSERT_TAIL(&s->waiting, c, link);
+		}
 }
 
 /* Frees everything; the connections' pending callbacks see NULL replies
@@ -132,6 +191,11 @@ rsink_free(struct rsink *s)
 		TAILQ_REMOVE(&s->sent, c, link);
 		command_free(c);
 	}
+	while ((c = TAILQ_FIRST(&s->waiting)) != NULL) {
+		TAILQ_REMOVE(&s->waiting, c, link);
+		command_free(c);
+	}
+	unanswered_resend(s);
 	while ((c = TAILQ_FIRST(&s->waiting)) != NULL) {
 		TAILQ_REMOVE(&s->waiting, c, link);
 		command_free(c);
@@ -325,6 +389,10 @@ on_master_addr(struct queue_conn *c, redisReply *r, void *arg)
 		sentinel_ask(s);
 		return;
 	}
+	if (s->primary_host[0] != '\0' &&
+	    (strcmp(s->primary_host, r->element[0]->str) != 0 ||
+	    s->primary_port != (unsigned)port))
+		unanswered_resend(s);
 	memcpy(s->primary_host, r->element[0]->str, r->element[0]->len + 1);
 	s->primary_port = (unsigned)port;
 	links_open(s);
@@ -544,7 +612,12 @@ on_command(struct queue_conn *qc, redisReply *r, void *arg)
 		call_end(s);
 		return;
 	}
-	command_free(c);
+	if (c->request_id == NULL) {
+		command_free(c);
+		return;
+	}
+	c->next = *unanswered_bucket(s, c->request_id);
+	*unanswered_bucket(s, c->request_id) = c;
 }
 
 /* ------------------------------------------------------------------ */
@@ -582,6 +655,7 @@ on_trimmed(struct queue_conn *c, redisReply *r, void *arg)
 static void
 result_hand(struct rsink *s, const redisReply *e)
 {
+	struct command *c;
 	json_t *v = NULL, *id;
 	char err[128];
 
@@ -592,8 +666,11 @@ result_hand(struct rsink *s, const redisReply *e)
 		return;
 	}
 	if ((id = json_object_get(v, "request_id")) != NULL &&
-	    json_is_string(id))
+	    json_is_string(id)) {
+		if ((c = unanswered_take(s, json_string_value(id))) != NULL)
+			command_free(c);
 		s->ev.result(json_string_value(id), v, s->ev.arg);
+	}
 	json_decref(v);
 }
 
@@ -685,7 +762,7 @@ rsink_send(struct ctl_sink *sink, const char *json, size_t len, char *err,
 	struct rsink *s = (struct rsink *)sink;
 	struct command *c;
 	json_error_t jerr;
-	json_t *v;
+	json_t *v, *id;
 
 	if (s->gone) {
 		snprintf(err, errlen, "the redis link is lost");
@@ -706,6 +783,10 @@ rsink_send(struct ctl_sink *sink, const char *json, size_t len, char *err,
 		return -1;
 	}
 	c->arg = json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII);
+	if ((id = json_object_get(v, "RequestId")) != NULL ||
+	    (id = json_object_get(v, "request_id")) != NULL)
+		c->request_id = json_is_string(id) ?
+		    strdup(json_string_value(id)) : NULL;
 	json_decref(v);
 	if (c->arg == NULL) {
 		command_free(c);

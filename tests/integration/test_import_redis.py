@@ -3,8 +3,9 @@ daemon's own config file says, against the real daemon, redis-server and
 the fake Twilio.  A few thousand CSV lines with msgpack results; an
 operator who may read the config and the Redis password but not the
 Twilio secret, through the ACL user of docs/operations.md; rediss://;
-the daemon restarted (and Redis restarted) in the middle of an import;
-and the resume that asks Redis when the state file is gone."""
+the daemon restarted, Redis restarted, and a Sentinel failover in the
+middle of an import; and the resume that asks Redis when the state file
+is gone."""
 import os
 import pwd
 import shutil
@@ -289,3 +290,34 @@ def test_resume_from_redis_without_state_file(imp, tmp_path):
     assert sent == n - created, (sent, n, created)
     rows = check_all_once(imp, report, n)
     assert sum(1 for r in rows.values() if r["status"] == "exists") == created
+
+
+def test_sentinel_failover_midway(env, tmp_path):
+    """The primary asked of the Sentinels, and a failover in the middle:
+    the import follows the new primary and finishes, nobody created twice.
+    (It did not finish before the import pushed again what had no result
+    after a failover: some pushes went to the old primary alone.)"""
+    from test_sentinel import MASTER, Cluster, wait_failover
+    env.start_redis()
+    env.start_twilio()
+    c = Cluster(env)
+    env.d = env.daemon(extra=dict(FAST, **{
+        "redis.sentinels": c.sentinels_conf(), "redis.master_name": MASTER,
+        "redis.port": "9"}))
+    env.d.wait_healthy()
+    n = 3000
+    report = str(tmp_path / "r.csv")
+    p, src, state = start_slow(env, tmp_path, n, 300, "--report", report)
+    old = c.primary_port()
+    c.sentinels[0][1].execute_command("SENTINEL", "FAILOVER", MASTER)
+    wait_failover(c, old, "the replica promoted")
+    assert state_lines(state) < n
+    out, err = p.communicate(timeout=120 * SLOW)
+    assert p.returncode == 0, err
+    rows = read_report(report)
+    assert sorted(rows) == list(range(1, n + 1))
+    assert {r["status"] for r in rows.values()} <= \
+        {"created", "exists", "duplicate"}
+    st = env.twilio.stats()
+    assert st["duplicate_creates"] == {}
+    assert st["creates"] == n
