@@ -525,8 +525,10 @@ command_send(struct rsink *s, struct command *c)
 		TAILQ_INSERT_TAIL(&s->waiting, c, link);
 }
 
-static struct queue_conn *
-link_open(struct rsink *s, long command_timeout_ms)
+/* Opens one connection into *slot: 0, or -1 after give_up (which may
+ * have freed s). */
+static int
+link_open(struct rsink *s, struct queue_conn **slot)
 {
 	struct queue_conn_params p;
 	struct queue_conn_events ev = { NULL, on_closed, NULL, s };
@@ -544,14 +546,15 @@ link_open(struct rsink *s, long command_timeout_ms)
 		p.unix_socket = NULL;
 	}
 	p.connect_timeout_ms = CONNECT_TIMEOUT_MS;
-	p.command_timeout_ms = command_timeout_ms;
+	p.command_timeout_ms = COMMAND_TIMEOUT_MS;
 	if ((c = queue_conn_open(s->base, &p, &ev, err, sizeof(err))) ==
 	    NULL) {
 		give_up(s, "redis %s: %s", err);
-		return NULL;
+		return -1;
 	}
+	*slot = c;
 	hello(s, c);
-	return c;
+	return 0;
 }
 
 /* Opens both connections and sends what waited, at once: Redis runs it
@@ -561,10 +564,8 @@ links_open(struct rsink *s)
 {
 	struct command *c;
 
-	if (s->gone)
-		return;
-	if ((s->cmd = link_open(s, COMMAND_TIMEOUT_MS)) == NULL ||
-	    (s->blk = link_open(s, COMMAND_TIMEOUT_MS)) == NULL)
+	if (s->gone || link_open(s, &s->cmd) == -1 ||
+	    link_open(s, &s->blk) == -1)
 		return;
 	while ((c = TAILQ_FIRST(&s->waiting)) != NULL) {
 		TAILQ_REMOVE(&s->waiting, c, link);
