@@ -94,6 +94,7 @@ struct import {
 	enum input_format format;
 	const char	*report_path;
 	const char	*state_path;
+	char		*state_alloc;	/* state_path when made here */
 	long		 window;
 	int		 dry_run;
 	int		 quiet;
@@ -1396,8 +1397,9 @@ import_open(struct import *im)
 	if (im->state_path == NULL && !stdin_input) {
 		snprintf(defstate, sizeof(defstate), "%s.import-state",
 		    im->input);
-		if ((im->state_path = strdup(defstate)) == NULL)
+		if ((im->state_alloc = strdup(defstate)) == NULL)
 			return -1;
+		im->state_path = im->state_alloc;
 	}
 	if (im->state_path != NULL)
 		im->state = fopen(im->state_path, "a+");
@@ -1435,6 +1437,7 @@ import_free(struct import *im)
 		fclose(im->state);
 	free(im->marks);
 	free(im->buf);
+	free(im->state_alloc);
 }
 
 int

@@ -183,15 +183,17 @@ static void
 on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct sock_sink *s = arg;
+	int e = EVUTIL_SOCKET_ERROR();
 	char reason[256];
 
 	(void)bev;
-	if (what & BEV_EVENT_EOF)
+	/* A write may see the hang-up before a read does. */
+	if ((what & BEV_EVENT_EOF) || e == EPIPE || e == ECONNRESET)
 		snprintf(reason, sizeof(reason),
 		    "usergated closed the request socket");
 	else
 		snprintf(reason, sizeof(reason), "request socket: %s",
-		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		    evutil_socket_error_to_string(e));
 	sink_lost(s, reason);
 }
 

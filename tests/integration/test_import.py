@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import struct
@@ -307,14 +308,19 @@ def test_ctrl_c_says_how_to_resume(imp, tmp_path):
     assert imp.twilio.stats()["creates"] == 3000
 
 
-def test_progress_bar_on_a_terminal(env, tmp_path):
-    """A pseudo-terminal sees the bar redrawn in place: two different
-    states of it on the same screen line, and the summary at the end."""
+def paced_daemon(env):
+    """A daemon held to 100 creates a second: an import that lasts."""
     env.start_redis()
     env.start_twilio()
     d = env.daemon(extra=dict(FAST, **{"twilio.rate_limit": "100",
                                        "twilio.rate_window_s": "1"}))
-    d.wait_healthy()
+    return d.wait_healthy()
+
+
+def test_progress_bar_on_a_terminal(env, tmp_path):
+    """A pseudo-terminal sees the bar redrawn in place: two different
+    states of it on the same screen line, and the summary at the end."""
+    d = paced_daemon(env)
     src = str(tmp_path / "t.jsonl")
     jsonl(src, ["t-%d" % i for i in range(350)])
     screen = pyte.Screen(150, 24)
@@ -388,3 +394,18 @@ def test_redis_down_requests_sent_again(imp, tmp_path):
     assert p.returncode == 0, err
     assert len(state_entries(src + ".import-state")) == 300
     assert imp.twilio.stats()["creates"] == 300
+
+
+def test_plain_progress_when_not_a_terminal(env, tmp_path):
+    """Standard error to a pipe: a plain line every 5 seconds, no bar and
+    no control strings."""
+    d = paced_daemon(env)
+    src = str(tmp_path / "p.jsonl")
+    jsonl(src, ["p-%d" % i for i in range(650)])
+    rc, out, err = ctl(d, "import", src)
+    assert rc == 0, err
+    lines = [x for x in err.splitlines() if x.startswith("usergatectl: import: ")]
+    assert lines, err
+    assert re.match(r"usergatectl: import: \d+/650 created \d+ exists 0 duplicate 0 "
+                    r"invalid 0 failed 0  \d+/s  ETA \d+m\d\ds$", lines[0]), lines
+    assert "\x1b" not in err and "\r" not in err and "[" not in err
