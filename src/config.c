@@ -22,6 +22,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -274,6 +275,7 @@ static int	 read_secret(const char *, const char *, char **, char *,
 		    size_t);
 static int	 resolve_secret(struct config_load *, const char *, size_t,
 		    const char *, char **);
+static int	 resolve_redis_secrets(struct config_load *);
 static int	 resolve_credentials(struct config_load *, int);
 static void	 secret_free(char **);
 static int	 values_differ(const struct config *, const struct config *,
@@ -1292,6 +1294,21 @@ resolve_secret(struct config_load *ld, const char *variable, size_t file_key,
 	return 0;
 }
 
+/* The Redis password and the Sentinels' (NULL when none). */
+static int
+resolve_redis_secrets(struct config_load *ld)
+{
+	struct config	*cfg = ld->cfg;
+
+	if (resolve_secret(ld, NULL, key_find("redis", "password_file"),
+	    "redis-password", &cfg->redis_password) == -1 ||
+	    resolve_secret(ld, NULL,
+	    key_find("redis", "sentinel_password_file"),
+	    "redis-sentinel-password", &cfg->sentinel_password) == -1)
+		return -1;
+	return 0;
+}
+
 /*
  * Picks the Twilio credential pair -- API key and secret when both are
  * there, else account SID and auth token -- and the Redis password.  The
@@ -1305,17 +1322,14 @@ resolve_credentials(struct config_load *ld, int require)
 	const char	*hint = "";
 	const char	*where = ld->path != NULL ? ld->path : "";
 
+	if (require == CONFIG_CREDENTIALS_REDIS_ONLY)
+		return resolve_redis_secrets(ld);
 	if (resolve_secret(ld, "TWILIO_API_SECRET",
 	    key_find("twilio", "api_secret_file"), "twilio-api-secret",
 	    &api_secret) == -1 ||
 	    resolve_secret(ld, "TWILIO_AUTH_TOKEN",
 	    key_find("twilio", "auth_token_file"), "twilio-auth-token",
-	    &auth_token) == -1 ||
-	    resolve_secret(ld, NULL, key_find("redis", "password_file"),
-	    "redis-password", &cfg->redis_password) == -1 ||
-	    resolve_secret(ld, NULL,
-	    key_find("redis", "sentinel_password_file"),
-	    "redis-sentinel-password", &cfg->sentinel_password) == -1)
+	    &auth_token) == -1 || resolve_redis_secrets(ld) == -1)
 		goto fail;
 
 	if (*cfg->api_key != '\0' && api_secret != NULL) {
@@ -1326,7 +1340,7 @@ resolve_credentials(struct config_load *ld, int require)
 		cfg->auth_user = strdup(cfg->account_sid);
 		cfg->auth_secret = auth_token;
 		auth_token = NULL;
-	} else if (require) {
+	} else if (require == CONFIG_CREDENTIALS_REQUIRED) {
 		if (*cfg->api_key != '\0')
 			hint = "; api_key is set but no API secret was found";
 		else if (*cfg->account_sid != '\0')
@@ -1365,7 +1379,23 @@ secret_free(char **secret)
 }
 
 int
-config_load(const char *path, struct config *cfg, int require_credentials,
+config_credentials_beside(const char *path)
+{
+	const char	*dir = getenv("CREDENTIALS_DIRECTORY");
+	char		*copy;
+	int		 r;
+
+	if (dir != NULL && *dir != '\0')
+		return 0;
+	if ((copy = strdup(path)) == NULL)
+		return -1;
+	r = setenv("CREDENTIALS_DIRECTORY", dirname(copy), 1);
+	free(copy);
+	return r;
+}
+
+int
+config_load(const char *path, struct config *cfg, int credentials,
     char *err, size_t errlen)
 {
 	struct config_load ld;
@@ -1402,7 +1432,7 @@ config_load(const char *path, struct config *cfg, int require_credentials,
 		goto fail;
 	url_password = cfg->redis.password;
 	cfg->redis.password = NULL;
-	if (resolve_credentials(&ld, require_credentials) == -1 ||
+	if (resolve_credentials(&ld, credentials) == -1 ||
 	    merge_redis_password(&ld, &url_password) == -1)
 		goto fail;
 	return 0;

@@ -1462,11 +1462,17 @@ ctl_import(int argc, char **argv, const char *config_path,
 	if ((rv = import_options(&im, argc, argv)) != -1)
 		return rv;
 	if (config_path != NULL) {
-		if (config_load(config_path, &cfg, 0, err, sizeof(err)) != 0) {
+		/* As the Redis sink reads it: no Twilio secret, which the
+		 * operator may not be allowed to read. */
+		if (config_credentials_beside(config_path) != 0)
+			snprintf(err, sizeof(err), "%s", strerror(errno));
+		else if (config_load(config_path, &cfg,
+		    CONFIG_CREDENTIALS_REDIS_ONLY, err, sizeof(err)) == 0)
+			have_cfg = 1;
+		if (!have_cfg) {
 			fprintf(stderr, "usergatectl: %s\n", err);
 			return 2;
 		}
-		have_cfg = 1;
 		/* ReplyTo is checked as the daemon checks it. */
 		scope.allowed = cfg.reply_prefix;
 		scope.own = cfg.prefix;

@@ -11,7 +11,6 @@
 #include <sys/prctl.h>
 
 #include <errno.h>
-#include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -392,28 +391,6 @@ parse_options(int argc, char **argv, int *check_only)
 	return -1;
 }
 
-/*
- * -n run from a shell checks what the unit would start with: outside
- * systemd (no $CREDENTIALS_DIRECTORY) the credentials are read from the
- * configuration file's directory, where the unit's LoadCredential= lines
- * take them from (/etc/usergate/twilio-api-secret, ...).  0, or -1.
- */
-static int
-credentials_beside_config(void)
-{
-	const char *dir = getenv("CREDENTIALS_DIRECTORY");
-	char *copy;
-	int r;
-
-	if (dir != NULL && *dir != '\0')
-		return 0;
-	if ((copy = strdup(config_path)) == NULL)
-		return -1;
-	r = setenv("CREDENTIALS_DIRECTORY", dirname(copy), 1);
-	free(copy);
-	return r;
-}
-
 /* The event loop and the signals it handles; 0, or -1 (logged). */
 static int
 loop_init(void)
@@ -484,7 +461,8 @@ main(int argc, char **argv)
 	if ((rv = parse_options(argc, argv, &check_only)) != -1)
 		return rv;
 
-	if (check_only && credentials_beside_config() != 0) {
+	/* -n run from a shell checks what the unit would start with. */
+	if (check_only && config_credentials_beside(config_path) != 0) {
 		fprintf(stderr, "usergated: %s\n", strerror(errno));
 		return 1;
 	}

@@ -587,6 +587,16 @@ queue_conn_close(struct queue_conn *c)
 	teardown(c, NULL);
 }
 
+void
+queue_conn_tls_config(struct queue_conn_params *p, const struct config *c)
+{
+	p->tls = config_redis_tls(c);
+	p->tls_ca_file = c->redis_tls_ca_file;
+	p->tls_cert_file = c->redis_tls_cert_file;
+	p->tls_key_file = c->redis_tls_key_file;
+	p->tls_server_name = c->redis_tls_server_name;
+}
+
 int
 queue_conn_is_up(const struct queue_conn *c)
 {

@@ -138,6 +138,10 @@ struct queue_conn *queue_conn_open(struct event_base *,
 int		 queue_conn_send_argv(struct queue_conn *, queue_conn_cb *,
 		    void *, int, const char **, const size_t *);
 void		 queue_conn_close(struct queue_conn *);
+/* The [redis] tls_* keys of cfg into p (config_redis_tls says when TLS is
+ * on): the daemon's link and usergatectl's import connect alike. */
+void		 queue_conn_tls_config(struct queue_conn_params *,
+		    const struct config *);
 int		 queue_conn_is_up(const struct queue_conn *);
 size_t		 queue_conn_pending(const struct queue_conn *);
 
@@ -171,7 +175,6 @@ void		 queue_link_up(int);
 void		 queue_hello_failed(struct queue_conn *, const char *,
 		    const redisReply *);
 void		 queue_link_params(struct queue_conn_params *);
-void		 queue_link_tls(struct queue_conn_params *);
 void		 queue_link_hello(struct queue_conn *, queue_conn_cb *);
 int		 queue_failover(const redisReply *);
 int		 queue_durable_send(queue_conn_cb *, void *);

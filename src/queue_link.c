@@ -1007,26 +1007,13 @@ queue_link_params(struct queue_conn_params *p)
 	p->host = to->host;
 	p->port = (unsigned)to->port;
 	p->unix_socket = to->path;
-	queue_link_tls(p);
+	queue_conn_tls_config(p, ug.cfg);
 	sentinel_primary_params(p);
 	if (moved_host[0] != '\0') {
 		p->host = moved_host;
 		p->port = moved_port;
 		p->unix_socket = NULL;
 	}
-}
-
-/* The [redis] tls_* keys into p (config_redis_tls says when TLS is on). */
-void
-queue_link_tls(struct queue_conn_params *p)
-{
-	struct config *c = ug.cfg;
-
-	p->tls = config_redis_tls(c);
-	p->tls_ca_file = c->redis_tls_ca_file;
-	p->tls_cert_file = c->redis_tls_cert_file;
-	p->tls_key_file = c->redis_tls_key_file;
-	p->tls_server_name = c->redis_tls_server_name;
 }
 
 /* The TLS settings as one string, to tell whether a reload changed them. */
@@ -1037,7 +1024,7 @@ tls_settings(void)
 	char *s;
 
 	memset(&p, 0, sizeof(p));
-	queue_link_tls(&p);
+	queue_conn_tls_config(&p, ug.cfg);
 	if (asprintf(&s, "%d\n%s\n%s\n%s\n%s", p.tls, p.tls_ca_file,
 	    p.tls_cert_file, p.tls_key_file, p.tls_server_name) < 0)
 		return NULL;

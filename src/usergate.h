@@ -275,11 +275,22 @@ const struct config_key *config_keys(size_t *count);
  * Loads path (NULL: built-in defaults only), applies TWILIO_* overrides,
  * reads the secret files (or $CREDENTIALS_DIRECTORY), derives api_base and
  * validates everything.  On error returns -1 with a message naming file,
- * line and key in err; cfg is then left freed.  A missing credential pair is
- * an error only when require_credentials is set.
+ * line and key in err; cfg is then left freed.  credentials is one of:
  */
+#define CONFIG_CREDENTIALS_OPTIONAL	0	/* a missing pair is fine */
+#define CONFIG_CREDENTIALS_REQUIRED	1	/* the daemon's */
+/* The Twilio secrets are not read at all, only Redis' (usergatectl import
+ * -c, run by someone who may read the Redis password but not Twilio's). */
+#define CONFIG_CREDENTIALS_REDIS_ONLY	2
 int		 config_load(const char *path, struct config *cfg,
-		    int require_credentials, char *err, size_t errlen);
+		    int credentials, char *err, size_t errlen);
+/*
+ * Outside systemd (no $CREDENTIALS_DIRECTORY), sets $CREDENTIALS_DIRECTORY
+ * to the directory of the config file at path: the unit's LoadCredential=
+ * lines take the credentials from there (/etc/usergate/redis-password),
+ * so a run from a shell reads what the unit would.  0, or -1 (errno set).
+ */
+int		 config_credentials_beside(const char *path);
 void		 config_free(struct config *cfg);
 /* Writes into out the comma-separated names of keys that differ between old
  * and new but cannot change without a restart; returns how many. */

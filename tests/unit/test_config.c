@@ -1348,6 +1348,65 @@ test_credential_pairs(void)
 	}
 }
 
+/*
+ * usergatectl import -c: the Twilio secrets are not read at all (here one
+ * that would be refused, and a file that does not exist), the Redis ones
+ * are, from beside the config file as the unit's LoadCredential= has it.
+ */
+static void
+test_redis_only(void)
+{
+	struct config	 cfg;
+	char		 dir[PATH_MAX], path[PATH_MAX], text[TEXTLEN];
+	char		 err[ERRLEN];
+
+	clear_env();
+	snprintf(dir, sizeof(dir), "%s/beside", tmpdir);
+	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+		CU_FAIL_FATAL("mkdir beside");
+		return;
+	}
+	write_file("beside/twilio-api-secret", "beside-secret\n", 0644, path,
+	    sizeof(path));
+	write_file("beside/redis-password", "beside-redis\n", 0600, path,
+	    sizeof(path));
+	write_file("beside/redis-sentinel-password", "beside-sentinel\n",
+	    0600, path, sizeof(path));
+	snprintf(text, sizeof(text), "[twilio]\napi_key = " SK_1 "\n"
+	    "account_sid = " AC_1 "\nauth_token_file = %s/nonexistent\n",
+	    tmpdir);
+	write_file("beside/usergate.conf", text, 0644, path, sizeof(path));
+	CU_ASSERT_EQUAL(config_credentials_beside(path), 0);
+	check_str("beside", getenv("CREDENTIALS_DIRECTORY"), dir, __LINE__);
+	/* Already set (under systemd): left alone. */
+	CU_ASSERT_EQUAL(config_credentials_beside("/elsewhere/x.conf"), 0);
+	check_str("set already", getenv("CREDENTIALS_DIRECTORY"), dir,
+	    __LINE__);
+
+	CU_ASSERT_EQUAL(config_load(path, &cfg, CONFIG_CREDENTIALS_REQUIRED,
+	    err, sizeof(err)), -1);
+	if (config_load(path, &cfg, CONFIG_CREDENTIALS_REDIS_ONLY, err,
+	    sizeof(err)) != 0)
+		check_str("redis only", err, "", __LINE__);
+	else {
+		CU_ASSERT_PTR_NULL(cfg.auth_user);
+		CU_ASSERT_PTR_NULL(cfg.auth_secret);
+		check_str("redis_password", cfg.redis_password, "beside-redis",
+		    __LINE__);
+		check_str("sentinel_password", cfg.sentinel_password,
+		    "beside-sentinel", __LINE__);
+		config_free(&cfg);
+	}
+	/* The Redis password is still checked as the daemon checks it. */
+	write_file("beside/redis-password", "beside-redis\n", 0640, text,
+	    sizeof(text));
+	CU_ASSERT_EQUAL(config_load(path, &cfg, CONFIG_CREDENTIALS_REDIS_ONLY,
+	    err, sizeof(err)), -1);
+	check_true("redis password mode", strstr(err, "has mode 0640") !=
+	    NULL, __LINE__);
+	clear_env();
+}
+
 /* ------------------------------------------------------------------ */
 
 static void
@@ -1698,6 +1757,7 @@ main(void)
 	    CU_add_test(suite, "defaults", test_defaults) == NULL ||
 	    CU_add_test(suite, "SPEC block", test_spec_block) == NULL ||
 	    CU_add_test(suite, "values", test_values) == NULL ||
+	    CU_add_test(suite, "redis only", test_redis_only) == NULL ||
 	    CU_add_test(suite, "errors", test_errors) == NULL ||
 	    CU_add_test(suite, "redis keys", test_redis_keys) == NULL ||
 	    CU_add_test(suite, "redis password twice",
