@@ -956,6 +956,39 @@ tell_invalid(struct import *im, const struct item *it)
  * state file has finished with the same text are counted, not sent, but
  * for failed ones, which get another chance.
  */
+/*
+ * A line that needs no sending: finished in an earlier run (with the same
+ * text), invalid here, or a dry run's.  1 when it is accounted for.
+ */
+static int
+item_settled(struct import *im, struct item *it, const struct mark *m)
+{
+	if (m != NULL && m->status != 0 && m->hash == it->hash &&
+	    m->status - 1 != RESULT_FAILED) {
+		im->count[m->status - 1]++;
+		im->done++;
+		im->skipped++;
+		return 1;
+	}
+	if (it->text == NULL) {
+		tell_invalid(im, it);
+		if (!im->dry_run)
+			state_record(im, it->line, it->hash, RESULT_INVALID,
+			    it->identity, NULL, it->code, it->message);
+		else {
+			im->count[RESULT_INVALID]++;
+			im->done++;
+		}
+		return 1;
+	}
+	if (im->dry_run) {
+		printf("%s\n", it->text);
+		im->done++;
+		return 1;
+	}
+	return 0;
+}
+
 static void
 pump(struct import *im)
 {
@@ -982,30 +1015,7 @@ pump(struct import *im)
 			break;
 		}
 		m = mark_at(im, it.line, 0);
-		if (m != NULL && m->status != 0 && m->hash == it.hash &&
-		    m->status - 1 != RESULT_FAILED) {
-			im->count[m->status - 1]++;
-			im->done++;
-			im->skipped++;
-			item_free(&it);
-			continue;
-		}
-		if (it.text == NULL) {
-			tell_invalid(im, &it);
-			if (!im->dry_run)
-				state_record(im, it.line, it.hash,
-				    RESULT_INVALID, it.identity, NULL, it.code,
-				    it.message);
-			else {
-				im->count[RESULT_INVALID]++;
-				im->done++;
-			}
-			item_free(&it);
-			continue;
-		}
-		if (im->dry_run) {
-			printf("%s\n", it.text);
-			im->done++;
+		if (item_settled(im, &it, m)) {
 			item_free(&it);
 			continue;
 		}
@@ -1441,6 +1451,96 @@ import_free(struct import *im)
 	free(im->state_alloc);
 }
 
+/*
+ * -c: the daemon's config file, as the Redis sink reads it (no Twilio
+ * secret, which the operator may not be allowed to read), for the
+ * ReplyTo scope and the rate limit.  0, or -1 after saying why.
+ */
+static int
+import_config(struct import *im, const char *path, struct config *cfg,
+    struct reply_scope *scope)
+{
+	char err[512];
+
+	if (config_credentials_beside(path) != 0) {
+		fprintf(stderr, "usergatectl: %s\n", strerror(errno));
+		return -1;
+	}
+	if (config_load(path, cfg, CONFIG_CREDENTIALS_REDIS_ONLY, err,
+	    sizeof(err)) != 0) {
+		fprintf(stderr, "usergatectl: %s\n", err);
+		return -1;
+	}
+	/* ReplyTo is checked as the daemon checks it. */
+	scope->allowed = cfg->reply_prefix;
+	scope->own = cfg->prefix;
+	im->scope = scope;
+	/* rate_limit is creates per second, over the window. */
+	if (cfg->rate_limit > 0)
+		im->limit_rate = cfg->rate_limit;
+	return 0;
+}
+
+/* Through Redis with -c, else the request socket.  0, or -1 said. */
+static int
+import_sink(struct import *im, const struct ctl_sink_events *ev,
+    const char *config_path, const char *request_path)
+{
+	char err[512] = "";
+
+	if (config_path != NULL)
+		im->sink = ctl_sink_redis(im->base, config_path, ev, err,
+		    sizeof(err));
+	else
+		im->sink = ctl_sink_socket(im->base, request_path, ev, err,
+		    sizeof(err));
+	if (im->sink == NULL && err[0] != '\0')
+		fprintf(stderr, "usergatectl: %s\n", err);
+	return im->sink != NULL ? 0 : -1;
+}
+
+/* --dry-run: every line validated and printed, nothing sent. */
+static int
+import_dry_run(struct import *im)
+{
+	im->ready = 1;
+	pump(im);
+	if (!im->quiet)
+		fprintf(stderr, "usergatectl: dry run of %s: %lld lines, "
+		    "%lld invalid\n", im->input, im->done,
+		    im->count[RESULT_INVALID]);
+	return im->fatal ? 2 : im->count[RESULT_INVALID] > 0;
+}
+
+/* The loop, with the progress tick and the signals, until it ends. */
+static int
+import_run(struct import *im)
+{
+	struct event *tick, *sigint, *sigterm;
+	struct timeval second = { 1, 0 };
+	int rv = -1;
+
+	tick = event_new(im->base, -1, EV_PERSIST, on_tick, im);
+	sigint = evsignal_new(im->base, SIGINT, on_signal, im);
+	sigterm = evsignal_new(im->base, SIGTERM, on_signal, im);
+	if (tick != NULL && sigint != NULL && sigterm != NULL) {
+		event_add(tick, &second);
+		event_add(sigint, NULL);
+		event_add(sigterm, NULL);
+		on_tick(-1, 0, im);
+		event_base_dispatch(im->base);
+		bar_clear(im);
+		rv = 0;
+	}
+	if (tick != NULL)
+		event_free(tick);
+	if (sigint != NULL)
+		event_free(sigint);
+	if (sigterm != NULL)
+		event_free(sigterm);
+	return rv;
+}
+
 int
 ctl_import(int argc, char **argv, const char *config_path,
     const char *request_path, const char *status_path)
@@ -1452,9 +1552,6 @@ ctl_import(int argc, char **argv, const char *config_path,
 	struct import im;
 	struct reply_scope scope;
 	struct config cfg;
-	struct event *tick = NULL, *sigint = NULL, *sigterm = NULL;
-	struct timeval second = { 1, 0 };
-	char err[512];
 	int rv, have_cfg = 0, bad;
 
 	memset(&im, 0, sizeof(im));
@@ -1462,24 +1559,9 @@ ctl_import(int argc, char **argv, const char *config_path,
 	if ((rv = import_options(&im, argc, argv)) != -1)
 		return rv;
 	if (config_path != NULL) {
-		/* As the Redis sink reads it: no Twilio secret, which the
-		 * operator may not be allowed to read. */
-		if (config_credentials_beside(config_path) != 0)
-			snprintf(err, sizeof(err), "%s", strerror(errno));
-		else if (config_load(config_path, &cfg,
-		    CONFIG_CREDENTIALS_REDIS_ONLY, err, sizeof(err)) == 0)
-			have_cfg = 1;
-		if (!have_cfg) {
-			fprintf(stderr, "usergatectl: %s\n", err);
+		if (import_config(&im, config_path, &cfg, &scope) != 0)
 			return 2;
-		}
-		/* ReplyTo is checked as the daemon checks it. */
-		scope.allowed = cfg.reply_prefix;
-		scope.own = cfg.prefix;
-		im.scope = &scope;
-		/* rate_limit is creates per second, over the window. */
-		if (cfg.rate_limit > 0)
-			im.limit_rate = cfg.rate_limit;
+		have_cfg = 1;
 	}
 	rv = 2;
 	if (import_open(&im) != 0)
@@ -1498,38 +1580,13 @@ ctl_import(int argc, char **argv, const char *config_path,
 	ev.arg = &im;
 	im.started = now_s();
 	if (im.dry_run) {
-		im.ready = 1;
-		pump(&im);
-		bad = im.count[RESULT_INVALID] > 0;
-		rv = im.fatal ? 2 : bad;
-		if (!im.quiet)
-			fprintf(stderr, "usergatectl: dry run of %s: %lld "
-			    "lines, %lld invalid\n", im.input, im.done,
-			    im.count[RESULT_INVALID]);
+		rv = import_dry_run(&im);
 		goto out;
 	}
-	if (config_path != NULL)
-		im.sink = ctl_sink_redis(im.base, config_path, &ev, err,
-		    sizeof(err));
-	else
-		im.sink = ctl_sink_socket(im.base, request_path, &ev, err,
-		    sizeof(err));
-	if (im.sink == NULL) {
-		if (err[0] != '\0')
-			fprintf(stderr, "usergatectl: %s\n", err);
+	if (import_sink(&im, &ev, config_path, request_path) != 0)
 		goto out;
-	}
-	tick = event_new(im.base, -1, EV_PERSIST, on_tick, &im);
-	sigint = evsignal_new(im.base, SIGINT, on_signal, &im);
-	sigterm = evsignal_new(im.base, SIGTERM, on_signal, &im);
-	if (tick == NULL || sigint == NULL || sigterm == NULL)
+	if (import_run(&im) != 0)
 		goto out;
-	event_add(tick, &second);
-	event_add(sigint, NULL);
-	event_add(sigterm, NULL);
-	on_tick(-1, 0, &im);
-	event_base_dispatch(im.base);
-	bar_clear(&im);
 	if (im.report_path != NULL && write_report(&im) != 0)
 		im.fatal = 1;
 	bad = summary(&im, now_s() - im.started);
@@ -1549,12 +1606,6 @@ ctl_import(int argc, char **argv, const char *config_path,
 out:
 	if (im.sink != NULL)
 		im.sink->ops->close(im.sink);
-	if (tick != NULL)
-		event_free(tick);
-	if (sigint != NULL)
-		event_free(sigint);
-	if (sigterm != NULL)
-		event_free(sigterm);
 	if (im.base != NULL)
 		event_base_free(im.base);
 	import_free(&im);
