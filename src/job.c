@@ -568,10 +568,14 @@ on_claim(enum claim_outcome o, const char *rec, size_t reclen, void *arg)
 		 * fails; the others go on. */
 		if (++j->claim_refusals >= REDIS_REFUSALS_MAX) {
 			char msg[320];
+			size_t n = reclen > 256 ? 256 : reclen;
 
+			/* A long key is cut on a character boundary. */
+			while (n > 0 && n < reclen &&
+			    ((unsigned char)rec[n] & 0xc0) == 0x80)
+				n--;
 			snprintf(msg, sizeof(msg),
-			    "redis key %.*s has the wrong type",
-			    (int)(reclen > 256 ? 256 : reclen), rec);
+			    "redis key %.*s has the wrong type", (int)n, rec);
 			fail(j, "redis_error", msg);
 			return;
 		}

@@ -103,17 +103,26 @@ result_format_time(double wall, char *buf, size_t size)
 }
 
 /*
- * {code, message, twilio_code?, http_status?}.  NULL when memory ran out,
- * and also when the message is not UTF-8: the result then goes without
- * its error, as it always has (json_pack checks the strings).
+ * {code, message, twilio_code?, http_status?}.  NULL when memory ran out.
+ * A message that is not UTF-8 (a key name cut inside a character, bytes
+ * quoted from elsewhere) has those bytes replaced by '?': a failed result
+ * must never lose its error code.
  */
 static json_t *
 error_map(const struct result_outcome *o)
 {
+	const char *msg = o->error_message != NULL ? o->error_message : "";
+	char *clean = NULL;
 	json_t *e;
 
-	e = json_pack("{s:s, s:s}", "code", o->error_code, "message",
-	    o->error_message);
+	if (!codec_utf8_valid(msg, strlen(msg))) {
+		if ((clean = strdup(msg)) == NULL)
+			return NULL;
+		codec_sanitize_text(clean);
+		msg = clean;
+	}
+	e = json_pack("{s:s, s:s}", "code", o->error_code, "message", msg);
+	free(clean);
 	if (e != NULL && o->twilio_code)
 		json_object_set_new(e, "twilio_code",
 		    json_integer(o->twilio_code));

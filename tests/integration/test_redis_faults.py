@@ -103,6 +103,20 @@ def test_wrong_type_identity_fails_that_request_only(stack):
     wait_for(lambda: stack.d.status("health") == "ok", what="health ok")
 
 
+def test_wrong_type_long_identity_keeps_its_error(stack):
+    """The message names the key cut to 256 bytes: it used to cut inside a
+    character, and the failed result then lost its error altogether."""
+    # 501 bytes; of the key, "usergate:identity:x" and 118.5 é fit in 256.
+    ident = "x" + "é" * 250
+    stack.r.hset("usergate:identity:" + ident, "a", "b")
+    stack.push({"Identity": ident})
+    res = stack.wait_results(1, timeout=30)[0]
+    assert res["status"] == "failed"
+    assert res["error"]["code"] == "redis_error"
+    assert res["error"]["message"] == \
+        "redis key usergate:identity:x%s has the wrong type" % ("é" * 118)
+
+
 def test_script_flush_reloads_once(stack):
     stack.push({"Identity": "before-flush"})
     stack.wait_results(1)
