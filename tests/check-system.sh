@@ -28,9 +28,15 @@
 #     systemd-analyze security <= 2.0; the watchdog restarting a stopped
 #     daemon with nothing lost; a stop with requests in flight that ends
 #     cleanly (Result=success, exit 0) within TimeoutStopSec and loses
-#     nothing; a switch to an account SID and auth token; the journal's
-#     priorities against the logfmt level=, and no secret (Twilio API
-#     secret, auth token, Redis password) anywhere in the journal.
+#     nothing; a switch to an account SID and auth token; an upgrade (by
+#     operations.md's command, to the same package with Version: raised)
+#     that keeps the modified usergate.conf byte for byte and restarts the
+#     service with nothing lost; `apt remove usergate` stopping it and
+#     keeping /etc/usergate and the user; `apt purge usergate` removing
+#     /etc/usergate, the user and group (the drop-ins, the operator's, stay);
+#     the journal's priorities against the logfmt level=, and no secret
+#     (Twilio API secret, auth token, Redis password) anywhere in the
+#     journal.
 #
 # It takes about 30 s with warm caches.  The first run with an empty cache
 # runs debootstrap and apt-get in the tree: 2.5 minutes in all on a good
@@ -615,7 +621,96 @@ answered token 2 10
     fail "the fake Twilio (auth token) counts $(fake_stat .creates) creates"
 ok "an account SID and auth token, with operations.md's drop-in: 2 creates"
 
-# ---- 12. no secret in the journal
+# ---- 12. an upgrade keeps the operator's usergate.conf
+# A newer package made from the built one, only its Version: raised, and
+# installed by operations.md's upgrade command with requests in the queue.
+ver=$(dpkg-deb -f "$deb" Version)
+newver=$ver.1
+dpkg --compare-versions "$newver" gt "$ver" || fail "$newver is not > $ver"
+dpkg-deb -R "$deb" "$tmp/newdeb" || fail "dpkg-deb -R $deb"
+sed -i "s/^Version: .*/Version: $newver/" "$tmp/newdeb/DEBIAN/control"
+dpkg-deb -b "$tmp/newdeb" "$root/root/usergate_${newver}_amd64.deb" \
+    >/dev/null || fail "dpkg-deb -b (version $newver)"
+sed -n 's/^\*\*Upgrade\*\*: `\(apt install [^`]*\)`.*/\1/p' "$ops" |
+    sed "s/_NEW_/_${newver}_/" >"$tmp/upgrade.cmd"
+grep -q "^apt install ./usergate_${newver}_amd64.deb\$" "$tmp/upgrade.cmd" ||
+    fail "operations.md: no '**Upgrade**: \`apt install ./usergate_NEW_...\`'"
+{ echo "export DEBIAN_FRONTEND=noninteractive"; cat "$tmp/upgrade.cmd"; } \
+    >"$tmp/cmds"
+cp "$conf" "$tmp/conf.before"
+pid=$(ct systemctl show -p MainPID --value usergated)
+push upgrade 3
+run_doc "operations.md, the upgrade" "$tmp/cmds"
+got=$(ct dpkg-query -W -f '${Version}' usergate)
+[ "$got" = "$newver" ] || fail "version $got installed, not $newver"
+cmp -s "$tmp/conf.before" "$conf" ||
+    { diff "$tmp/conf.before" "$conf" | sed 's/^/  | /'
+    fail "the upgrade changed the operator's usergate.conf"; }
+for f in "$conf".dpkg-*; do
+	[ -e "$f" ] && fail "the upgrade left ${f##*/}"
+done
+new=$(ct systemctl show -p MainPID --value usergated)
+ct systemctl is-active -q usergated && [ "$new" != "$pid" ] ||
+    fail "usergated is not running again after the upgrade (pid $new)"
+push upgraded 1
+answered upgrade 3 20
+answered upgraded 1 10
+creates=$(fake_stat .creates)
+dups=$(fake_stat .duplicate_creates)
+[ "$creates" = 6 ] && [ "$dups" = '{}' ] ||
+    fail "after the upgrade: $creates creates (not 6), duplicates $dups"
+ok "upgrade $ver -> $newver: usergate.conf unchanged, restarted" \
+    "(pid $pid -> $new), the 4 requests around it created once each"
+
+# ---- 13. apt remove stops the service, keeps the configuration and user
+# The commands as operations.md names them; apt asks before it removes.
+apt_doc() {	# command: run as the docs say, answering apt's question
+	grep -qF "\`$1\`" "$ops" || fail "operations.md does not say \`$1\`"
+	printf '%s\n' "$1" >"$tmp/cmds"
+	printf 'y\n' >"$tmp/stdin"
+	doc_stdin=$tmp/stdin run_doc "operations.md, $1" "$tmp/cmds"
+}
+ls "$root/etc/usergate" >"$tmp/etc.before"
+apt_doc "apt remove usergate"
+st=$(ct systemctl is-active usergated)
+[ "$st" != active ] || fail "usergated is still active after apt remove"
+procs=$(ct sh -c 'grep -lx usergated /proc/[0-9]*/comm' 2>/dev/null)
+[ -z "$procs" ] || fail "usergated runs after apt remove: $procs"
+[ -e "$root/usr/sbin/usergated" ] && fail "/usr/sbin/usergated stays"
+got=$(ct dpkg-query -W -f '${Status}' usergate)
+[ "$got" = "deinstall ok config-files" ] ||
+    fail "after apt remove, dpkg says: $got"
+cmp -s "$tmp/conf.before" "$conf" ||
+    fail "apt remove changed or removed usergate.conf"
+ls "$root/etc/usergate" | cmp -s "$tmp/etc.before" - ||
+    fail "apt remove changed /etc/usergate: $(ls "$root/etc/usergate")"
+ct getent passwd usergate >/dev/null && ct getent group usergate >/dev/null ||
+    fail "apt remove removed the user or group usergate"
+ok "apt remove: the service is $st, no usergated process;" \
+    "/etc/usergate ($(paste -sd ' ' "$tmp/etc.before")) and the user stay"
+
+# ---- 14. apt purge removes the configuration, the secrets and the user
+apt_doc "apt purge usergate"
+[ -e "$root/etc/usergate" ] &&
+    fail "/etc/usergate stays after apt purge: $(ls -A "$root/etc/usergate")"
+ct getent passwd usergate && fail "the user usergate stays after apt purge"
+ct getent group usergate && fail "the group usergate stays after apt purge"
+ct id -nG alice | grep -qw usergate && fail "alice is still in group usergate"
+# usergated keeps no data on disk (its state is in Redis): nothing of it
+# may be left where systemd or a package would put some.
+for d in /var/lib/usergate /var/lib/private/usergate /run/usergate \
+    /etc/systemd/system/multi-user.target.wants/usergated.service; do
+	[ -e "$root$d" ] || [ -L "$root$d" ] && fail "$d stays after apt purge"
+done
+[ -f "$root/etc/systemd/system/usergated.service.d/override.conf" ] ||
+    fail "apt purge removed the operator's drop-in (operations.md: they stay)"
+ct dpkg-query -W -f '${Status}' usergate >"$tmp/status" 2>&1 &&
+    [ -s "$tmp/status" ] &&
+    fail "dpkg still knows usergate: $(cat "$tmp/status")"
+ok "apt purge: /etc/usergate, the user and group usergate are gone," \
+    "nothing left in /var/lib or /run; the operator's drop-ins stay"
+
+# ---- 15. no secret in the journal
 ct journalctl --no-pager -o verbose >"$tmp/all.journal" 2>&1
 ct journalctl --no-pager -o json >>"$tmp/all.journal" 2>&1
 for s in "$api_secret" "$redis_password" "$auth_token"; do
