@@ -367,20 +367,15 @@ on_master_addr(struct queue_conn *c, redisReply *r, void *arg)
 {
 	struct rsink *s = arg;
 	const struct config_sentinel *at;
-	char *e;
-	long port;
+	char host[sizeof(s->primary_host)];
+	unsigned port;
 
 	if (r == NULL || c != s->sentinel || s->gone)
 		return;		/* on_sentinel_closed goes on, or closing */
 	at = &s->cfg.sentinels[s->sentinel_try];
 	s->sentinel = NULL;
 	queue_conn_close(c);
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-	    r->element[0]->type != REDIS_REPLY_STRING ||
-	    r->element[1]->type != REDIS_REPLY_STRING ||
-	    r->element[0]->len >= sizeof(s->primary_host) ||
-	    (port = strtol(r->element[1]->str, &e, 10)) < 1 || port > 65535 ||
-	    *e != '\0') {
+	if (queue_conn_primary(r, host, sizeof(host), &port) != 0) {
 		snprintf(s->last_error, sizeof(s->last_error),
 		    "sentinel %s:%u: %s", at->host, at->port,
 		    r->type == REDIS_REPLY_ERROR ? r->str :
@@ -390,11 +385,10 @@ on_master_addr(struct queue_conn *c, redisReply *r, void *arg)
 		return;
 	}
 	if (s->primary_host[0] != '\0' &&
-	    (strcmp(s->primary_host, r->element[0]->str) != 0 ||
-	    s->primary_port != (unsigned)port))
+	    (strcmp(s->primary_host, host) != 0 || s->primary_port != port))
 		unanswered_resend(s);
-	memcpy(s->primary_host, r->element[0]->str, r->element[0]->len + 1);
-	s->primary_port = (unsigned)port;
+	memcpy(s->primary_host, host, strlen(host) + 1);
+	s->primary_port = port;
 	links_open(s);
 }
 

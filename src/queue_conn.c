@@ -598,6 +598,25 @@ queue_conn_tls_config(struct queue_conn_params *p, const struct config *c)
 }
 
 int
+queue_conn_primary(const redisReply *r, char *host, size_t hostlen,
+    unsigned *port)
+{
+	char *e;
+	long n;
+
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    r->element[1]->type != REDIS_REPLY_STRING ||
+	    r->element[0]->len >= hostlen ||
+	    (n = strtol(r->element[1]->str, &e, 10)) < 1 || n > 65535 ||
+	    *e != '\0')
+		return -1;
+	memcpy(host, r->element[0]->str, r->element[0]->len + 1);
+	*port = (unsigned)n;
+	return 0;
+}
+
+int
 queue_conn_is_up(const struct queue_conn *c)
 {
 	return c != NULL && c->up;

@@ -142,6 +142,10 @@ void		 queue_conn_close(struct queue_conn *);
  * on): the daemon's link and usergatectl's import connect alike. */
 void		 queue_conn_tls_config(struct queue_conn_params *,
 		    const struct config *);
+/* A Sentinel's answer to get-master-addr-by-name into host and port: 0,
+ * or -1 when it names no primary (nil, or not a host and a port). */
+int		 queue_conn_primary(const redisReply *, char *, size_t,
+		    unsigned *);
 int		 queue_conn_is_up(const struct queue_conn *);
 size_t		 queue_conn_pending(const struct queue_conn *);
 

@@ -537,8 +537,8 @@ static void
 on_master_addr(struct queue_conn *c, redisReply *r, void *priv)
 {
 	size_t i, front;
-	char *e;
-	long port;
+	char host[sizeof(primary_host)];
+	unsigned port;
 
 	if (r == NULL || c != sentinel_ask_conn)
 		return;		/* on_sentinel_closed goes on, or shutdown */
@@ -552,29 +552,23 @@ on_master_addr(struct queue_conn *c, redisReply *r, void *priv)
 		    sentinel_auth_error : r->str, auth);
 		return;
 	}
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-	    r->element[0]->type != REDIS_REPLY_STRING ||
-	    r->element[1]->type != REDIS_REPLY_STRING ||
-	    r->element[0]->len >= sizeof(primary_host) ||
-	    (port = strtol(r->element[1]->str, &e, 10)) < 1 || port > 65535 ||
-	    *e != '\0') {
+	if (queue_conn_primary(r, host, sizeof(host), &port) != 0) {
 		sentinel_failed("no primary known by that master_name", 0);
 		return;
 	}
 	if (primary_host[0] != '\0' &&
-	    (strcmp(primary_host, r->element[0]->str) != 0 ||
-	    primary_port != (unsigned)port)) {
+	    (strcmp(primary_host, host) != 0 || primary_port != port)) {
 		char from[300], to[300];
 
 		snprintf(from, sizeof(from), "%s:%u", primary_host,
 		    primary_port);
-		snprintf(to, sizeof(to), "%s:%ld", r->element[0]->str, port);
+		snprintf(to, sizeof(to), "%s:%u", host, port);
 		stats.failovers++;
 		log_warn("redis primary moved (failover)", "from", from, "to",
 		    to);
 	}
-	memcpy(primary_host, r->element[0]->str, r->element[0]->len + 1);
-	primary_port = (unsigned)port;
+	memcpy(primary_host, host, strlen(host) + 1);
+	primary_port = port;
 	/* The one that answered goes to the front. */
 	front = sentinel_order[sentinel_try];
 	for (i = sentinel_try; i > 0; i--)
