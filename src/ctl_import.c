@@ -1481,15 +1481,18 @@ import_config(struct import *im, const char *path, struct config *cfg,
 	return 0;
 }
 
-/* Through Redis with -c, else the request socket.  0, or -1 said. */
+/*
+ * Through Redis with -c (cfg, the file import_config read), else the
+ * request socket.  0, or -1 said.
+ */
 static int
 import_sink(struct import *im, const struct ctl_sink_events *ev,
-    const char *config_path, const char *request_path)
+    const struct config *cfg, const char *request_path)
 {
 	char err[512] = "";
 
-	if (config_path != NULL)
-		im->sink = ctl_sink_redis(im->base, config_path, ev, err,
+	if (cfg != NULL)
+		im->sink = ctl_sink_redis(im->base, cfg, ev, err,
 		    sizeof(err));
 	else
 		im->sink = ctl_sink_socket(im->base, request_path, ev, err,
@@ -1583,7 +1586,8 @@ ctl_import(int argc, char **argv, const char *config_path,
 		rv = import_dry_run(&im);
 		goto out;
 	}
-	if (import_sink(&im, &ev, config_path, request_path) != 0)
+	if (import_sink(&im, &ev, have_cfg ? &cfg : NULL,
+	    request_path) != 0)
 		goto out;
 	if (import_run(&im) != 0)
 		goto out;

@@ -75,7 +75,7 @@ struct rsink {
 	struct ctl_sink		 sink;		/* first: the import's handle */
 	struct event_base	*base;
 	struct ctl_sink_events	 ev;
-	struct config		 cfg;
+	const struct config	*cfg;		/* the import's, read once */
 	char			*requests_key;
 	char			*reply_key;
 	char			 where[512];	/* the server, for messages */
@@ -204,7 +204,6 @@ rsink_free(struct rsink *s)
 		event_free(s->retry);
 	free(s->requests_key);
 	free(s->reply_key);
-	config_free(&s->cfg);
 	free(s);
 }
 
@@ -264,7 +263,7 @@ on_retry(evutil_socket_t fd, short what, void *arg)
 {
 	struct rsink *s = arg;
 
-	if (s->cfg.nsentinels > 0) {
+	if (s->cfg->nsentinels > 0) {
 		s->sentinel_try = 0;
 		sentinel_ask(s);
 	} else
@@ -346,8 +345,8 @@ on_sentinel_closed(struct queue_conn *c, const char *reason, void *arg)
 		return;
 	s->sentinel = NULL;
 	snprintf(s->last_error, sizeof(s->last_error), "sentinel %s:%u: %s",
-	    s->cfg.sentinels[s->sentinel_try].host,
-	    s->cfg.sentinels[s->sentinel_try].port, reason);
+	    s->cfg->sentinels[s->sentinel_try].host,
+	    s->cfg->sentinels[s->sentinel_try].port, reason);
 	s->sentinel_try++;
 	sentinel_ask(s);
 }
@@ -372,7 +371,7 @@ on_master_addr(struct queue_conn *c, redisReply *r, void *arg)
 
 	if (r == NULL || c != s->sentinel || s->gone)
 		return;		/* on_sentinel_closed goes on, or closing */
-	at = &s->cfg.sentinels[s->sentinel_try];
+	at = &s->cfg->sentinels[s->sentinel_try];
 	s->sentinel = NULL;
 	queue_conn_close(c);
 	if (queue_conn_primary(r, host, sizeof(host), &port) != 0) {
@@ -401,19 +400,19 @@ sentinel_ask(struct rsink *s)
 		NULL, on_sentinel_closed, NULL, s
 	};
 	const struct config_sentinel *at;
-	const char *pw = s->cfg.sentinel_password;
-	const char *name = s->cfg.redis_master_name;
+	const char *pw = s->cfg->sentinel_password;
+	const char *name = s->cfg->redis_master_name;
 	char err[128];
 
 	if (s->gone)
 		return;
-	if (s->sentinel_try >= s->cfg.nsentinels) {
+	if (s->sentinel_try >= s->cfg->nsentinels) {
 		retry_later(s, NULL);
 		return;
 	}
-	at = &s->cfg.sentinels[s->sentinel_try];
+	at = &s->cfg->sentinels[s->sentinel_try];
 	memset(&p, 0, sizeof(p));
-	queue_conn_tls_config(&p, &s->cfg);
+	queue_conn_tls_config(&p, s->cfg);
 	p.host = at->host;
 	p.port = at->port;
 	p.connect_timeout_ms = SENTINEL_TIMEOUT_MS;
@@ -474,8 +473,8 @@ on_setup(struct queue_conn *c, redisReply *r, void *arg)
 static void
 hello(struct rsink *s, struct queue_conn *c)
 {
-	const struct redis_url *to = &s->cfg.redis;
-	const char *pw = s->cfg.redis_password;
+	const struct redis_url *to = &s->cfg->redis;
+	const char *pw = s->cfg->redis_password;
 	char db[16];
 
 	if (pw != NULL && to->username != NULL)
@@ -530,11 +529,11 @@ link_open(struct rsink *s, struct queue_conn **slot)
 	char err[128];
 
 	memset(&p, 0, sizeof(p));
-	queue_conn_tls_config(&p, &s->cfg);
-	p.host = s->cfg.redis.host;
-	p.port = (unsigned)s->cfg.redis.port;
-	p.unix_socket = s->cfg.redis.path;
-	if (s->cfg.nsentinels > 0) {
+	queue_conn_tls_config(&p, s->cfg);
+	p.host = s->cfg->redis.host;
+	p.port = (unsigned)s->cfg->redis.port;
+	p.unix_socket = s->cfg->redis.path;
+	if (s->cfg->nsentinels > 0) {
 		p.host = s->primary_host;
 		p.port = s->primary_port;
 		p.unix_socket = NULL;
@@ -806,7 +805,7 @@ rsink_finished(struct ctl_sink *sink, const char *const *identities,
 	for (i = 0; i < n; i++) {
 		if ((c = command_new(s, 1)) == NULL ||
 		    (c->identity = strdup(identities[i])) == NULL ||
-		    asprintf(&c->arg, "%suser:%s", s->cfg.prefix,
+		    asprintf(&c->arg, "%suser:%s", s->cfg->prefix,
 		    identities[i]) == -1) {
 			if (c != NULL) {
 				c->arg = NULL;
@@ -889,7 +888,7 @@ reply_key_new(const struct config *cfg, char *err, size_t errlen)
 static int
 reply_key_check(struct rsink *s, char *err, size_t errlen)
 {
-	struct reply_scope scope = { s->cfg.reply_prefix, s->cfg.prefix };
+	struct reply_scope scope = { s->cfg->reply_prefix, s->cfg->prefix };
 	struct request req;
 	char why[256], *text;
 	json_t *v;
@@ -908,14 +907,14 @@ reply_key_check(struct rsink *s, char *err, size_t errlen)
 	free(text);
 	if (r != REQ_OK) {
 		snprintf(err, errlen, "%s: the import's reply key %s: %s",
-		    s->cfg.path, s->reply_key, why);
+		    s->cfg->path, s->reply_key, why);
 		return -1;
 	}
 	return 0;
 }
 
 struct ctl_sink *
-ctl_sink_redis(struct event_base *base, const char *config_path,
+ctl_sink_redis(struct event_base *base, const struct config *cfg,
     const struct ctl_sink_events *ev, char *err, size_t errlen)
 {
 	struct rsink *s;
@@ -930,32 +929,22 @@ ctl_sink_redis(struct event_base *base, const char *config_path,
 	s->base = base;
 	s->ev = *ev;
 	s->backoff_ms = RECONNECT_MIN_MS;
-	/* As usergated -n reads it: the unit's credentials beside the file. */
-	if (config_credentials_beside(config_path) == -1) {
-		snprintf(err, errlen, "%s", strerror(errno));
-		free(s);
-		return NULL;
-	}
-	if (config_load(config_path, &s->cfg, CONFIG_CREDENTIALS_REDIS_ONLY,
-	    err, errlen) == -1) {
-		free(s);
-		return NULL;
-	}
-	if ((s->reply_key = reply_key_new(&s->cfg, err, errlen)) == NULL)
+	s->cfg = cfg;
+	if ((s->reply_key = reply_key_new(s->cfg, err, errlen)) == NULL)
 		goto fail;
 	if (reply_key_check(s, err, errlen) == -1)
 		goto fail;
-	if (asprintf(&s->requests_key, "%srequests", s->cfg.prefix) == -1) {
+	if (asprintf(&s->requests_key, "%srequests", s->cfg->prefix) == -1) {
 		s->requests_key = NULL;
 		snprintf(err, errlen, "%s", strerror(errno));
 		goto fail;
 	}
-	if (s->cfg.nsentinels > 0)
+	if (s->cfg->nsentinels > 0)
 		snprintf(s->where, sizeof(s->where), "(sentinels %s, "
-		    "master_name %s)", s->cfg.redis_sentinels,
-		    s->cfg.redis_master_name);
+		    "master_name %s)", s->cfg->redis_sentinels,
+		    s->cfg->redis_master_name);
 	else
-		redis_url_show(&s->cfg.redis, s->cfg.redis_password != NULL,
+		redis_url_show(&s->cfg->redis, s->cfg->redis_password != NULL,
 		    s->where, sizeof(s->where));
 	if ((s->retry = evtimer_new(base, on_retry, s)) == NULL) {
 		snprintf(err, errlen, "cannot make a timer");

@@ -5,8 +5,9 @@
  * An import reads its input, validates every line with the daemon's own
  * rules (request_parse), and hands each good line to a sink: the request
  * socket (ctl_sink_socket.c) or Redis itself (ctl_sink_redis.c, with the
- * daemon's config file).  The sink gives each result back, by RequestId,
- * to the import, which keeps the window of unanswered requests bounded.
+ * daemon's config file as the import read it).  The sink gives each
+ * result back, by RequestId, to the import, which keeps the window of
+ * unanswered requests bounded.
  * Both sinks run on one libevent loop owned by ctl_import.c.
  */
 #ifndef USERGATECTL_H
@@ -16,6 +17,7 @@
 
 #include <jansson.h>
 
+struct config;
 struct event_base;
 struct ctl_sink;
 
@@ -67,15 +69,16 @@ struct ctl_sink	*ctl_sink_socket(struct event_base *, const char *path,
 		    const struct ctl_sink_events *, char *err, size_t errlen);
 
 /*
- * ctl_sink_redis.c: Redis as the daemon's config file at config_path says
- * (URL or host/port, ACL user, password file, TLS, Sentinel, prefix,
- * results format); requests are LPUSHed on {prefix}requests with a
- * ReplyTo of its own under [results] reply_prefix, whose results it
- * BRPOPs.  The number of requests pushed but not answered is the
- * import's to bound.
+ * ctl_sink_redis.c: Redis as the daemon's config file says (URL or
+ * host/port, ACL user, password, TLS, Sentinel, prefix), cfg as the import
+ * loaded it (CONFIG_CREDENTIALS_REDIS_ONLY), which must outlive the sink;
+ * requests are LPUSHed on {prefix}requests with a ReplyTo of its own under
+ * [results] reply_prefix, whose results it reads back.  The number of
+ * requests pushed but not answered is the import's to bound.
  */
-struct ctl_sink	*ctl_sink_redis(struct event_base *, const char *config_path,
-		    const struct ctl_sink_events *, char *err, size_t errlen);
+struct ctl_sink	*ctl_sink_redis(struct event_base *,
+		    const struct config *cfg, const struct ctl_sink_events *,
+		    char *err, size_t errlen);
 
 /*
  * usergatectl.c: the sockets' client side.  ctl_connect gives a Unix
