@@ -159,15 +159,6 @@ struct import {
 	double		 limit_rate;	/* creates/s the deployment allows */
 };
 
-static double
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static uint64_t
 hash_add(uint64_t h, const void *buf, size_t len)
 {
@@ -306,7 +297,7 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	im->ring_done[slot] = im->done;
-	im->ring_at[slot] = now_s();
+	im->ring_at[slot] = now_monotonic();
 	im->ring_n++;
 	im->ticks++;
 	if (im->quiet || im->dry_run)
@@ -1581,7 +1572,7 @@ ctl_import(int argc, char **argv, const char *config_path,
 		goto out;
 	signal(SIGPIPE, SIG_IGN);
 	ev.arg = &im;
-	im.started = now_s();
+	im.started = now_monotonic();
 	if (im.dry_run) {
 		rv = import_dry_run(&im);
 		goto out;
@@ -1593,7 +1584,7 @@ ctl_import(int argc, char **argv, const char *config_path,
 		goto out;
 	if (im.report_path != NULL && write_report(&im) != 0)
 		im.fatal = 1;
-	bad = summary(&im, now_s() - im.started);
+	bad = summary(&im, now_monotonic() - im.started);
 	if (im.signal != 0 || im.lost) {
 		if (im.signal != 0)
 			fprintf(stderr, "usergatectl: stopped by %s\n",

@@ -109,15 +109,6 @@ static void	 sentinel_ask(struct rsink *);
 static void	 links_drop(struct rsink *, const char *);
 static void	 results_read(struct rsink *);
 
-static double
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void
 command_free(struct command *c)
 {
@@ -279,7 +270,7 @@ static void
 retry_later(struct rsink *s, const char *error)
 {
 	struct timeval tv;
-	double now = now_s();
+	double now = now_monotonic();
 
 	if (s->gone)
 		return;

@@ -98,15 +98,6 @@ on_signal(int sig)
 	stop = 1;
 }
 
-static double
-now_mono(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /*
  * ctl_connect and read_until say why they fail on stderr, which would
  * scribble over the screen: it goes to a file instead, whose last line
@@ -243,7 +234,7 @@ fetch(struct view *v, struct sample *s)
 		fprintf(stderr, "usergatectl: show stats: %s\n", stats);
 		goto out;
 	}
-	s->t = now_mono();
+	s->t = now_monotonic();
 	for (i = 0; i < NCOUNTERS; i++)
 		s->c[i] = num(o, counters[i].key);
 	parse_metrics(metrics, s);
@@ -593,7 +584,7 @@ screen_wait(const struct view *v, double deadline)
 	double left;
 	int ch;
 
-	while (!stop && (left = deadline - now_mono()) > 0) {
+	while (!stop && (left = deadline - now_monotonic()) > 0) {
 		timeout(left * 1000 < KEY_SLICE_MS ? (int)(left * 1000) + 1 :
 		    KEY_SLICE_MS);
 		switch ((ch = getch())) {
@@ -662,7 +653,7 @@ lines_wait(double deadline)
 {
 	double left;
 
-	while (!stop && (left = deadline - now_mono()) > 0)
+	while (!stop && (left = deadline - now_monotonic()) > 0)
 		poll(NULL, 0, left * 1000 < KEY_SLICE_MS ?
 		    (int)(left * 1000) + 1 : KEY_SLICE_MS);
 	return stop;
@@ -769,14 +760,14 @@ ctl_top(int argc, char **argv, const char *status_path)
 	}
 	if (!v.screen)
 		setvbuf(stdout, NULL, _IOLBF, 0);
-	next = now_mono();
+	next = now_monotonic();
 	for (done = 0; !quit && (count == 0 || done < count); done++) {
 		if (done > 0)
 			quit = v.screen ? screen_wait(&v, next) :
 			    lines_wait(next);
 		if (quit)
 			break;
-		next = now_mono() + v.interval;
+		next = now_monotonic() + v.interval;
 		if ((v.up = fetch(&v, &s) == 0))
 			keep(&v, &s);
 		else

@@ -100,6 +100,9 @@ char		*read_until(int fd, const char *end, int end_line,
 int		 ctl_import(int argc, char **argv, const char *config_path,
 		    const char *request_path, const char *status_path);
 
+/* clock.c, the daemon's, linked in: monotonic seconds. */
+double		 now_monotonic(void);
+
 /* ctl_top.c: `usergatectl top`; argv[0] is "top". */
 int		 ctl_top(int argc, char **argv, const char *status_path);
 
